@@ -1,0 +1,12 @@
+"""ABAW EXPR kit: frame-level audio-visual expression recognition on Aff-Wild2.
+
+The pipeline follows Sun & Gao, "A Two-Stage Dual-Modality Model for Facial Emotional Expression
+Recognition" (arXiv:2603.12221): Stage I adapts a DINOv2 backbone on face images, Stage II fuses
+multi-scale face features with frame-aligned wav2vec 2.0 features and smooths the logits in time.
+One module per pipeline stage; the numbered notebooks in ``notebooks/`` call into them.
+"""
+
+__version__ = "0.1.0"
+
+CLASSES: tuple[str, ...] = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
+NUM_CLASSES: int = len(CLASSES)

@@ -1,0 +1,329 @@
+"""Typed, layered params: ``params/base.yaml`` -> profile(s) -> ``key=value`` overrides.
+
+``params/base.yaml`` holds every knob with its default and a comment; a profile (``demo.yaml``,
+``abaw10.yaml``) and any further files (an untracked ``params/local.yaml`` with machine paths)
+override parts of it, in order, then command-line overrides such as ``fusion.epochs=5``. The result
+is checked against the dataclasses below: an unknown or misspelt key, or a value of the wrong type,
+is an error that names the valid keys. Relative paths are relative to the repository root, so the
+same params work from the command line, from papermill and from JupyterLab (cwd ``notebooks/``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema; the message says where and why."""
+
+
+@dataclass
+class RunParams:
+    name: str               # run folder: <outputs_root>/<name>/
+    outputs_root: str       # where run folders live
+    seed: int               # seeds every RNG (kitlib.runtime.seed_everything)
+    device: str             # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class DataParams:
+    root: str               # the Aff-Wild2 EXPR release (or the generated demo)
+    videos_dir: str         # raw videos, searched recursively, relative to root
+    annotations_dir: str    # holds Train_Set/ and Validation_Set/, relative to root
+    test_names: str         # test annotation names, one per line, relative to root
+    test_template: str      # organisers' submission template, relative to root
+    generate_demo: bool     # write the embedded demo dataset into root when it is absent
+    length_policy: str      # truncate | strict: annotation longer/shorter than the decoded video
+    n_folds: int            # video-level cross-validation folds over Train+Validation
+    fold_seed: int          # folds are reproducible from this seed
+    fold_trials: int        # random assignments tried; the most class-balanced is kept
+    folds_file: str | None  # a CSV (txtid, fold) to use instead of computing folds
+
+
+@dataclass
+class DemoParams:
+    seed: int
+    n_train: int            # raw videos per split (one train video is a two-person video)
+    n_val: int
+    n_test: int
+    seconds: list[float]    # [min, max] length of a demo video
+    fps: float
+    size: list[int]         # [width, height]
+    sample_rate: int
+    images_per_class: int   # the demo's class-per-folder face image set for Stage I
+
+
+@dataclass
+class FacesParams:
+    detector: str           # opencv-haar | face-alignment | boxes
+    boxes_file: str | None  # CSV videoid,frame,x1,y1,x2,y2,score for detector=boxes
+    max_gap: int            # bridge detection gaps up to this many frames; longer = face missing
+    crop_scales: list[float]  # square crops of scale x face box (paper: 0.9, 1.2, 1.5)
+    decode_batch: int       # frames decoded and detected per batch
+
+
+@dataclass
+class Stage1Params:
+    arch: str               # timm DINOv2 name: vit_{small,base,large,giant}_patch14_dinov2
+    arch_overrides: dict[str, Any]  # timm.create_model kwargs (the CPU demo shrinks depth/width)
+    weights: str | None     # local pretrained DINOv2 weights (file or folder); null = random init
+    image_size: int         # backbone input size in pixels
+    train: bool             # run Stage-I adaptation (false: use `checkpoint` or `weights` as they are)
+    checkpoint: str | None  # an adapted backbone (.safetensors) made elsewhere
+    dataset: str            # class_folder | affectnet | rafdb
+    images_root: str        # image FER set for Stage I, relative to data.root unless absolute
+    head: str               # moe | mlp (training-only head, discarded after Stage I)
+    num_experts: int        # M in eqs. 2-3
+    n_frozen_blocks: int    # patch embedding + the first N blocks stay frozen (paper: 8)
+    epochs: int
+    batch_size: int
+    lr_backbone: float
+    lr_head: float
+    weight_decay: float
+    mixup_alpha: float
+    label_smoothing: float
+    padaug: bool            # padding-aware augmentation (paper 3.1.1)
+    padaug_p: float
+    padaug_max_frac: float
+    amp: str                # bf16 | fp16 | none (autocast on CUDA only)
+    max_steps_per_epoch: int | None
+
+
+@dataclass
+class VisualParams:
+    batch_size: int         # crops per backbone batch
+    amp: str                # bf16 | fp16 | none
+
+
+@dataclass
+class AudioParams:
+    encoder: str            # local folder of a transformers audio encoder (wav2vec2 / WavLM / HuBERT)
+    make_tiny_encoder: bool  # demo only: build a random-init tiny wav2vec2 at `encoder` if absent
+    sample_rate: int
+    chunk_s: float          # long audio is encoded in overlapping chunks of this length
+    overlap_s: float
+    layers: str             # "last", or k = mean of the last k hidden layers
+    align: str              # window | nearest
+    align_window_s: float   # TOTAL length of the centred window (half-width = align_window_s / 2)
+    ablation_windows_s: list[float]  # extra windows stored for Table 2
+    amp: str
+
+
+@dataclass
+class FusionParams:
+    heads: list[str]        # rows of Table 3
+    final_head: str         # head used for smoothing and submission (paper: gated)
+    hidden: int
+    dropout: float
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    patience: int           # early stopping on validation macro F1
+    class_weights: str      # inverse | inverse_sqrt | none
+    cross_validation: bool  # also report the K video-level folds
+
+
+@dataclass
+class SmoothingParams:
+    strategies: list[str]   # mean | median | gaussian | vote
+    window_min: int         # sweep windows window_min..window_max step window_step (odd sizes)
+    window_max: int
+    window_step: int
+    final_strategy: str     # used for the submission (paper: median)
+    final_window: int       # paper: 101
+
+
+@dataclass
+class SubmissionParams:
+    fill_policy: str        # nearest: frames without a prediction take the nearest predicted frame's label
+    ensemble_folds: bool    # mean of the fold models' logits before smoothing
+    filename: str
+
+
+@dataclass
+class Config:
+    run: RunParams
+    data: DataParams
+    demo: DemoParams
+    faces: FacesParams
+    stage1: Stage1Params
+    visual: VisualParams
+    audio: AudioParams
+    fusion: FusionParams
+    smoothing: SmoothingParams
+    submission: SubmissionParams
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A short hash of the resolved params (run folders record it)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def path(self, value: str | os.PathLike) -> Path:
+        """A params path made absolute: relative paths are relative to the repository root."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else repo_root() / p
+
+    def data_path(self, value: str | os.PathLike) -> Path:
+        """A path inside the dataset root (absolute paths are kept)."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.path(self.data.root) / p
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path(self.run.outputs_root) / self.run.name
+
+
+def repo_root() -> Path:
+    """The checkout holding ``params/``: $KIT_ROOT, else the folder above ``kitlib/``, else cwd."""
+    if os.environ.get("KIT_ROOT"):
+        return Path(os.environ["KIT_ROOT"]).resolve()
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "params").is_dir() else Path.cwd()
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    raise TypeError(f"unsupported type hint {hint!r}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        tips = "; ".join(f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, names, 1)) else "")
+                         for k in unknown)
+        raise ConfigError(f"unknown key(s) in {where or 'params'}: {tips}. Valid keys: {', '.join(names)}")
+    missing = [k for k in names if k not in values]
+    if missing:
+        raise ConfigError(f"{where or 'params'} lacks {', '.join(missing)} (params/base.yaml must set every key)")
+    kwargs = {}
+    for name in names:
+        hint, value, key = hints[name], values[name], f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping of keys, got {value!r}")
+            kwargs[name] = _build(hint, value, key)
+        elif not _type_ok(value, hint):
+            raise ConfigError(f"{key} = {value!r} ({type(value).__name__}) does not fit the type {hint}")
+        else:
+            kwargs[name] = float(value) if hint is float else value
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "arch_overrides":
+            out[key] = _merge(out[key], value, f"{where}{key}.")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict:
+    """``fusion.epochs=5`` -> ``{"fusion": {"epochs": 5}}``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    parts = key.strip().split(".")
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def from_dict(values: dict[str, Any], where: str = "") -> Config:
+    """Check a resolved params mapping against the schema."""
+    try:
+        return _build(Config, values, where)
+    except ConfigError as exc:
+        raise ConfigError(f"{where + ': ' if where else ''}{exc}") from None
+
+
+def load(*files: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
+    """``params/base.yaml``, then each file in order, then ``key=value`` overrides."""
+    root = repo_root()
+    merged = _read_yaml(root / "params" / "base.yaml")
+    for f in files:
+        p = Path(f)
+        p = p if p.is_absolute() or p.exists() else root / p
+        layer = _read_yaml(p)
+        _check_keys(layer, merged, str(p))
+        merged = _merge(merged, layer)
+    for text in overrides:
+        layer = parse_override(text)
+        _check_keys(layer, merged, f"override {text!r}")
+        merged = _merge(merged, layer)
+    return from_dict(merged)
+
+
+def _check_keys(layer: dict, reference: dict, where: str, prefix: str = "") -> None:
+    """Name the file (or override) holding an unknown key, before the schema check."""
+    for key, value in layer.items():
+        if key not in reference:
+            near = difflib.get_close_matches(key, list(reference), 1)
+            raise ConfigError(f"{where}: unknown key {prefix + key!r}"
+                              + (f" (did you mean {prefix + near[0]!r}?)" if near else "")
+                              + f". Valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(reference)}")
+        if isinstance(value, dict) and isinstance(reference[key], dict) and key != "arch_overrides":
+            _check_keys(value, reference[key], where, f"{prefix}{key}.")
+
+
+def notebook_config(params: str | os.PathLike | dict) -> Config:
+    """The config a notebook works with: the dict the runner injects, or a profile path (JupyterLab)."""
+    if isinstance(params, dict):
+        return from_dict(params, "injected params")
+    return load(params)
+
+
+def save(cfg: Config, path: Path) -> None:
+    """Write the resolved params as YAML (what a run folder records)."""
+    from kitlib.store import write_text_atomic
+
+    write_text_atomic(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

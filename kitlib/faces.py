@@ -1,0 +1,466 @@
+"""Faces from raw video: detection, one face track per annotated person, multi-scale re-crops.
+
+Implements the re-cropping of seed 000, sec. 3.2.1: for every frame ``t`` the annotated person's
+face is re-cropped from the raw frame at the scales ``s`` in ``crop_scales`` (0.9 / 1.2 / 1.5 in the
+paper), giving the crops ``x_t^(s)`` that eq. 6 encodes and eq. 7 averages (see ``kitlib.visual``).
+A crop is a square of side ``s * max(box w, box h)`` centred on the face box; where it passes the
+frame border it is zero-padded, which is the boundary artefact that PadAug (sec. 3.1.1) simulates
+during Stage I.
+
+Three detectors share one interface (``build_detector``): OpenCV's Haar cascade (the default, no
+weights to fetch), the ``face_alignment`` package's SFD / BlazeFace (weights only from its local
+torch-hub cache; the kit never downloads) and precomputed boxes from a CSV file.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("kitlib.faces")
+
+# Per-frame status of a face track.
+MISSING: int = 0   # no face for this frame: zero features, mask False
+DETECTED: int = 1  # the detector found the person's face in this frame
+BRIDGED: int = 2   # a short detection gap, box interpolated linearly between its neighbours
+
+
+# --------------------------------------------------------------------------- detectors
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """Finds faces in a batch of RGB frames.
+
+    ``detect`` takes frames (B, H, W, 3) uint8 RGB and the frames' 1-based numbers (only
+    detectors that read precomputed boxes need them) and returns per frame a float32 array
+    (k, 5) of ``x1, y1, x2, y2, score`` in pixels (k may be 0). ``for_video`` returns the
+    detector to use on one video: image detectors return themselves, the ``boxes`` detector
+    returns a copy bound to that video's rows.
+    """
+
+    name: str
+
+    def detect(self, frames: np.ndarray, *, frame_index: np.ndarray | None = None) -> list[np.ndarray]: ...
+
+    def for_video(self, videoid: str) -> "FaceDetector": ...
+
+
+DETECTORS: dict[str, Callable[..., FaceDetector]] = {}
+
+
+def register_detector(name: str) -> Callable[[Callable[..., FaceDetector]], Callable[..., FaceDetector]]:
+    """Class decorator adding a detector factory to the registry under ``name``."""
+    def add(factory: Callable[..., FaceDetector]) -> Callable[..., FaceDetector]:
+        DETECTORS[name] = factory
+        return factory
+    return add
+
+
+def build_detector(name: str = "opencv-haar", **options) -> FaceDetector:
+    """Build the detector registered as ``name`` with its keyword ``options``."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; valid names: {sorted(DETECTORS)}")
+    detector = DETECTORS[name](**options)
+    log.info("face detector %s ready (%s)", name, ", ".join(f"{k}={v}" for k, v in options.items()) or "defaults")
+    return detector
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (B, H, W, 3) uint8 RGB, got {frames.shape} {frames.dtype}")
+    return frames
+
+
+def _no_faces() -> np.ndarray:
+    return np.zeros((0, 5), np.float32)
+
+
+def _downscale_factor(height: int, width: int, max_side: int | None) -> float:
+    """Factor (<= 1) that brings the long side of a frame down to ``max_side`` for faster detection."""
+    if not max_side:
+        return 1.0
+    return min(1.0, max_side / max(height, width))
+
+
+@register_detector("opencv-haar")
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade, shipped inside the opencv-python wheel (no download).
+
+    Fast on CPU and weight-free, so it is the default; it misses profile and strongly rotated
+    faces, which ``track_faces`` bridges when the gap is short. Score = the cascade's neighbour
+    count (how many overlapping windows voted for the face). Speed on 2 CPU cores, 720p frames:
+    ~4-7 frames/s with the defaults (~10 with scale_factor=1.2 or min_size_frac=0.15), so for the
+    whole Aff-Wild2 release prefer ``face-alignment`` on a GPU or precomputed ``boxes``.
+    """
+
+    name = "opencv-haar"
+
+    def __init__(self, *, scale_factor: float = 1.1, min_neighbors: int = 5, min_size_frac: float = 0.1,
+                 max_side: int | None = 480, cascade: str = "haarcascade_frontalface_default.xml"):
+        import cv2
+
+        self.scale_factor = scale_factor        # image pyramid step of the cascade
+        self.min_neighbors = min_neighbors      # votes needed to keep a face (higher: fewer false faces)
+        self.min_size_frac = min_size_frac      # smallest face, as a fraction of the frame's short side
+        self.max_side = max_side                # detect on a copy whose long side is at most this
+        path = Path(cascade) if Path(cascade).is_file() else Path(cv2.data.haarcascades) / cascade
+        self._cascade = cv2.CascadeClassifier(str(path))
+        if self._cascade.empty():
+            raise FileNotFoundError(f"OpenCV Haar cascade {path} is missing or unreadable")
+
+    def for_video(self, videoid: str) -> "HaarDetector":
+        return self
+
+    def detect(self, frames: np.ndarray, *, frame_index: np.ndarray | None = None) -> list[np.ndarray]:
+        import cv2
+
+        frames = _check_frames(frames)
+        _, height, width, _ = frames.shape
+        factor = _downscale_factor(height, width, self.max_side)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        min_side = max(12, int(self.min_size_frac * min(size)))
+        out = []
+        for frame in frames:  # the cascade works on one image at a time
+            grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+            if factor < 1.0:
+                grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+            rects, votes = self._cascade.detectMultiScale2(grey, scaleFactor=self.scale_factor,
+                                                            minNeighbors=self.min_neighbors,
+                                                            minSize=(min_side, min_side))
+            if len(rects) == 0:
+                out.append(_no_faces())
+                continue
+            rects = np.asarray(rects, np.float32) / factor
+            boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:],
+                                    np.asarray(votes, np.float32).reshape(-1, 1)], axis=1)
+            out.append(boxes.astype(np.float32))
+        return out
+
+
+# Files face_alignment's detectors fetch with torch.hub (name in <hub dir>/checkpoints/).
+FACE_ALIGNMENT_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "sfd": ("s3fd-619a316812.pth",),
+    "blazeface": ("blazeface.pth", "anchors.npy"),
+    "blazeface-back": ("blazefaceback.pth", "anchorsback.npy"),
+}
+
+
+def face_alignment_weight_paths(backend: str, weights_dir: Path | str | None = None) -> list[Path]:
+    """Where the ``face_alignment`` weights for ``backend`` must lie (its torch-hub cache by default)."""
+    if backend not in FACE_ALIGNMENT_WEIGHTS:
+        raise ValueError(f"unknown face_alignment backend {backend!r}; valid: {sorted(FACE_ALIGNMENT_WEIGHTS)}")
+    root = Path(weights_dir) if weights_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+    return [root / name for name in FACE_ALIGNMENT_WEIGHTS[backend]]
+
+
+@register_detector("face-alignment")
+class FaceAlignmentDetector:
+    """The ``face_alignment`` package's SFD (S3FD) or BlazeFace detector, batched on ``device``.
+
+    Weights are read only from local files (``weights_dir`` or torch-hub's cache); when they are
+    absent this raises ``FileNotFoundError`` naming the paths looked at. The package is never
+    given a chance to download: the files are checked first and passed to it by path.
+    """
+
+    name = "face-alignment"
+
+    def __init__(self, *, backend: str = "sfd", device: torch.device | str = "cpu",
+                 weights_dir: Path | str | None = None, filter_threshold: float = 0.5,
+                 max_side: int | None = 640):
+        paths = face_alignment_weight_paths(backend, weights_dir)
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"face_alignment {backend!r} weights not found: looked for {missing}. The kit never "
+                f"downloads weights; copy them there (or pass weights_dir=...) or use the "
+                f"'opencv-haar' or 'boxes' detector")
+        self.backend = backend
+        self.device = torch.device(device)
+        self.max_side = max_side  # detect on a copy whose long side is at most this
+        device_name = str(self.device)
+        if backend == "sfd":
+            from face_alignment.detection.sfd.sfd_detector import SFDDetector
+
+            self._net = SFDDetector(device_name, path_to_detector=str(paths[0]), filter_threshold=filter_threshold)
+        else:
+            from face_alignment.detection.blazeface.blazeface_detector import BlazeFaceDetector
+
+            self._net = BlazeFaceDetector(device_name, back_model=backend == "blazeface-back",
+                                          path_to_detector=str(paths[0]), path_to_anchor=str(paths[1]),
+                                          min_score_thresh=filter_threshold)
+
+    def for_video(self, videoid: str) -> "FaceAlignmentDetector":
+        return self
+
+    def detect(self, frames: np.ndarray, *, frame_index: np.ndarray | None = None) -> list[np.ndarray]:
+        frames = _check_frames(frames)
+        _, height, width, _ = frames.shape
+        factor = _downscale_factor(height, width, self.max_side)
+        batch = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float()
+        if factor < 1.0:
+            batch = F.interpolate(batch, size=(round(height * factor), round(width * factor)),
+                                  mode="bilinear", antialias=True, align_corners=False)
+        with torch.inference_mode():
+            found = self._net.detect_from_batch(batch)
+        out = []
+        for boxes in found:
+            boxes = np.asarray(boxes, np.float32).reshape(-1, 5)
+            boxes[:, :4] /= factor
+            out.append(boxes)
+        return out
+
+
+BOX_COLUMNS: tuple[str, ...] = ("videoid", "frame", "x1", "y1", "x2", "y2", "score")
+
+
+@register_detector("boxes")
+class BoxesDetector:
+    """Precomputed face boxes from a CSV file with columns ``videoid,frame,x1,y1,x2,y2,score``.
+
+    ``frame`` is 1-based. Build it once for the file, then ``for_video(videoid)`` gives the
+    detector for one video; its ``detect`` needs the batch's ``frame_index``. A video with no
+    rows in the file yields no faces (logged as a warning), so it shows as "no face" in reports.
+    """
+
+    name = "boxes"
+
+    def __init__(self, *, path: Path | str, videoid: str | None = None,
+                 _table: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
+        self.path = Path(path)
+        self._table = _table if _table is not None else self._read(self.path)
+        self.videoid = videoid
+        if videoid is not None and videoid not in self._table:
+            log.warning("%s has no boxes for video %s: every frame will be without a face", self.path, videoid)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        import pandas as pd
+
+        if not path.is_file():
+            raise FileNotFoundError(f"face box file {path} does not exist")
+        table = pd.read_csv(path, dtype={"videoid": str})
+        missing = [c for c in BOX_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}; expected {list(BOX_COLUMNS)}")
+        table = table.sort_values(["videoid", "frame"], kind="stable")
+        frames = table["frame"].to_numpy(np.int64)
+        values = table[list(BOX_COLUMNS[2:])].to_numpy(np.float32)
+        if (frames < 1).any():
+            raise ValueError(f"{path}: frame numbers are 1-based, found {int(frames.min())}")
+        out = {}
+        for videoid, rows in table.groupby("videoid", sort=False).indices.items():
+            out[str(videoid)] = (frames[rows], values[rows])
+        log.info("read %d face boxes for %d videos from %s", len(table), len(out), path)
+        return out
+
+    def for_video(self, videoid: str) -> "BoxesDetector":
+        return BoxesDetector(path=self.path, videoid=videoid, _table=self._table)
+
+    def detect(self, frames: np.ndarray, *, frame_index: np.ndarray | None = None) -> list[np.ndarray]:
+        if self.videoid is None:
+            raise ValueError(f"the boxes detector for {self.path} is not bound to a video: use for_video(videoid)")
+        if frame_index is None:
+            raise ValueError("the boxes detector needs the frames' 1-based frame_index")
+        frame_index = np.asarray(frame_index, np.int64)
+        if frames is not None and len(frames) != len(frame_index):
+            raise ValueError(f"{len(frames)} frames but {len(frame_index)} frame numbers")
+        if self.videoid not in self._table:
+            return [_no_faces() for _ in frame_index]
+        numbers, values = self._table[self.videoid]
+        start = np.searchsorted(numbers, frame_index, side="left")
+        stop = np.searchsorted(numbers, frame_index, side="right")
+        return [values[a:b] for a, b in zip(start, stop)]
+
+
+# --------------------------------------------------------------------------- tracking
+
+@dataclass(frozen=True)
+class FaceTrack:
+    """One face box per frame for one annotated person."""
+
+    boxes: np.ndarray   # (N, 4) float32 x1, y1, x2, y2 in pixels, NaN where MISSING
+    status: np.ndarray  # (N,) uint8: DETECTED, BRIDGED or MISSING
+
+    @property
+    def present(self) -> np.ndarray:
+        """(N,) bool: the frame has a face box (detected or bridged)."""
+        return self.status != MISSING
+
+    def summary(self) -> dict[str, int]:
+        counts = np.bincount(self.status, minlength=3)
+        return dict(frames=int(len(self.status)), detected=int(counts[DETECTED]),
+                    bridged=int(counts[BRIDGED]), missing=int(counts[MISSING]))
+
+
+def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """IoU of each of ``boxes`` (k, >=4) with one ``box`` (4,)."""
+    x1 = np.maximum(boxes[:, 0], box[0])
+    y1 = np.maximum(boxes[:, 1], box[1])
+    x2 = np.minimum(boxes[:, 2], box[2])
+    y2 = np.minimum(boxes[:, 3], box[3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + (box[2] - box[0]) * (box[3] - box[1]) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter, dtype=np.float64), where=union > 0)
+
+
+class FaceTracker:
+    """Causal association: picks one face per frame for one person, frame batch after frame batch.
+
+    ``side`` "left"/"right": the face on that side (of two or more, the left-most / right-most;
+    a face continuing the previous pick is preferred when it is not the other person's).
+    No side: the largest face, but the face continuing the previous pick is kept unless another
+    is more than ``switch_ratio`` times larger. Continuity = IoU with the previous pick of at
+    least ``iou_keep``. Faces smaller than ``min_rel_area`` of the frame's largest are ignored
+    (false detections in the background).
+    """
+
+    def __init__(self, *, frame_size: tuple[int, int], side: str | None, iou_keep: float = 0.3,
+                 switch_ratio: float = 1.5, min_rel_area: float = 0.1):
+        if side not in (None, "left", "right"):
+            raise ValueError(f"side must be 'left', 'right' or None, got {side!r}")
+        self.width, self.height = frame_size
+        self.side = side
+        self.iou_keep = iou_keep
+        self.switch_ratio = switch_ratio
+        self.min_rel_area = min_rel_area
+        self._previous: np.ndarray | None = None
+
+    def _pick(self, faces: np.ndarray) -> np.ndarray | None:
+        area = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
+        keep = (area > 0) & (area >= self.min_rel_area * area.max(initial=0.0))
+        faces, area = faces[keep], area[keep]
+        if len(faces) == 0:
+            return None
+        iou = box_iou(faces, self._previous) if self._previous is not None else np.zeros(len(faces))
+        continuing = int(np.argmax(iou)) if iou.max() >= self.iou_keep else None
+        if self.side is None:
+            largest = int(np.argmax(area))
+            if continuing is None or area[largest] > self.switch_ratio * area[continuing]:
+                return faces[largest]
+            return faces[continuing]
+        centre_x = 0.5 * (faces[:, 0] + faces[:, 2])
+        own, other = (np.argmin(centre_x), np.argmax(centre_x)) if self.side == "left" else \
+                     (np.argmax(centre_x), np.argmin(centre_x))
+        if len(faces) >= 2:
+            if continuing is not None and continuing != other:
+                return faces[continuing]
+            return faces[own]
+        on_own_side = centre_x[0] < self.width / 2 if self.side == "left" else centre_x[0] >= self.width / 2
+        return faces[0] if (on_own_side or continuing is not None) else None
+
+    def update(self, detections: Sequence[np.ndarray]) -> np.ndarray:
+        """Picks for a batch of frames: (B, 4) float32, NaN where the person has no face."""
+        picks = np.full((len(detections), 4), np.nan, np.float32)
+        for i, faces in enumerate(detections):  # light loop: association depends on the previous pick
+            faces = np.asarray(faces, np.float32).reshape(-1, 5) if len(faces) else _no_faces()
+            if len(faces) == 0:
+                continue
+            pick = self._pick(faces)
+            if pick is not None:
+                picks[i] = pick[:4]
+                self._previous = pick[:4]
+        return picks
+
+
+def bridge_gaps(picks: np.ndarray, *, max_gap: int) -> FaceTrack:
+    """Interpolate picked boxes linearly over gaps of at most ``max_gap`` frames.
+
+    ``picks`` (N, 4) with NaN rows where nothing was picked. Frames before the first or after
+    the last pick are MISSING (no extrapolation). On a stream whose later frames are not known
+    yet, the status and box of frame i are final once picks up to frame i + max_gap are in.
+    """
+    picks = np.asarray(picks, np.float32)
+    n = len(picks)
+    detected = np.isfinite(picks).all(axis=1)
+    status = np.where(detected, DETECTED, MISSING).astype(np.uint8)
+    boxes = np.where(detected[:, None], picks, np.nan).astype(np.float32)
+    hits = np.flatnonzero(detected)
+    if len(hits) >= 2 and max_gap > 0:
+        frames = np.arange(n)
+        after = np.searchsorted(hits, frames, side="right")  # index into hits of the next pick
+        inside = (after > 0) & (after < len(hits)) & ~detected
+        prev_hit = hits[np.clip(after - 1, 0, len(hits) - 1)]
+        next_hit = hits[np.clip(after, 0, len(hits) - 1)]
+        bridged = inside & (next_hit - prev_hit - 1 <= max_gap)
+        if bridged.any():
+            for c in range(4):
+                boxes[bridged, c] = np.interp(frames[bridged], hits, picks[hits, c])
+            status[bridged] = BRIDGED
+    return FaceTrack(boxes=boxes, status=status)
+
+
+def track_faces(detections: Sequence[np.ndarray], *, frame_size: tuple[int, int], side: str | None,
+                max_gap: int, iou_keep: float = 0.3, switch_ratio: float = 1.5) -> FaceTrack:
+    """One face per frame for the annotated person of a video (see ``FaceTracker``), gaps bridged.
+
+    ``detections``: per frame a (k, 5) array from a ``FaceDetector``; ``frame_size`` (W, H);
+    ``side`` "left"/"right" for two-person videos, else None; gaps of at most ``max_gap``
+    frames are interpolated (BRIDGED), longer ones stay MISSING.
+    """
+    tracker = FaceTracker(frame_size=frame_size, side=side, iou_keep=iou_keep, switch_ratio=switch_ratio)
+    return bridge_gaps(tracker.update(detections), max_gap=max_gap)
+
+
+# --------------------------------------------------------------------------- cropping
+
+def crop_faces(frames: torch.Tensor, boxes: torch.Tensor, *, scales: Sequence[float], out_size: int,
+               antialias: bool = True, max_supersample: int = 4) -> torch.Tensor:
+    """Square multi-scale crops around face boxes, zero-padded past the frame border (sec. 3.2.1).
+
+    ``frames`` (B, 3, H, W), uint8 0..255 or float 0..1; ``boxes`` (B, 4) x1, y1, x2, y2 in pixels
+    (pixel i spans [i, i+1)). For each scale ``s`` the crop is centred on the box centre with side
+    ``s * max(w, h)`` and resized to ``out_size``; rows whose box is not finite give zeros.
+    Returns (B, S, 3, out_size, out_size), float32 for uint8 input, else the input's float dtype,
+    on the frames' device. With ``antialias`` a crop larger than ``out_size`` is supersampled
+    (up to ``max_supersample``^2 points per output pixel) and averaged, as an area resize would.
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be (B, 3, H, W), got {tuple(frames.shape)}")
+    if boxes.shape != (frames.shape[0], 4):
+        raise ValueError(f"boxes must be ({frames.shape[0]}, 4), got {tuple(boxes.shape)}")
+    dtype = torch.float32 if not frames.is_floating_point() else frames.dtype
+    device = frames.device
+    image = frames.to(dtype) / 255.0 if not frames.is_floating_point() else frames
+    batch, _, height, width = image.shape
+    n_scales = len(scales)
+
+    boxes = boxes.to(device=device, dtype=torch.float32)
+    valid = torch.isfinite(boxes).all(dim=1)
+    boxes = torch.where(valid[:, None], boxes, torch.tensor([0.0, 0.0, 1.0, 1.0], device=device))
+    centre = 0.5 * (boxes[:, :2] + boxes[:, 2:])                                        # (B, 2) x, y
+    extent = (boxes[:, 2:] - boxes[:, :2]).amax(dim=1).clamp_min(1.0)                   # (B,)
+    side = extent[:, None] * torch.tensor(list(scales), device=device, dtype=torch.float32)  # (B, S)
+
+    factor = 1
+    if antialias:
+        factor = int(min(max_supersample, max(1, int(np.ceil(float(side.max()) / out_size)))))
+    grid_size = out_size * factor
+    steps = (torch.arange(grid_size, device=device, dtype=torch.float32) + 0.5) / grid_size - 0.5  # (G,)
+    xs = centre[:, None, 0:1] + side[:, :, None] * steps                                 # (B, S, G) pixels
+    ys = centre[:, None, 1:2] + side[:, :, None] * steps
+    # pixel coordinates -> grid_sample's [-1, 1] with align_corners=False
+    xs = 2.0 * xs / width - 1.0
+    ys = 2.0 * ys / height - 1.0
+    grid = torch.stack(torch.broadcast_tensors(xs[:, :, None, :], ys[:, :, :, None]), dim=-1)  # (B, S, G, G, 2)
+    # the scales are stacked along the output height, so each frame is sampled once, never copied
+    grid = grid.reshape(batch, n_scales * grid_size, grid_size, 2).to(dtype)
+    crops = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if factor > 1:
+        crops = F.avg_pool2d(crops, factor)
+    crops = crops.reshape(batch, 3, n_scales, out_size, out_size).transpose(1, 2)
+    return crops * valid.to(crops.dtype)[:, None, None, None, None]
+
+
+def normalize(crops: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Per-channel ``(crops - mean) / std`` over the channel axis (-3) of 0..1 crops."""
+    mean_t = torch.as_tensor(mean, dtype=crops.dtype, device=crops.device).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=crops.dtype, device=crops.device).view(3, 1, 1)
+    return (crops - mean_t) / std_t

@@ -1,0 +1,667 @@
+"""Where params become calls: one function per pipeline step, taking the resolved ``Config``.
+
+The notebooks call these (and ``kitlib.plots``) and nothing else does the wiring, so a stage's
+behaviour is the same in JupyterLab, under papermill and in the tests. The heavy code lives in the
+stage modules (``faces``, ``visual``, ``stage1``, ``audio``, ``fusion``, ``smoothing``,
+``submission``); this module only reads params, picks paths inside the run folder and records
+reports there.
+"""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kitlib import config, data, runtime
+from kitlib.config import Config
+from kitlib.store import FeatureStore, write_json_atomic
+
+log = logging.getLogger("kitlib.pipeline")
+
+
+# ---------------------------------------------------------------- run folder and data
+def start(cfg: Config) -> Path:
+    """Every notebook's first call: logging, seeds, the run folder, and the demo data if asked for."""
+    runtime.setup_logging()
+    runtime.seed_everything(cfg.run.seed)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.data.generate_demo:
+        ensure_demo(cfg)
+    return cfg.run_dir
+
+
+def ensure_demo(cfg: Config) -> dict:
+    """Generate the embedded demo dataset into ``data.root`` unless it is already complete."""
+    from kitlib import demo
+
+    d = cfg.demo
+    return demo.generate_demo(cfg.path(cfg.data.root), seed=d.seed, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
+                              seconds=tuple(d.seconds), fps=d.fps, size=tuple(d.size), sample_rate=d.sample_rate,
+                              images_per_class=d.images_per_class)
+
+
+def device(cfg: Config) -> torch.device:
+    return runtime.pick_device(cfg.run.device)
+
+
+def amp_dtype(name: str, dev: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``bf16`` / ``fp16`` on CUDA; None (full precision) on CPU or for ``none``."""
+    valid = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+    if name not in valid:
+        raise config.ConfigError(f"amp must be one of {', '.join(valid)}, got {name!r}")
+    return valid[name] if dev.type == "cuda" else None
+
+
+def report(cfg: Config, name: str, table: pd.DataFrame) -> Path:
+    """Write a report table (bad input, coverage, ablations) as ``<run>/reports/<name>.csv``."""
+    path = cfg.run_dir / "reports" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
+
+
+def data_index(cfg: Config) -> data.DataIndex:
+    """All tracks of the release; files that could not be used go to ``reports/data_problems.csv``."""
+    index = data.discover(cfg.path(cfg.data.root), videos_dir=cfg.data.videos_dir,
+                          annotations_dir=cfg.data.annotations_dir, test_names=cfg.data.test_names)
+    report(cfg, "data_problems", pd.DataFrame(index.problems, columns=["file", "reason"]))
+    return index
+
+
+def video_table(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
+    """Decoded frame count, fps and duration of every video (cached in ``reports/videos.csv``).
+
+    A video that cannot be decoded gets its error in the ``error`` column and is left out by the
+    later stages, which report it again; the rest of the run goes on.
+    """
+    from tqdm.auto import tqdm
+
+    from kitlib.video import VideoError, probe
+
+    path = cfg.run_dir / "reports" / "videos.csv"
+    if path.is_file():
+        return pd.read_csv(path, keep_default_na=False)
+    rows = []
+    videos = sorted({(t.videoid, t.video_path) for t in index.tracks})
+    for videoid, video_path in tqdm(videos, desc="probe videos", unit="video"):
+        try:
+            info = probe(video_path)
+            rows.append({"videoid": videoid, "video": str(video_path), "n_frames": info.n_frames, "fps": info.fps,
+                         "width": info.width, "height": info.height, "duration_s": info.duration_s, "error": ""})
+        except VideoError as exc:
+            rows.append({"videoid": videoid, "video": str(video_path), "n_frames": 0, "fps": 0.0, "width": 0,
+                         "height": 0, "duration_s": 0.0, "error": exc.reason})
+    table = pd.DataFrame(rows)
+    report(cfg, "videos", table)
+    bad = table[table["error"] != ""]
+    if len(bad):
+        log.warning("%d of %d videos cannot be decoded (reports/videos.csv): %s", len(bad), len(table),
+                    "; ".join(f"{v}: {e}" for v, e in zip(bad["video"], bad["error"])))
+    return table
+
+
+def frame_labels(cfg: Config, index: data.DataIndex) -> dict[str, np.ndarray]:
+    """Labels of every annotated track, fitted to its video's decoded frame count (``data.length_policy``).
+
+    Each length mismatch is logged and listed in ``reports/length_mismatches.csv``.
+    """
+    n_frames = video_table(cfg, index).set_index("videoid")["n_frames"].to_dict()
+    labels, notes = {}, []
+    for t in index.tracks:
+        if t.labels_path is None or not n_frames.get(t.videoid):
+            continue
+        aligned, note = data.align_labels(data.read_labels(t.labels_path), int(n_frames[t.videoid]),
+                                          policy=cfg.data.length_policy, name=str(t.labels_path))
+        labels[t.txtid] = aligned
+        if note:
+            log.warning(note)
+            notes.append({"txtid": t.txtid, "annotation_lines": len(data.read_labels(t.labels_path)),
+                          "decoded_frames": int(n_frames[t.videoid]), "action": note.split(": ")[-1]})
+    report(cfg, "length_mismatches", pd.DataFrame(notes, columns=["txtid", "annotation_lines", "decoded_frames", "action"]))
+    return labels
+
+
+def folds(cfg: Config, index: data.DataIndex) -> dict[str, int]:
+    """Video-level folds over Train+Validation (``data.folds_file`` if given, else computed)."""
+    if cfg.data.folds_file:
+        return data.read_folds(cfg.data_path(cfg.data.folds_file))
+    annotated = [t for t in index.tracks if t.labels_path is not None]
+    return data.make_folds(data.label_histograms(annotated), n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
+                           trials=cfg.data.fold_trials)
+
+
+# ---------------------------------------------------------------- Stage I
+def padaug(cfg: Config):
+    from kitlib.padaug import PadAug
+
+    return PadAug(p=cfg.stage1.padaug_p, max_frac=cfg.stage1.padaug_max_frac) if cfg.stage1.padaug else None
+
+
+def stage1_items(cfg: Config) -> tuple[list, list]:
+    """(train, val) image items of the Stage-I dataset named by ``stage1.dataset``."""
+    from kitlib import images
+
+    root = cfg.data_path(cfg.stage1.images_root)
+    readers = {"class_folder": lambda split: images.class_folder_items(root / split),
+               "affectnet": lambda split: images.affectnet_items(root, split),
+               "rafdb": lambda split: images.rafdb_items(root, split)}
+    if cfg.stage1.dataset not in readers:
+        raise config.ConfigError(f"stage1.dataset {cfg.stage1.dataset!r} unknown; valid: {', '.join(readers)}")
+    return readers[cfg.stage1.dataset]("train"), readers[cfg.stage1.dataset]("val")
+
+
+def backbone_path(cfg: Config) -> Path:
+    """The adapted backbone this run uses: ``stage1.checkpoint`` or the one Stage I wrote."""
+    return cfg.path(cfg.stage1.checkpoint) if cfg.stage1.checkpoint else cfg.run_dir / "stage1" / "backbone.safetensors"
+
+
+def pretrained_backbone(cfg: Config) -> torch.nn.Module:
+    """The DINOv2 backbone before adaptation (local ``stage1.weights``, or random init when null)."""
+    from kitlib.backbone import build_backbone
+
+    weights = cfg.path(cfg.stage1.weights) if cfg.stage1.weights else None
+    return build_backbone(arch=cfg.stage1.arch, weights=weights, img_size=cfg.stage1.image_size,
+                          overrides=cfg.stage1.arch_overrides)
+
+
+def train_stage1(cfg: Config, *, head: str | None = None, use_padaug: bool | None = None,
+                 out_path: Path | None = None) -> dict:
+    """Stage-I adaptation with the params (head / PadAug can be switched for the Table-1 ablation)."""
+    from kitlib import stage1
+
+    s, dev = cfg.stage1, device(cfg)
+    train_items, val_items = stage1_items(cfg)
+    use_padaug = s.padaug if use_padaug is None else use_padaug
+    result = stage1.train_stage1(
+        backbone=pretrained_backbone(cfg), train_items=train_items, val_items=val_items, head_kind=head or s.head,
+        num_experts=s.num_experts, epochs=s.epochs, batch_size=s.batch_size, lr_backbone=s.lr_backbone,
+        lr_head=s.lr_head, weight_decay=s.weight_decay, mixup_alpha=s.mixup_alpha, label_smoothing=s.label_smoothing,
+        padaug=padaug(cfg) if use_padaug else None, n_frozen_blocks=s.n_frozen_blocks, image_size=s.image_size,
+        device=dev, amp_dtype=amp_dtype(s.amp, dev) or torch.float32, seed=cfg.run.seed, out_path=out_path or backbone_path(cfg),
+        max_steps_per_epoch=s.max_steps_per_epoch)
+    return result
+
+
+def adapted_backbone(cfg: Config) -> tuple[torch.nn.Module, dict]:
+    """The backbone for feature extraction: the adapted one if it exists, else (train: false) the pretrained one."""
+    from kitlib.backbone import checkpoint_hash, load_backbone
+
+    path = backbone_path(cfg)
+    if path.is_file():
+        model, record = load_backbone(path, device=device(cfg))
+        return model.eval(), {**record, "checkpoint": str(path), "checkpoint_hash": checkpoint_hash(path)}
+    if cfg.stage1.train:
+        raise FileNotFoundError(f"{path} is missing: run 02_stage1_train first (or set stage1.checkpoint)")
+    model = pretrained_backbone(cfg).to(device(cfg)).eval()
+    return model, {"arch": cfg.stage1.arch, "checkpoint": cfg.stage1.weights, "adapted": False}
+
+
+# ---------------------------------------------------------------- Stage II features
+def feature_store(cfg: Config, kind: str) -> FeatureStore:
+    return FeatureStore(cfg.run_dir / "features", kind)
+
+
+def extract_visual(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
+    """Faces -> multi-scale crops -> backbone features for every track (resumable)."""
+    from kitlib.backbone import input_mean_std
+    from kitlib.faces import build_detector
+    from kitlib.visual import extract_visual_features
+
+    dev = device(cfg)
+    backbone, record = adapted_backbone(cfg)
+    mean, std = input_mean_std(backbone)
+    options = {"path": cfg.path(cfg.faces.boxes_file)} if cfg.faces.detector == "boxes" else {}
+    detector = build_detector(cfg.faces.detector, **options)
+    table = extract_visual_features(
+        index.tracks, feature_store(cfg, "visual"), backbone, detector=detector, crop_scales=cfg.faces.crop_scales,
+        image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size,
+        max_gap=cfg.faces.max_gap, device=dev, dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32,
+        decode_batch=cfg.faces.decode_batch,
+        manifest={"backbone": record, "params_digest": cfg.digest()})
+    report(cfg, "visual_extraction", table)
+    return table
+
+
+def audio_encoder_path(cfg: Config) -> Path:
+    """The local audio encoder folder; the demo builds its tiny random-init one there if absent."""
+    from kitlib.audio import make_tiny_encoder
+
+    path = cfg.path(cfg.audio.encoder)
+    if cfg.audio.make_tiny_encoder and not (path / "config.json").is_file():
+        make_tiny_encoder(path, seed=cfg.run.seed)
+    return path
+
+
+def extract_audio(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
+    """wav2vec 2.0 features aligned to every frame (plus the Table-2 alignments), resumable."""
+    from kitlib.audio import extract_audio_features, load_audio_encoder
+
+    a, dev = cfg.audio, device(cfg)
+    path = audio_encoder_path(cfg)
+    encoder = load_audio_encoder(path, device=dev, dtype=amp_dtype(a.amp, dev) or torch.float32)
+    layers: str | int = int(a.layers) if a.layers.isdigit() else a.layers
+    table = extract_audio_features(
+        index.tracks, feature_store(cfg, "audio"), encoder, sample_rate=a.sample_rate,
+        chunk_s=a.chunk_s, overlap_s=a.overlap_s, layers=layers, method=a.align, align_window_s=a.align_window_s,
+        manifest={"encoder": str(path), "params_digest": cfg.digest()}, extra_windows_s=a.ablation_windows_s)
+    report(cfg, "audio_extraction", table)
+    return table
+
+
+# ---------------------------------------------------------------- tables the notebooks show
+def read_report(cfg: Config, name: str) -> pd.DataFrame:
+    path = cfg.run_dir / "reports" / f"{name}.csv"
+    return pd.read_csv(path, keep_default_na=False) if path.is_file() else pd.DataFrame()
+
+
+def track_table(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
+    """One row per track: split, video, decoded frames, valid/invalid labelled frames and class counts."""
+    videos = video_table(cfg, index).set_index("videoid")
+    hist = data.label_histograms([t for t in index.tracks if t.labels_path is not None])
+    test = pd.DataFrame([{"txtid": t.txtid, "videoid": t.videoid, "split": t.split} for t in index.tracks
+                         if t.labels_path is None])
+    table = pd.concat([hist, test], ignore_index=True)
+    table["frames"] = table["videoid"].map(videos["n_frames"]).fillna(0).astype(int)
+    counts = [c for c in table.columns if c.startswith("class_") or c in ("valid", "invalid")]
+    table[counts] = table[counts].fillna(0).astype(int)
+    return table
+
+
+def fold_table(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
+    """Per fold: tracks, videos, valid frames and class shares; the assignment goes to ``reports/folds.csv``."""
+    from kitlib import CLASSES
+
+    assignment = folds(cfg, index)
+    hist = data.label_histograms([t for t in index.tracks if t.txtid in assignment])
+    hist["fold"] = hist["txtid"].map(assignment)
+    report(cfg, "folds", hist[["txtid", "videoid", "split", "fold"]])
+    classes = [f"class_{c}" for c in range(len(CLASSES))]
+    per_fold = hist.groupby("fold").agg(tracks=("txtid", "count"), videos=("videoid", "nunique"), valid=("valid", "sum"))
+    shares = hist.groupby("fold")[classes].sum()
+    shares = (shares.div(shares.sum(1), axis=0)).round(3).rename(columns=dict(zip(classes, CLASSES)))
+    return per_fold.join(shares)
+
+
+def preview_images(cfg: Config, *, n: int = 6, folder: str | None = None, size: int = 112) -> torch.Tensor:
+    """``n`` face images (uint8, n x 3 x size x size) from ``folder`` or the Stage-I training set, one per class first."""
+    from PIL import Image
+
+    if folder is not None:
+        paths = sorted(p for p in Path(folder).expanduser().rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        if not paths:
+            raise FileNotFoundError(f"{folder}: no .jpg/.png images to preview")
+    else:
+        items = stage1_items(cfg)[0]
+        by_class: dict[int, list[Path]] = {}
+        for path, label in items:
+            by_class.setdefault(label, []).append(Path(path))
+        paths = [p for group in zip(*by_class.values()) for p in group]
+    images = [np.asarray(Image.open(p).convert("RGB").resize((size, size))) for p in paths[:n]]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def padaug_grid(cfg: Config, images: torch.Tensor, *, rows: int = 2) -> np.ndarray:
+    """The paper's Fig. 3 as an H x W x 3 array: originals on top, ``rows`` rows of PadAug samples below."""
+    from kitlib.padaug import PadAug, preview_grid
+
+    aug = padaug(cfg) or PadAug(max_frac=cfg.stage1.padaug_max_frac)
+    grid = preview_grid(images, padaug=aug, n_per_image=rows, seed=cfg.run.seed)
+    return grid.permute(1, 2, 0).numpy()
+
+
+def image_set_table(train_items: list, val_items: list) -> pd.DataFrame:
+    """Images per class in the Stage-I train and validation sets."""
+    from kitlib import CLASSES
+    from kitlib.images import label_counts
+
+    return pd.DataFrame({"train": label_counts(train_items), "val": label_counts(val_items)}, index=list(CLASSES))
+
+
+def run_stage1(cfg: Config) -> dict:
+    """Stage I as the params say: train (``stage1.train``), or record that an existing backbone is used."""
+    if cfg.stage1.train:
+        return train_stage1(cfg)
+    source = cfg.stage1.checkpoint or cfg.stage1.weights or "random init"
+    log.info("stage1.train is false: features will come from %s", source)
+    return {"history": [], "best_epoch": None, "best_val_f1": None, "out_path": source}
+
+
+def history_table(result: dict) -> pd.DataFrame:
+    return pd.DataFrame(result.get("history", []))
+
+
+def backbone_record(cfg: Config) -> pd.Series:
+    """How the backbone used by this run was made (record saved with it), without the per-epoch history."""
+    from kitlib.backbone import read_record
+
+    path = backbone_path(cfg)
+    if not path.is_file():
+        return pd.Series({"backbone": cfg.stage1.checkpoint or cfg.stage1.weights or "random init", "adapted": False})
+    record = {k: v for k, v in read_record(path).items() if k != "history"}
+    return pd.Series({k: (v if np.isscalar(v) or v is None else str(v)) for k, v in record.items()})
+
+
+def backbone_state(cfg: Config) -> str:
+    """Table 1's row name for this run's backbone: pretrained, or fine-tuned with its head (and PadAug)."""
+    from kitlib.backbone import read_record
+
+    path = backbone_path(cfg)
+    record = read_record(path) if path.is_file() else {}
+    if "head_kind" not in record:
+        return "pretrained"
+    padaug_used = "PadAug(" in str((record.get("params") or {}).get("padaug", ""))
+    return f"fine-tuned + {record['head_kind'].upper()}" + (" + PadAug" if padaug_used else "")
+
+
+def _split_arrays(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray], kind: str, key: str,
+                  split: str, *, scale: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stacked features (array ``key`` of store ``kind``) and labels of a split's valid, covered frames."""
+    store = feature_store(cfg, kind)
+    xs, ys = [], []
+    for t in index.split(split):
+        if t.txtid not in labels or not store.done(t.txtid):
+            continue
+        entry = store.load(t.txtid)
+        x = entry[key] if scale is None else entry[key][:, scale]
+        mask = entry.get(f"{key}_mask", entry["mask"])
+        y = labels[t.txtid][: len(x)]
+        keep = mask[: len(y)] & (y >= 0)
+        xs.append(np.asarray(x[: len(y)][keep], dtype=np.float32))
+        ys.append(y[keep])
+    if not xs:
+        raise FileNotFoundError(f"no {kind} features for the {split} tracks in {store.root}")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def crop_scale_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Table 1 for this run's backbone: linear-probe macro F1 per crop scale and for the multi-scale mean."""
+    from kitlib.visual import linear_probe_f1
+
+    state = backbone_state(cfg)
+    rows = []
+    settings = [(f"crop {s}", "features_by_scale", i) for i, s in enumerate(cfg.faces.crop_scales)]
+    settings.append(("multi-scale mean", "features", None))
+    for name, key, scale in settings:
+        train = _split_arrays(cfg, index, labels, "visual", key, "Train_Set", scale=scale)
+        val = _split_arrays(cfg, index, labels, "visual", key, "Validation_Set", scale=scale)
+        rows.append({"backbone": state, "crop": name, "val_f1": linear_probe_f1(*train, *val, seed=cfg.run.seed),
+                     "train_frames": len(train[1]), "val_frames": len(val[1])})
+    table = pd.DataFrame(rows)
+    report(cfg, "table1_crops", table)
+    return table
+
+
+def alignment_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Table 2: linear-probe macro F1 of the audio features per frame alignment (nearest, window means)."""
+    from kitlib.visual import linear_probe_f1
+
+    a = cfg.audio
+    settings = [("nearest", "nearest", 0.0)] if a.ablation_windows_s else []
+    settings += [(f"window mean ({w:.2f} s)", f"window_{int(round(w * 1000))}", w) for w in a.ablation_windows_s]
+    settings.append((f"{a.align} ({a.align_window_s:.2f} s, used)" if a.align == "window" else "nearest (used)",
+                     "features", a.align_window_s))
+    rows = []
+    for name, key, window in settings:
+        train = _split_arrays(cfg, index, labels, "audio", key, "Train_Set")
+        val = _split_arrays(cfg, index, labels, "audio", key, "Validation_Set")
+        rows.append({"alignment": name, "window_s": window, "val_f1": linear_probe_f1(*train, *val, seed=cfg.run.seed),
+                     "train_frames": len(train[1]), "val_frames": len(val[1])})
+    table = pd.DataFrame(rows).sort_values("window_s", kind="stable").reset_index(drop=True)
+    report(cfg, "table2_alignment", table)
+    return table
+
+
+# ---------------------------------------------------------------- Stage II fusion, smoothing, submission
+def _train_kwargs(cfg: Config) -> dict:
+    f = cfg.fusion
+    return dict(hidden=f.hidden, dropout=f.dropout, epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
+                weight_decay=f.weight_decay, patience=f.patience, seed=cfg.run.seed, device=device(cfg),
+                class_weights=None if f.class_weights == "none" else f.class_weights)
+
+
+def frame_table(cfg: Config, tracks: list[data.Track], labels: dict[str, np.ndarray] | None):
+    """Visual + audio features (and labels) of ``tracks`` as one ``fusion.FrameTable``."""
+    from kitlib.fusion import load_frame_table
+
+    return load_frame_table(tracks, visual_store=feature_store(cfg, "visual"), audio_store=feature_store(cfg, "audio"),
+                            labels=labels)
+
+
+def _with_features(cfg: Config, tracks: list[data.Track], what: str) -> list[data.Track]:
+    """The tracks whose visual and audio features exist; the others are logged and reported."""
+    vis, aud = feature_store(cfg, "visual"), feature_store(cfg, "audio")
+    kept = [t for t in tracks if vis.done(t.txtid) and aud.done(t.txtid)]
+    dropped = [{"txtid": t.txtid, "stage": what, "visual": vis.done(t.txtid), "audio": aud.done(t.txtid)}
+               for t in tracks if t not in kept]
+    if dropped:
+        log.warning("%s: %d track(s) have no features and are left out: %s", what, len(dropped),
+                    ", ".join(d["txtid"] for d in dropped))
+    report(cfg, f"missing_features_{what}", pd.DataFrame(dropped, columns=["txtid", "stage", "visual", "audio"]))
+    return kept
+
+
+def _save_logits(path: Path, logits_by_track: dict[str, np.ndarray]) -> None:
+    from kitlib.store import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **logits_by_track)
+
+
+def load_logits(cfg: Config, name: str) -> dict[str, np.ndarray]:
+    """Per-track logits saved by stage 05 (``val`` = official validation, ``oof`` = out-of-fold)."""
+    path = cfg.run_dir / "fusion" / f"{name}_logits.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run 05_fusion_ablation first")
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def fusion_ablation(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray],
+                    folds: dict[str, int]) -> pd.DataFrame:
+    """Table 3: every head of ``fusion.heads`` on the official split (and the folds); keeps the final head."""
+    from kitlib import fusion
+
+    f = cfg.fusion
+    names = list(dict.fromkeys([*f.heads, f.final_head]))
+    unknown = [h for h in names if h not in fusion.HEADS]
+    if unknown:
+        raise config.ConfigError(f"fusion.heads / fusion.final_head name unknown head(s) {unknown}; "
+                                 f"valid: {', '.join(fusion.HEADS)}")
+    annotated = _with_features(cfg, [t for t in index.tracks if t.txtid in labels], "fusion")
+    train = frame_table(cfg, [t for t in annotated if t.split == "Train_Set"], labels)
+    val = frame_table(cfg, [t for t in annotated if t.split == "Validation_Set"], labels)
+    pool = frame_table(cfg, annotated, labels) if f.cross_validation else None
+    comparison = fusion.evaluate_heads(names, train=train, val=val, folds=folds if pool is not None else None,
+                                       table_all=pool, **_train_kwargs(cfg))
+    out = cfg.run_dir / "fusion"
+    out.mkdir(parents=True, exist_ok=True)
+    final = comparison.trained[f.final_head]
+    from kitlib.store import atomic_path
+
+    with atomic_path(out / "final_head.pt") as tmp:
+        torch.save({"name": final.name, "config": final.config, "state_dict": final.module.state_dict(),
+                    "best_epoch": final.best_epoch, "best_val_f1": final.best_val_f1,
+                    "visual_dim": val.visual_dim, "audio_dim": val.audio_dim}, tmp)
+    _save_logits(out / "val_logits.npz", fusion.split_by_track(val, comparison.val_logits[f.final_head]))
+    if pool is not None:
+        _save_logits(out / "oof_logits.npz", fusion.split_by_track(pool, comparison.fold_logits[f.final_head]))
+    history = pd.DataFrame([{**row, "head": name} for name, head in comparison.trained.items() for row in head.history])
+    report(cfg, "fusion_history", history)
+    table = comparison.table[comparison.table["head"].isin(f.heads)].reset_index(drop=True)
+    report(cfg, "table3_fusion", table)
+    return table
+
+
+def final_head_report(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> dict:
+    """Per-class F1 and the confusion matrix of the final head on the official validation split."""
+    from kitlib import CLASSES, metrics
+
+    logits = load_logits(cfg, "val")
+    y = np.concatenate([labels[t][: len(x)] for t, x in logits.items()])
+    pred = np.concatenate([x.argmax(1) for x in logits.values()])
+    per_class = pd.DataFrame({"f1": metrics.per_class_f1(y, pred), "frames": np.bincount(y[y >= 0], minlength=len(CLASSES))},
+                             index=list(CLASSES))
+    per_class.loc["macro"] = [metrics.macro_f1(y, pred), int((y >= 0).sum())]
+    report(cfg, "final_head_per_class", per_class.reset_index(names="class"))
+    return {"per_class": per_class, "confusion": metrics.confusion(y, pred)}
+
+
+def _sweep_windows(cfg: Config) -> range:
+    s = cfg.smoothing
+    if s.window_min % 2 == 0 or s.window_step % 2 == 1:
+        raise config.ConfigError("smoothing.window_min must be odd and smoothing.window_step even (odd windows only)")
+    return range(s.window_min, s.window_max + 1, s.window_step)
+
+
+def smoothing_sweep(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
+    """Fig. 4: macro F1 per strategy and window on the official validation split and on each fold."""
+    from kitlib import smoothing
+
+    labels = frame_labels(cfg, index)
+    windows = sorted({*_sweep_windows(cfg), cfg.smoothing.final_window})
+    sets = {"official val": load_logits(cfg, "val")}
+    oof_path = cfg.run_dir / "fusion" / "oof_logits.npz"
+    if oof_path.is_file():
+        oof = load_logits(cfg, "oof")
+        assignment = folds(cfg, index)
+        for k in sorted({assignment[t] for t in oof}):
+            sets[f"fold {k}"] = {t: x for t, x in oof.items() if assignment[t] == k}
+    tables = []
+    for name, logits in sets.items():
+        table = smoothing.sweep(logits, {t: labels[t][: len(x)] for t, x in logits.items()}, windows=windows,
+                                strategies=cfg.smoothing.strategies)
+        tables.append(table.assign(split=name))
+    sweep = pd.concat(tables, ignore_index=True)
+    report(cfg, "smoothing_sweep", sweep)
+    return sweep
+
+
+def smoothing_table(cfg: Config, sweep: pd.DataFrame) -> pd.DataFrame:
+    """Table 4: single frame and each strategy at ``smoothing.final_window``: official val F1, fold mean ± std."""
+    w = cfg.smoothing.final_window
+    rows = sweep[(sweep["window"] == w) | (sweep["strategy"] == "none")].copy()
+    rows["strategy"] = rows["strategy"].replace({"none": "single-frame"})
+    official = rows[rows["split"] == "official val"].set_index("strategy")["f1"]
+    table = pd.DataFrame({"official_val_f1": official})
+    on_folds = rows[rows["split"].str.startswith("fold")]
+    if len(on_folds):
+        table["cv_mean_f1"] = on_folds.groupby("strategy")["f1"].mean()
+        table["cv_std_f1"] = on_folds.groupby("strategy")["f1"].std(ddof=1)
+    table = table.reset_index().assign(window=lambda t: np.where(t["strategy"] == "single-frame", 1, w))
+    report(cfg, "table4_smoothing", table)
+    return table
+
+
+def smoothing_example(cfg: Config, index: data.DataIndex) -> dict:
+    """The longest validation track: truth, single-frame and final-smoothing predictions."""
+    from kitlib.smoothing import smooth_logits
+
+    logits = load_logits(cfg, "val")
+    txtid = max(logits, key=lambda t: len(logits[t]))
+    x = logits[txtid]
+    s = cfg.smoothing
+    return {"txtid": txtid, "truth": frame_labels(cfg, index)[txtid][: len(x)],
+            "rows": {"single frame": x.argmax(1),
+                     f"{s.final_strategy} {s.final_window}": smooth_logits(x, s.final_window, s.final_strategy).argmax(1)}}
+
+
+def _load_final_head(cfg: Config):
+    from kitlib.fusion import build_head
+
+    path = cfg.run_dir / "fusion" / "final_head.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run 05_fusion_ablation first")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    head = build_head(saved["name"], visual_dim=saved["visual_dim"], audio_dim=saved["audio_dim"],
+                      hidden=cfg.fusion.hidden, dropout=cfg.fusion.dropout)
+    head.load_state_dict(saved["state_dict"])
+    return head.eval(), saved
+
+
+def predict_test_logits(cfg: Config, index: data.DataIndex, table) -> np.ndarray:
+    """Logits of the test frames: the final head, or the mean over fold models (``submission.ensemble_folds``)."""
+    from kitlib.fusion import predict_logits, train_head
+
+    dev = device(cfg)
+    head, saved = _load_final_head(cfg)
+    if not cfg.submission.ensemble_folds:
+        return predict_logits(head, table, batch_size=cfg.fusion.batch_size, device=dev)
+    labels = frame_labels(cfg, index)
+    annotated = _with_features(cfg, [t for t in index.tracks if t.txtid in labels], "ensemble")
+    pool = frame_table(cfg, annotated, labels)
+    assignment = folds(cfg, index)
+    kwargs = {**_train_kwargs(cfg), "epochs": max(int(saved["best_epoch"]), 1)}
+    outs = []
+    for k in sorted(set(assignment[t] for t in pool.txtids)):
+        part = pool.subset([t for t in pool.txtids if assignment[t] != k])
+        model = train_head(saved["name"], part, None, **kwargs).module
+        outs.append(predict_logits(model, table, batch_size=cfg.fusion.batch_size, device=dev))
+    log.info("test logits: mean over %d fold models", len(outs))
+    return np.mean(outs, axis=0)
+
+
+def make_submission(cfg: Config, index: data.DataIndex) -> dict:
+    """Predict the test tracks, smooth, write the official file in the template's order and validate it."""
+    from kitlib import submission
+    from kitlib.fusion import split_by_track
+    from kitlib.smoothing import smooth_logits
+
+    template = submission.read_template(cfg.data_path(cfg.data.test_template))
+    tests = [t for t in index.tracks if t.split == "Test_Set"]
+    unknown = sorted(set(template["txtid"]) - {t.txtid for t in tests})
+    if unknown:
+        raise submission.SubmissionError(f"the template names track(s) not in the test list {cfg.data.test_names}: "
+                                         f"{', '.join(unknown[:5])}")
+    tests = [t for t in tests if t.txtid in set(template["txtid"])]
+    covered = _with_features(cfg, tests, "submission")
+    if len(covered) < len(tests):
+        raise submission.SubmissionError("test track(s) without features: "
+                                         + ", ".join(t.txtid for t in tests if t not in covered)
+                                         + " (see reports/videos.csv and the extraction reports)")
+    table = frame_table(cfg, covered, None)
+    logits = split_by_track(table, predict_test_logits(cfg, index, table))
+    s = cfg.smoothing
+    predictions = {}
+    for i, txtid in enumerate(table.txtids):
+        rows = slice(table.offsets[i], table.offsets[i + 1])
+        has_face, has_audio = table.visual_mask[rows], table.audio_mask[rows]
+        frames = table.frame_index[rows]
+        usable = has_face | has_audio                       # frames with some evidence
+        smoothed = smooth_logits(logits[txtid], s.final_window, s.final_strategy).argmax(1)
+        source = np.where(has_face, "face", "audio")
+        predictions[txtid] = submission.TrackPrediction(frames[usable], smoothed[usable], source[usable])
+    out = cfg.run_dir / "submission" / cfg.submission.filename
+    coverage = submission.write_submission(out, template, predictions, fill_policy=cfg.submission.fill_policy)
+    rows = submission.validate_submission(out, template)
+    report(cfg, "submission_coverage", coverage)
+    log.info("submission: %s, %d rows, validated", out, rows)
+    return {"path": out, "rows": rows, "coverage": coverage}
+
+
+def score_demo_test(cfg: Config, index: data.DataIndex, path: Path) -> pd.DataFrame:
+    """The demo's test-set macro F1 from its ground truth (``<data.root>/truth``); empty for real data."""
+    from kitlib import metrics, submission
+
+    truth_dir = cfg.data_path("truth")
+    if not truth_dir.is_dir():
+        return pd.DataFrame()
+    rows = pd.read_csv(path, skiprows=1, header=None, names=["location", "label"])
+    parts = rows["location"].str.extract(r"^(?P<txtid>.+)/(?P<frame>\d+)\.jpg$")
+    y_true, y_pred = [], []
+    for txtid, group in parts.groupby("txtid", sort=False):
+        with np.load(truth_dir / f"{txtid}.npz") as truth:
+            labels = truth["labels"]
+        frames = group["frame"].astype(int).to_numpy()
+        inside = frames <= len(labels)
+        y_true.append(labels[frames[inside] - 1])
+        y_pred.append(rows.loc[group.index, "label"].to_numpy()[inside])
+    y_true, y_pred = np.concatenate(y_true), np.concatenate(y_pred)
+    table = pd.DataFrame([{"split": "demo test", "frames": int((y_true >= 0).sum()),
+                           "macro_f1": metrics.macro_f1(y_true, y_pred)}])
+    report(cfg, "demo_test_score", table)
+    return table

@@ -1,0 +1,163 @@
+"""Seaborn figures shown by the notebooks and saved, as PNG, into ``<run>/figures/``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from kitlib import CLASSES
+
+sns.set_theme(context="notebook", style="whitegrid")
+
+
+def save(fig: plt.Figure, run_dir: Path, name: str) -> Path:
+    """Save ``fig`` as ``<run_dir>/figures/<name>.png`` and return the path."""
+    path = Path(run_dir) / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def class_histogram(hist: pd.DataFrame) -> plt.Figure:
+    """Valid frames per class and split (the class imbalance the folds must respect)."""
+    cols = [f"class_{c}" for c in range(len(CLASSES))]
+    long = hist.groupby("split")[cols].sum().rename(columns=dict(zip(cols, CLASSES))).reset_index().melt(
+        id_vars="split", var_name="class", value_name="frames")
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    sns.barplot(long, x="class", y="frames", hue="split", ax=ax)
+    ax.set_title("Valid frames per class")
+    return fig
+
+
+def image_grid(grid: np.ndarray, *, title: str, row_labels: list[str] | None = None) -> plt.Figure:
+    """A grid of images (rows x cols x H x W x 3, floats 0..1 or uint8) like the paper's Fig. 3."""
+    rows, cols = grid.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            axes[r, c].imshow(grid[r, c])
+            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+        if row_labels:
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: pd.DataFrame, *, x: str = "epoch", metrics: tuple[str, ...] = ("train_loss", "val_f1"),
+                    title: str = "") -> plt.Figure:
+    """One panel per metric over epochs (Stage I, fusion heads)."""
+    present = [m for m in metrics if m in history]
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
+    hue = "head" if "head" in history else None
+    for ax, metric in zip(axes[0], present):
+        sns.lineplot(history, x=x, y=metric, hue=hue, marker="o", ax=ax)
+        ax.set_title(metric)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def bar_table(table: pd.DataFrame, *, x: str, y: str, hue: str | None = None, title: str = "",
+              err: str | None = None) -> plt.Figure:
+    """A bar per row of an ablation table (Tables 1-4), optional error bars from column ``err``."""
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(table)), 3.4))
+    sns.barplot(table, x=x, y=y, hue=hue, ax=ax)
+    if err is not None and hue is None:
+        ax.errorbar(np.arange(len(table)), table[y], yerr=table[err].fillna(0), fmt="none", ecolor="black", capsize=3)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(cm: np.ndarray, *, title: str = "Confusion matrix (row-normalised)") -> plt.Figure:
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sns.heatmap(pd.DataFrame(norm, index=CLASSES, columns=CLASSES), annot=True, fmt=".2f", cmap="Blues",
+                vmin=0, vmax=1, ax=ax, cbar=False)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def smoothing_sweep(sweep: pd.DataFrame, *, baseline: float | None = None, title: str = "") -> plt.Figure:
+    """Macro F1 against window size per strategy (the paper's Fig. 4)."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    sns.lineplot(sweep, x="window", y="f1", hue="strategy", ax=ax)
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls="--", label="single frame")
+        ax.legend()
+    ax.set_title(title or "Temporal smoothing: macro F1 by window size")
+    fig.tight_layout()
+    return fig
+
+
+def timeline(labels: np.ndarray, rows: dict[str, np.ndarray], *, title: str = "") -> plt.Figure:
+    """Per-frame class sequences of one video: truth and predictions, one strip each."""
+    names = ["truth", *rows]
+    data = np.vstack([labels, *rows.values()]).astype(float)
+    data[data < 0] = np.nan
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 0.8))
+    sns.heatmap(data, cmap=sns.color_palette("tab10", len(CLASSES)), vmin=-0.5, vmax=len(CLASSES) - 0.5,
+                yticklabels=names, xticklabels=False, ax=ax, cbar_kws={"ticks": range(len(CLASSES))})
+    ax.collections[0].colorbar.set_ticklabels(CLASSES)
+    ax.set_xlabel("frame"), ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def image(array: np.ndarray, *, title: str = "") -> plt.Figure:
+    """One image (H x W x 3, uint8 or floats 0..1), e.g. the PadAug grid."""
+    fig, ax = plt.subplots(figsize=(min(14, array.shape[1] / 60), min(10, array.shape[0] / 60)))
+    ax.imshow(array)
+    ax.set_axis_off(), ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def face_coverage(extraction: pd.DataFrame) -> plt.Figure:
+    """Per track: frames with a detected face, bridged frames, and frames with no face (stacked bars)."""
+    parts = [c for c in ("detected", "bridged", "missing") if c in extraction]
+    table = extraction.set_index("txtid")[parts].astype(float)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(table)), 3.4))
+    bottom = np.zeros(len(table))
+    for part, colour in zip(parts, sns.color_palette("deep", len(parts))):
+        ax.bar(table.index, table[part], bottom=bottom, label=part, color=colour)
+        bottom += table[part].to_numpy()
+    ax.set_ylabel("frames"), ax.legend(), ax.set_title("Face track per annotation file")
+    ax.tick_params(axis="x", rotation=60, labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fold_scores(table: pd.DataFrame) -> plt.Figure:
+    """Table 3's cross-validation: macro F1 of each head on each fold (points) and the mean (bar)."""
+    folds = [c for c in table.columns if c.startswith("fold_")]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table)), 3.4))
+    if not folds:
+        ax.text(0.5, 0.5, "no cross-validation in this run (fusion.cross_validation: false)", ha="center")
+        ax.set_axis_off()
+        return fig
+    long = table.melt(id_vars="head", value_vars=folds, var_name="fold", value_name="f1")
+    sns.barplot(long, x="head", y="f1", errorbar="sd", color="lightsteelblue", ax=ax)
+    sns.stripplot(long, x="head", y="f1", hue="fold", dodge=False, ax=ax)
+    ax.set_title("Table 3: video-level cross-validation (mean ± std, folds as points)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def coverage(table: pd.DataFrame) -> plt.Figure:
+    """Submission coverage per track: template frames by where their label came from."""
+    parts = [c for c in table.columns if c.startswith("from_")] + ["filled"]
+    long = table.melt(id_vars="txtid", value_vars=parts, var_name="source", value_name="frames")
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(table)), 3.4))
+    sns.barplot(long, x="txtid", y="frames", hue="source", ax=ax)
+    ax.tick_params(axis="x", rotation=45)
+    ax.set_title("Test frames by prediction source")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,172 @@
+"""Run the numbered notebooks in order, headless, into one run folder.
+
+    python -m kitlib.run params/demo.yaml                    # the whole chain on the demo
+    python -m kitlib.run params/abaw10.yaml params/local.yaml stage1.epochs=6
+    python -m kitlib.run params/demo.yaml --stages 05-07      # a subset (by number or name)
+    python -m kitlib.run params/demo.yaml --stages 06 --rerun # run a finished stage again
+
+Each notebook gets the resolved params as its ``params`` parameter (papermill) and is written,
+executed, to ``<run>/notebooks/``. A stage counts as finished when ``<run>/stages/<stage>.json``
+exists; finished stages are skipped unless ``--rerun``. A run folder is tied to its params: running
+it again with different params is refused (use another ``run.name``), so results always trace back
+to the params recorded beside them. A failing cell stops the run and names the notebook, the cell
+and the error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from kitlib import config
+from kitlib.store import write_json_atomic
+
+STAGES = ("01_padaug_preview", "02_stage1_train", "03_crop_extract", "04_audio_align",
+          "05_fusion_ablation", "06_smoothing_sweep", "07_submission")
+TRACKED_PACKAGES = ("torch", "torchvision", "torchaudio", "transformers", "timm", "decord", "av", "opencv-python",
+                    "face-alignment", "numpy", "scipy", "pandas", "scikit-learn", "seaborn", "papermill", "safetensors")
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def select_stages(spec: str | None) -> list[str]:
+    """``None`` = all; ``"03"``, ``"03,05"``, ``"03-05"`` or stage names."""
+    if not spec:
+        return list(STAGES)
+    numbers = {s[:2]: s for s in STAGES}
+
+    def one(token: str) -> str:
+        token = token.strip()
+        hit = numbers.get(token.zfill(2)[:2]) if token[:2].isdigit() else None
+        hit = hit or next((s for s in STAGES if s == token or s[3:] == token), None)
+        if hit is None:
+            raise SystemExit(f"unknown stage {token!r}; stages: {', '.join(STAGES)}")
+        return hit
+
+    chosen: list[str] = []
+    for part in spec.split(","):
+        if "-" in part and part.split("-")[0].strip()[:2].isdigit():
+            lo, hi = (STAGES.index(one(x)) for x in part.split("-", 1))
+            chosen += STAGES[lo:hi + 1]
+        else:
+            chosen.append(one(part))
+    return [s for s in STAGES if s in chosen]
+
+
+def provenance(cfg: config.Config, argv: list[str]) -> dict:
+    """Git commit, package versions, seed and command of a run."""
+    root = config.repo_root()
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"git_commit": git("rev-parse", "--verify", "-q", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
+            "params_digest": cfg.digest(), "seed": cfg.run.seed, "python": sys.version.split()[0],
+            "platform": platform.platform(), "packages": versions, "command": argv,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def prepare_run_dir(cfg: config.Config, *, argv: list[str]) -> Path:
+    """Create the run folder (or reopen it with the same params) and record params + provenance."""
+    run_dir = cfg.run_dir
+    recorded = run_dir / "params.yaml"
+    if recorded.is_file():
+        old = yaml.safe_load(recorded.read_text())
+        if old != cfg.to_dict():
+            changed = sorted(_diff_keys(old, cfg.to_dict()))
+            raise SystemExit(f"{run_dir} was made with other params (changed: {', '.join(changed[:8])}); "
+                             f"use another run.name=... or delete the folder")
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    config.save(cfg, recorded)
+    write_json_atomic(run_dir / "provenance.json", provenance(cfg, argv))
+    return run_dir
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key in set(a) | set(b):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out |= _diff_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.add(prefix + key)
+    return out
+
+
+def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "python3") -> float:
+    """Execute one notebook with papermill; raise ``StageFailed`` naming the cell on error."""
+    import papermill as pm
+
+    root = config.repo_root()
+    source = root / "notebooks" / f"{stage}.ipynb"
+    target = run_dir / "notebooks" / f"{stage}.ipynb"
+    start = time.time()
+    try:
+        pm.execute_notebook(str(source), str(target), parameters={"params": cfg.to_dict()}, cwd=str(root),
+                            kernel_name=kernel, progress_bar=False, log_output=False, report_mode=False)
+    except pm.PapermillExecutionError as exc:
+        raise StageFailed(f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
+                          f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target})") from None
+    seconds = time.time() - start
+    write_json_atomic(run_dir / "stages" / f"{stage}.json",
+                      {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(),
+                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m kitlib.run", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("items", nargs="*", help="params files (layered on params/base.yaml) and key=value overrides")
+    parser.add_argument("--stages", help="subset: 03 | 03,05 | 03-05 | 05_fusion_ablation (default: all)")
+    parser.add_argument("--rerun", action="store_true", help="run the selected stages even if finished")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel for the notebooks")
+    args = parser.parse_args(argv)
+    files = [x for x in args.items if "=" not in x]
+    overrides = [x for x in args.items if "=" in x]
+    try:
+        cfg = config.load(*files, overrides=overrides)
+    except config.ConfigError as exc:
+        print(f"params error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = prepare_run_dir(cfg, argv=["python", "-m", "kitlib.run", *argv])
+    stages = select_stages(args.stages)
+    print(f"run folder: {run_dir}\nstages: {', '.join(stages)}", flush=True)
+    total = time.time()
+    for stage in stages:
+        if (run_dir / "stages" / f"{stage}.json").is_file() and not args.rerun:
+            print(f"[{stage}] finished earlier, skipped (--rerun to run it again)", flush=True)
+            continue
+        print(f"[{stage}] running ...", flush=True)
+        try:
+            seconds = run_stage(stage, cfg, run_dir, kernel=args.kernel)
+        except StageFailed as exc:
+            print(f"\n{exc}", file=sys.stderr)
+            return 1
+        print(f"[{stage}] done in {seconds:.0f} s -> {run_dir / 'notebooks' / (stage + '.ipynb')}", flush=True)
+    print(f"all selected stages finished in {time.time() - total:.0f} s; outputs in {run_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

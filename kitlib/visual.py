@@ -1,0 +1,264 @@
+"""Multi-scale frame-level visual features from raw videos (seed 000, sec. 3.2.1, eqs. 6-7).
+
+For every frame ``t`` of a video the annotated person's face is re-cropped at each scale ``s``
+(``crop_scales``, 0.9 / 1.2 / 1.5 in the paper), encoded by the (Stage-I adapted) DINOv2 backbone,
+``f_t^{v,s} = E_v(x_t^(s))`` (eq. 6), and averaged over the scales, ``f_t^v = mean_s f_t^{v,s}``
+(eq. 7). The pipeline streams decode -> detect -> track -> crop -> backbone without writing any
+image to disk, with a bounded buffer of frames, so a 10-minute video fits in memory.
+
+``linear_probe_f1`` is the frozen-feature linear classifier of Table 1 (sec. 4.4).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from kitlib import NUM_CLASSES
+from kitlib.data import Track
+from kitlib.faces import BRIDGED, DETECTED, MISSING, FaceDetector, FaceTracker, bridge_gaps, crop_faces, normalize
+from kitlib.metrics import macro_f1
+from kitlib.store import FeatureStore
+from kitlib.video import FrameBatch, VideoError, iter_frames, probe
+
+log = logging.getLogger("kitlib.visual")
+
+REPORT_COLUMNS: tuple[str, ...] = ("txtid", "videoid", "video", "frames", "detected", "bridged", "missing",
+                                   "status", "seconds")
+
+
+def feature_dim(backbone: torch.nn.Module, *, image_size: int, device: torch.device) -> int:
+    """Run one blank image through ``backbone`` to check it returns (B, D) features; returns D."""
+    with torch.inference_mode():
+        out = backbone(torch.zeros(1, 3, image_size, image_size, device=device))
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise ValueError(f"the backbone must return (B, D) pooled features (timm model built with "
+                         f"num_classes=0); it returned {tuple(out.shape)}")
+    return int(out.shape[1])
+
+
+@dataclass
+class _TrackFeatures:
+    """What is gathered for one annotation file while its video streams by."""
+
+    track: Track
+    tracker: FaceTracker
+    picks: list[np.ndarray] = field(default_factory=list)      # per decode batch (B, 4), NaN = no pick
+    by_scale: list[np.ndarray] = field(default_factory=list)   # per processed chunk (n, S, D) float16
+    boxes: list[np.ndarray] = field(default_factory=list)      # per processed chunk (n, 4) float32
+    status: list[np.ndarray] = field(default_factory=list)     # per processed chunk (n,) uint8
+
+
+def _encode(frames: torch.Tensor, boxes: np.ndarray, *, backbone: torch.nn.Module, crop_scales: Sequence[float],
+            image_size: int, mean: Sequence[float], std: Sequence[float], batch_size: int, dim: int,
+            autocast: Callable[[], AbstractContextManager]) -> np.ndarray:
+    """Features (n, S, D) float16 of the faces in ``frames`` (n, 3, H, W) at ``boxes``; zeros where no box."""
+    n, n_scales = len(frames), len(crop_scales)
+    out = np.zeros((n, n_scales, dim), np.float16)
+    present = np.flatnonzero(np.isfinite(boxes).all(axis=1))
+    frames_per_pass = max(1, batch_size // n_scales)  # batch_size counts crops (images) per forward
+    box_t = torch.from_numpy(boxes)
+    for start in range(0, len(present), frames_per_pass):
+        rows = present[start:start + frames_per_pass]
+        rows_t = torch.from_numpy(rows).to(frames.device)
+        crops = crop_faces(frames[rows_t], box_t[rows].to(frames.device), scales=crop_scales, out_size=image_size)
+        images = normalize(crops, mean, std).flatten(0, 1)  # (n*S, 3, size, size)
+        with autocast():
+            feats = backbone(images)
+        out[rows] = feats.float().reshape(len(rows), n_scales, dim).cpu().numpy().astype(np.float16)
+    return out
+
+
+def _process_ready(buffer: list[FrameBatch], states: list[_TrackFeatures], *, n_ready: int, n_done: int,
+                   max_gap: int, device: torch.device, **encode_args) -> list[FrameBatch]:
+    """Encode the buffered frames whose face boxes are final (frame numbers <= ``n_ready``)."""
+    if not buffer or n_ready <= n_done:
+        return buffer
+    frames = np.concatenate([b.frames for b in buffer])
+    index = np.concatenate([b.index for b in buffer])
+    take = int(np.searchsorted(index, n_ready, side="right"))
+    frames_t = torch.from_numpy(frames[:take]).to(device).permute(0, 3, 1, 2)
+    for state in states:
+        track = bridge_gaps(np.concatenate(state.picks), max_gap=max_gap)
+        sl = slice(int(index[0]) - 1, int(index[0]) - 1 + take)
+        boxes, status = track.boxes[sl], track.status[sl]
+        state.by_scale.append(_encode(frames_t, boxes, **encode_args))
+        state.boxes.append(boxes)
+        state.status.append(status)
+    rest = frames[take:]
+    if len(rest) == 0:
+        return []
+    times = np.concatenate([b.times_s for b in buffer])
+    return [FrameBatch(index=index[take:], times_s=times[take:], frames=rest)]
+
+
+def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDetector, max_gap: int,
+                   decode_batch: int, device: torch.device, frames_bar: tqdm, **encode_args) -> list[dict[str, Any]]:
+    """Decode one video once and save the features of each of its ``tracks``; one report row per track."""
+    started = time.perf_counter()
+    video_path = tracks[0].video_path
+    info = probe(video_path)
+    video_detector = detector.for_video(tracks[0].videoid)
+    states = [_TrackFeatures(track=t, tracker=FaceTracker(frame_size=(info.width, info.height), side=t.side))
+              for t in tracks]
+    frames_bar.reset(total=info.n_frames)
+    frames_bar.set_description(tracks[0].videoid)
+    buffer: list[FrameBatch] = []
+    times: list[np.ndarray] = []
+    n_seen = n_done = 0
+    for batch in iter_frames(video_path, batch_size=decode_batch):
+        detections = video_detector.detect(batch.frames, frame_index=batch.index)
+        for state in states:
+            state.picks.append(state.tracker.update(detections))
+        buffer.append(batch)
+        times.append(batch.times_s)
+        n_seen = int(batch.index[-1])
+        n_ready = n_seen - max_gap  # boxes of frames up to here no longer depend on frames to come
+        buffer = _process_ready(buffer, states, n_ready=n_ready, n_done=n_done, max_gap=max_gap,
+                                device=device, **encode_args)
+        n_done = max(n_done, n_ready)
+        frames_bar.update(len(batch.index))
+    if n_seen == 0:
+        raise VideoError(video_path, "no frames could be decoded")
+    _process_ready(buffer, states, n_ready=n_seen, n_done=n_done, max_gap=max_gap, device=device, **encode_args)
+
+    rows = []
+    times_s = np.concatenate(times)
+    for state in states:
+        by_scale = np.concatenate(state.by_scale)
+        status = np.concatenate(state.status)
+        mask = status != MISSING
+        frame_features = by_scale.astype(np.float32).mean(axis=1)  # eq. 7; zeros where no face
+        store.save(state.track.txtid, frame_index=np.arange(1, n_seen + 1), features=frame_features, mask=mask, features_by_scale=by_scale, status=status.astype(np.uint8),
+                   boxes=np.concatenate(state.boxes).astype(np.float32), times_s=times_s.astype(np.float64))
+        counts = np.bincount(status, minlength=3)
+        found = bool(mask.any())
+        if not found:
+            log.warning("%s: no face of the %s person in any of the %d frames of %s; saved all-masked",
+                        state.track.txtid, state.track.side or "annotated", n_seen, video_path)
+        rows.append(dict(txtid=state.track.txtid, videoid=state.track.videoid, video=str(video_path),
+                         frames=n_seen, detected=int(counts[DETECTED]), bridged=int(counts[BRIDGED]),
+                         missing=int(counts[MISSING]), status="ok" if found else "no face",
+                         seconds=round(time.perf_counter() - started, 2)))
+    return rows
+
+
+def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbone: torch.nn.Module, *,
+                            detector: FaceDetector, crop_scales: Sequence[float] = (0.9, 1.2, 1.5),
+                            image_size: int, mean: Sequence[float], std: Sequence[float], batch_size: int = 64,
+                            max_gap: int = 15, device: torch.device, dtype: torch.dtype = torch.float32,
+                            decode_batch: int = 128, manifest: dict[str, Any]) -> pd.DataFrame:
+    """Multi-scale face features (eqs. 6-7) for every track, saved in ``store``; returns the run report.
+
+    Tracks of one video (``_left`` / ``_right``) share one decode and one detection pass. Per
+    track the store gets ``features`` (N, D) = mean over scales, ``mask`` (N,) face present
+    (detected or bridged), ``features_by_scale`` (N, S, D) float16, ``status`` (N,) uint8 (see
+    ``kitlib.faces``), ``boxes`` (N, 4) float32 and ``times_s`` (N,) float64; frames without a face
+    have zero features. ``batch_size`` counts crops per backbone forward, ``decode_batch`` frames
+    per decode/detect step. Tracks already in the store are skipped (resume). A video that fails
+    (undecodable, or any other error) gets "error: ..." rows and the run goes on; a track whose
+    person is never found is saved all-masked with status "no face". Report columns:
+    ``REPORT_COLUMNS``. The store manifest (``manifest`` + crop settings, detector, feature dim)
+    is written at the end.
+    """
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    dim = feature_dim(backbone, image_size=image_size, device=device)
+    use_autocast = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    def autocast():  # mixed precision only where it pays: bf16/fp16 on CUDA
+        return torch.autocast(device_type=device.type, dtype=dtype) if use_autocast else nullcontext()
+    encode_args = dict(backbone=backbone, crop_scales=tuple(crop_scales), image_size=image_size, mean=mean,
+                       std=std, batch_size=batch_size, dim=dim, autocast=autocast)
+
+    by_video: dict[str, list[Track]] = defaultdict(list)
+    for track in tracks:
+        by_video[track.videoid].append(track)
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    log.info("visual features: %d tracks in %d videos, scales %s, image %d px, detector %s, device %s",
+             len(tracks), len(by_video), list(crop_scales), image_size, getattr(detector, "name", detector), device)
+    frames_bar = tqdm(desc="frames", unit="frame", leave=False, position=1)
+    with torch.inference_mode():
+        for videoid, group in tqdm(by_video.items(), desc="videos", unit="video", position=0):
+            todo = [t for t in group if not store.done(t.txtid)]
+            for t in group:
+                if store.done(t.txtid):
+                    skipped += 1
+                    rows.append(dict(txtid=t.txtid, videoid=videoid, video=str(t.video_path),
+                                     status="skipped (done)", seconds=0.0))
+            if not todo:
+                continue
+            started = time.perf_counter()
+            try:
+                rows.extend(_extract_video(todo, store, detector=detector, max_gap=max_gap,
+                                           decode_batch=decode_batch, device=device, frames_bar=frames_bar,
+                                           **encode_args))
+            except Exception as exc:  # one bad video never stops the run; it is reported
+                reason = exc.reason if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, VideoError):
+                    log.warning("%s: %s", todo[0].video_path, reason)
+                else:
+                    log.exception("%s failed", todo[0].video_path)
+                rows.extend(dict(txtid=t.txtid, videoid=videoid, video=str(t.video_path), status=f"error: {reason}",
+                                 seconds=round(time.perf_counter() - started, 2)) for t in todo)
+    frames_bar.close()
+
+    report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+    for col in ("frames", "detected", "bridged", "missing"):
+        report[col] = report[col].astype("Int64")
+    n_ok = int((report["status"] == "ok").sum())
+    n_noface = int((report["status"] == "no face").sum())
+    n_err = int(report["status"].str.startswith("error").sum())
+    log.info("visual features: %d tracks saved (%d of them without any face), %d skipped (done), %d failed; "
+             "%d frames, %d with a face", n_ok + n_noface, n_noface, skipped, n_err,
+             int(report["frames"].sum()), int((report["detected"] + report["bridged"]).sum()))
+    store.write_manifest({**manifest, "crop_scales": list(crop_scales), "image_size": image_size,
+                          "detector": getattr(detector, "name", type(detector).__name__), "feature_dim": dim,
+                          "max_gap": max_gap, "mean": list(mean), "std": list(std)})
+    return report
+
+
+def linear_probe_f1(train_X: np.ndarray, train_y: np.ndarray, val_X: np.ndarray, val_y: np.ndarray, *,
+                    seed: int = 0, max_iter: int = 300, max_train_frames: int | None = None,
+                    num_classes: int = NUM_CLASSES) -> float:
+    """Macro F1 of a linear classifier on frozen features (Table 1's "+ Linear" columns).
+
+    Standardised features, multinomial logistic regression with balanced class weights. Frames
+    with label < 0 or a non-finite feature are left out of both sets. ``max_train_frames``
+    subsamples the training frames (seeded) to bound the fit time on ~1M Aff-Wild2 frames.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def valid(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X = np.asarray(X, np.float32).reshape(len(X), -1)
+        y = np.asarray(y).ravel()
+        if len(X) != len(y):
+            raise ValueError(f"{len(X)} feature rows but {len(y)} labels")
+        keep = (y >= 0) & np.isfinite(X).all(axis=1)
+        return X[keep], y[keep].astype(np.int64)
+
+    train_X, train_y = valid(train_X, train_y)
+    val_X, val_y = valid(val_X, val_y)
+    if max_train_frames is not None and len(train_y) > max_train_frames:
+        pick = np.random.default_rng(seed).choice(len(train_y), max_train_frames, replace=False)
+        train_X, train_y = train_X[pick], train_y[pick]
+    if len(np.unique(train_y)) < 2:
+        raise ValueError(f"the linear probe needs at least two classes in training, got {np.unique(train_y)}")
+    probe_model = make_pipeline(StandardScaler(),
+                                LogisticRegression(class_weight="balanced", max_iter=max_iter, random_state=seed))
+    probe_model.fit(train_X, train_y)
+    score = macro_f1(val_y, probe_model.predict(val_X), num_classes)
+    log.info("linear probe: %d train / %d val frames, dim %d, macro F1 %.4f",
+             len(train_y), len(val_y), train_X.shape[1], score)
+    return score

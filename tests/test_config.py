@@ -1,0 +1,70 @@
+import pytest
+import yaml
+
+from kitlib import config
+
+
+def test_profiles_resolve():
+    for profile in ("params/demo.yaml", "params/abaw10.yaml"):
+        cfg = config.load(profile)
+        assert cfg.smoothing.final_window % 2 == 1
+    cfg = config.load("params/demo.yaml", "params/tiny.yaml")
+    assert cfg.run.name == "tiny" and cfg.stage1.epochs == 1
+    assert cfg.stage1.arch_overrides == {"depth": 2, "embed_dim": 64, "num_heads": 2}  # replaced, not merged
+
+
+def test_layering_order_and_overrides():
+    cfg = config.load("params/demo.yaml", overrides=["fusion.epochs=3", "faces.crop_scales=[1.0]", "stage1.weights=null"])
+    assert cfg.fusion.epochs == 3 and cfg.faces.crop_scales == [1.0] and cfg.stage1.weights is None
+    assert cfg.data.root == "data/demo"          # from demo.yaml
+    assert cfg.fusion.final_head == "gated"       # from base.yaml
+    assert isinstance(cfg.fusion.lr, float)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("fusion.epoch=3", "did you mean 'fusion.epochs'"),
+    ("fusoin.epochs=3", "did you mean 'fusion'"),
+    ("fusion.epochs=three", "does not fit"),
+    ("stage1.padaug='yes'", "does not fit"),
+    ("faces.crop_scales=0.9", "does not fit"),
+    ("fusion", "section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, needle):
+    with pytest.raises(config.ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):
+        config.load("params/demo.yaml", overrides=[override])
+
+
+def test_unknown_key_in_file_names_file_and_valid_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("smoothing:\n  final_windw: 51\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.load(bad)
+    assert str(bad) in str(err.value) and "final_window" in str(err.value)
+
+
+def test_base_sets_every_key_and_injected_dict_roundtrip(tmp_path):
+    cfg = config.load("params/demo.yaml")
+    path = tmp_path / "params.yaml"
+    config.save(cfg, path)
+    again = config.notebook_config(yaml.safe_load(path.read_text()))
+    assert again == cfg and again.digest() == cfg.digest()
+    broken = cfg.to_dict()
+    del broken["audio"]["align_window_s"]
+    with pytest.raises(config.ConfigError, match="align_window_s"):
+        config.from_dict(broken)
+
+
+def test_paths_are_repo_relative():
+    cfg = config.load("params/demo.yaml")
+    assert cfg.run_dir == config.repo_root() / "outputs" / "demo"
+    assert cfg.data_path("videos") == config.repo_root() / "data" / "demo" / "videos"
+    assert cfg.data_path("/abs/x").as_posix() == "/abs/x"
+
+
+def test_no_absolute_paths_in_committed_params():
+    for path in (config.repo_root() / "params").glob("*.yaml"):
+        if path.name == "local.yaml":
+            continue
+        for line in path.read_text().splitlines():
+            value = line.split("#", 1)[0].split(":", 1)[-1].strip()
+            assert not value.startswith("/") or value.startswith("/path/to"), f"{path.name}: {line}"

@@ -1,0 +1,211 @@
+"""Face detection backends, one-face-per-frame tracking and multi-scale zero-padded crops."""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+
+from kitlib.faces import (BRIDGED, DETECTED, DETECTORS, MISSING, FaceDetector, FaceTrack,
+                          bridge_gaps, build_detector, crop_faces, face_alignment_weight_paths, normalize,
+                          track_faces)
+
+ASTRONAUT_FACE = (177, 66, 272, 161)  # x1, y1, x2, y2 of the face in skimage's astronaut photo
+
+
+def det(*boxes: tuple[float, float, float, float]) -> np.ndarray:
+    """Detections of one frame: (k, 5) with score 1."""
+    return np.array([[*b, 1.0] for b in boxes], np.float32).reshape(-1, 5)
+
+
+# --------------------------------------------------------------------------- detectors
+
+def test_registry_lists_backends_and_rejects_unknown():
+    assert {"opencv-haar", "face-alignment", "boxes"} <= set(DETECTORS)
+    with pytest.raises(ValueError, match="valid names.*opencv-haar"):
+        build_detector("retina-magic")
+
+
+def test_haar_finds_the_astronaut_and_nothing_in_grey():
+    detector = build_detector("opencv-haar")
+    assert isinstance(detector, FaceDetector)
+    photo = skdata.astronaut()
+    grey = np.full((2, 240, 320, 3), 128, np.uint8)
+    found = detector.detect(photo[None])
+    assert len(found) == 1 and found[0].shape[1] == 5 and found[0].dtype == np.float32
+    best = found[0][np.argmax(found[0][:, 4])]
+    centre = (best[:2] + best[2:4]) / 2
+    assert np.allclose(centre, [(177 + 272) / 2, (66 + 161) / 2], atol=15)
+    assert [f.shape for f in detector.detect(grey)] == [(0, 5), (0, 5)]
+
+
+def test_haar_downscaled_detection_maps_boxes_back_to_full_size():
+    big = np.kron(skdata.astronaut(), np.ones((2, 2, 1), np.uint8))  # 1024 x 1024, face at 2x
+    found = build_detector("opencv-haar", max_side=512).detect(big[None])[0]
+    centre = (found[0, :2] + found[0, 2:4]) / 2
+    assert np.allclose(centre, [177 + 272, 66 + 161], atol=30)
+
+
+def test_haar_rejects_bad_frames():
+    with pytest.raises(ValueError, match="uint8"):
+        build_detector("opencv-haar").detect(np.zeros((1, 10, 10, 3), np.float32))
+
+
+def test_boxes_backend_round_trip(tmp_path):
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("videoid,frame,x1,y1,x2,y2,score\n"
+                   "v1,2,10,20,30,40,0.9\n"
+                   "v1,1,1,2,3,4,0.8\n"
+                   "v1,2,50,60,70,80,0.7\n"
+                   "v2,1,5,5,9,9,1.0\n")
+    detector = build_detector("boxes", path=csv)
+    with pytest.raises(ValueError, match="for_video"):
+        detector.detect(None, frame_index=np.array([1]))
+    found = detector.for_video("v1").detect(None, frame_index=np.array([1, 2, 3]))
+    assert [len(f) for f in found] == [1, 2, 0]
+    np.testing.assert_allclose(found[0], [[1, 2, 3, 4, 0.8]])
+    np.testing.assert_allclose(found[1][:, :4], [[10, 20, 30, 40], [50, 60, 70, 80]])
+    assert [len(f) for f in detector.for_video("nope").detect(None, frame_index=np.array([1, 2]))] == [0, 0]
+
+
+def test_boxes_backend_names_missing_columns(tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("videoid,frame,x1,y1\nv,1,1,1\n")
+    with pytest.raises(ValueError, match=r"bad.csv.*missing columns.*x2"):
+        build_detector("boxes", path=csv)
+
+
+def test_face_alignment_without_weights_is_a_clear_error_and_no_download(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    for backend in ("sfd", "blazeface"):
+        with pytest.raises(FileNotFoundError, match=r"never\s+downloads") as err:
+            build_detector("face-alignment", backend=backend)
+        assert str(face_alignment_weight_paths(backend)[0]) in str(err.value)
+    assert not (tmp_path / "hub").exists()
+
+
+# --------------------------------------------------------------------------- tracking
+
+def test_track_picks_the_largest_face():
+    small, large = (10, 10, 30, 30), (100, 10, 160, 70)
+    track = track_faces([det(small, large), det(large, small)], frame_size=(200, 100), side=None, max_gap=2)
+    assert isinstance(track, FaceTrack)
+    np.testing.assert_allclose(track.boxes, [large, large])
+    assert track.status.tolist() == [DETECTED, DETECTED]
+
+
+def test_track_left_and_right_person():
+    left, right = (20, 20, 60, 60), (130, 10, 190, 70)
+    detections = [det(left, right), det(right, left), det(right)]
+    kwargs = dict(frame_size=(200, 100), max_gap=0)
+    tl = track_faces(detections, side="left", **kwargs)
+    tr = track_faces(detections, side="right", **kwargs)
+    np.testing.assert_allclose(tl.boxes[:2], [left, left])
+    assert tl.status.tolist() == [DETECTED, DETECTED, MISSING]  # the lone right face is not the left person
+    np.testing.assert_allclose(tr.boxes, [right, right, right])
+
+
+def test_track_side_keeps_identity_when_the_person_crosses_the_middle():
+    # the left person drifts past the centre line while the right person stays right-most
+    detections = [det((40 + 10 * t, 20, 80 + 10 * t, 60), (150, 20, 190, 60)) for t in range(8)]
+    detections.append(det((115, 20, 155, 60)))  # only the left person visible, now on the right half
+    track = track_faces(detections, frame_size=(200, 100), side="left", max_gap=0)
+    assert track.status.tolist() == [DETECTED] * 9
+    assert track.boxes[-1, 0] == 115
+
+
+def test_track_is_stable_against_a_slightly_larger_face():
+    person, other = (50, 50, 100, 100), (300, 50, 355, 105)  # other is 21% larger
+    detections = [det(person)] * 3 + [det(person, other)] * 3
+    track = track_faces(detections, frame_size=(400, 200), side=None, max_gap=2)
+    np.testing.assert_allclose(track.boxes, np.tile(person, (6, 1)))
+    much_larger = (250, 20, 390, 160)
+    switched = track_faces([det(person), det(person, much_larger)], frame_size=(400, 200), side=None, max_gap=2)
+    np.testing.assert_allclose(switched.boxes[1], much_larger)
+
+
+def test_short_gap_is_bridged_by_interpolation_and_long_gap_is_missing():
+    a, b = (0, 0, 10, 10), (30, 0, 40, 10)
+    empty = det()
+    short = track_faces([det(a), empty, empty, det(b)], frame_size=(100, 100), side=None, max_gap=2)
+    assert short.status.tolist() == [DETECTED, BRIDGED, BRIDGED, DETECTED]
+    np.testing.assert_allclose(short.boxes[1:3, 0], [10, 20])
+    long = track_faces([det(a), empty, empty, empty, det(b), empty], frame_size=(100, 100), side=None, max_gap=2)
+    assert long.status.tolist() == [DETECTED, MISSING, MISSING, MISSING, DETECTED, MISSING]
+    assert np.isnan(long.boxes[1:4]).all() and np.isnan(long.boxes[5]).all()
+    assert long.summary() == dict(frames=6, detected=2, bridged=0, missing=4)
+    leading = bridge_gaps(np.array([[np.nan] * 4, [1, 2, 3, 4]], np.float32), max_gap=5)
+    assert leading.status.tolist() == [MISSING, DETECTED]
+
+
+# --------------------------------------------------------------------------- cropping
+
+@pytest.fixture
+def astronaut_frames() -> torch.Tensor:
+    return torch.from_numpy(skdata.astronaut()).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)  # (2, 3, 512, 512)
+
+
+def test_crop_shapes_and_range(astronaut_frames):
+    boxes = torch.tensor([ASTRONAUT_FACE, (0, 0, 40, 80)], dtype=torch.float32)
+    crops = crop_faces(astronaut_frames, boxes, scales=(0.9, 1.2, 1.5), out_size=32)
+    assert crops.shape == (2, 3, 3, 32, 32) and crops.dtype == torch.float32
+    assert crops.min() >= 0 and crops.max() <= 1 and torch.isfinite(crops).all()
+
+
+def test_scale_one_crop_of_a_square_box_reproduces_the_region(astronaut_frames):
+    x1, y1, x2, y2 = ASTRONAUT_FACE  # 95 x 95 px
+    crops = crop_faces(astronaut_frames[:1], torch.tensor([ASTRONAUT_FACE], dtype=torch.float32),
+                       scales=(1.0,), out_size=95)
+    expected = astronaut_frames[0, :, y1:y2, x1:x2].float() / 255
+    torch.testing.assert_close(crops[0, 0], expected, atol=1e-5, rtol=0)
+
+
+def test_non_square_box_gives_a_square_crop_on_the_longer_side(astronaut_frames):
+    box = torch.tensor([[200.0, 100.0, 240.0, 180.0]])  # 40 wide, 80 tall -> 80 x 80 around (220, 140)
+    crops = crop_faces(astronaut_frames[:1], box, scales=(1.0,), out_size=80)
+    expected = astronaut_frames[0, :, 100:180, 180:260].float() / 255
+    torch.testing.assert_close(crops[0, 0], expected, atol=1e-5, rtol=0)
+
+
+def test_box_at_the_border_is_zero_padded_on_that_side():
+    frames = torch.full((1, 3, 100, 100), 200, dtype=torch.uint8)
+    box = torch.tensor([[0.0, 40.0, 20.0, 60.0]])  # touches the left border
+    crops = crop_faces(frames, box, scales=(2.0,), out_size=40)[0, 0]  # spans x -10..30, y 30..70
+    assert crops[:, :, :10].abs().max() < 1e-5  # x < 0: padding
+    torch.testing.assert_close(crops[:, :, 10:], torch.full((3, 40, 30), 200 / 255))
+    top = crop_faces(frames, torch.tensor([[40.0, 0.0, 60.0, 20.0]]), scales=(2.0,), out_size=40)[0, 0]
+    assert top[:, :10].abs().max() < 1e-5 and top[:, 10:].min() > 0.78
+
+
+def test_large_crops_are_antialiased():
+    stripes = torch.zeros(1, 3, 64, 64)
+    stripes[..., ::2] = 1.0  # 1-px stripes: an area resize by 4 gives 0.5 everywhere
+    crop = crop_faces(stripes, torch.tensor([[0.0, 0.0, 64.0, 64.0]]), scales=(1.0,), out_size=16)
+    torch.testing.assert_close(crop, torch.full_like(crop, 0.5))
+
+
+def test_missing_box_gives_zeros_and_dtype_is_kept():
+    frames = torch.rand(2, 3, 50, 60, dtype=torch.float64)
+    boxes = torch.tensor([[10.0, 10.0, 30.0, 30.0], [np.nan] * 4])
+    crops = crop_faces(frames, boxes, scales=(1.0, 1.5), out_size=8)
+    assert crops.dtype == torch.float64 and crops.device == frames.device
+    assert crops[1].abs().max() == 0 and crops[0].abs().max() > 0
+    normed = normalize(crops, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    torch.testing.assert_close(normed[0], (crops[0] - 0.5) / 0.25)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_crop_on_cuda_matches_cpu(astronaut_frames):
+    boxes = torch.tensor([ASTRONAUT_FACE, (400, 400, 520, 520)], dtype=torch.float32)
+    cpu = crop_faces(astronaut_frames, boxes, scales=(0.9, 1.2, 1.5), out_size=56)
+    gpu = crop_faces(astronaut_frames.cuda(), boxes.cuda(), scales=(0.9, 1.2, 1.5), out_size=56)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)

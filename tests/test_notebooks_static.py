@@ -1,0 +1,34 @@
+"""Notebooks are pages of a report: committed without outputs, no function or class definitions,
+one `parameters` cell that takes the params, and every kitlib call they make exists."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from kitlib import config, pipeline, plots, run
+
+NOTEBOOKS = sorted((config.repo_root() / "notebooks").glob("*.ipynb"))
+
+
+def test_the_seven_stages_have_notebooks():
+    assert [p.stem for p in NOTEBOOKS] == list(run.STAGES)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_clean(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "committed with outputs"
+    tagged = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1 and "params =" in "".join(tagged[0]["source"])
+    for cell in code:
+        tree = ast.parse("".join(cell["source"]))
+        defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not defs, f"{path.name}: notebooks call kitlib, they define nothing"
+        loops = [n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While))]
+        assert not loops, f"{path.name}: loops belong in kitlib"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("pipeline", "plots"):
+                module = {"pipeline": pipeline, "plots": plots}[node.value.id]
+                assert hasattr(module, node.attr), f"{path.name} calls {node.value.id}.{node.attr}, which does not exist"

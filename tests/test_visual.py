@@ -1,0 +1,171 @@
+"""Streaming multi-scale visual feature extraction on tiny self-made videos, and the linear probe."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from skimage import data as skdata
+
+from kitlib.data import Track
+from kitlib.faces import BRIDGED, DETECTED, MISSING, build_detector
+from kitlib.store import FeatureStore
+from kitlib.visual import REPORT_COLUMNS, extract_visual_features, linear_probe_f1
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SCALES = (0.9, 1.2, 1.5)
+N_FRAMES = 20
+
+
+def write_video(path: Path, *, n_frames: int = N_FRAMES, with_face: bool = True, blank: set[int] = frozenset()) -> Path:
+    """A 200 x 150 mp4 of the astronaut's head sliding right over grey (no face in frames ``blank``, 0-based)."""
+    patch = cv2.resize(skdata.astronaut()[0:320, 80:380], (130, 140), interpolation=cv2.INTER_AREA)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (200, 150))
+    assert writer.isOpened()
+    for t in range(n_frames):
+        frame = np.full((150, 200, 3), 90, np.uint8)
+        if with_face and t not in blank:
+            x = 5 + 3 * t
+            frame[5:145, x:x + 130] = patch
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def tiny_backbone() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=28, depth=1,
+                             embed_dim=32, num_heads=2, global_pool="avg")  # random CLS barely sees the input
+
+
+def track(txtid: str, video: Path) -> Track:
+    videoid, side = (txtid.rsplit("_", 1) + [None])[:2] if txtid.endswith(("_left", "_right")) else (txtid, None)
+    return Track(txtid=txtid, videoid=videoid, split="Train_Set", video_path=video, labels_path=None, side=side)
+
+
+def run(tracks, store, **overrides) -> pd.DataFrame:
+    args = dict(detector=build_detector("opencv-haar"), crop_scales=SCALES, image_size=28, mean=MEAN, std=STD,
+                batch_size=16, max_gap=3, device=torch.device("cpu"), decode_batch=8,
+                manifest={"run": "test"})
+    args.update(overrides)
+    return extract_visual_features(tracks, store, tiny_backbone(), **args)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    corrupt = root / "broken.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    return {
+        "face": write_video(root / "face.mp4", blank={9, 10}),  # a 2-frame gap, bridged with max_gap 3
+        "empty": write_video(root / "empty.mp4", with_face=False),
+        "broken": corrupt,
+    }
+
+
+def test_extract_writes_features_mask_and_report(tmp_path, videos):
+    store = FeatureStore(tmp_path, "visual")
+    tracks = [track("face", videos["face"]), track("broken", videos["broken"]), track("empty", videos["empty"])]
+    report = run(tracks, store)
+
+    assert list(report.columns) == list(REPORT_COLUMNS)
+    rows = report.set_index("txtid")
+    assert rows.loc["face", "status"] == "ok"
+    assert rows.loc["broken", "status"].startswith("error: ")  # reported, the others still processed
+    assert rows.loc["empty", "status"] == "no face"
+    assert store.keys() == ["empty", "face"]
+
+    saved = store.load("face")
+    assert saved["frame_index"].tolist() == list(range(1, N_FRAMES + 1))
+    assert saved["features"].shape == (N_FRAMES, 32) and saved["features"].dtype == np.float16
+    assert saved["features_by_scale"].shape == (N_FRAMES, 3, 32) and saved["features_by_scale"].dtype == np.float16
+    assert saved["boxes"].shape == (N_FRAMES, 4) and saved["boxes"].dtype == np.float32
+    assert saved["status"].dtype == np.uint8 and saved["times_s"].dtype == np.float64
+    np.testing.assert_allclose(saved["times_s"][:3], [0.0, 0.04, 0.08], atol=1e-3)
+    status = saved["status"]
+    assert status[9] == BRIDGED and status[10] == BRIDGED, status
+    assert (status == DETECTED).sum() >= N_FRAMES - 4
+    np.testing.assert_array_equal(saved["mask"], status != MISSING)
+    summary = rows.loc["face", ["frames", "detected", "bridged", "missing"]].tolist()
+    assert summary == [N_FRAMES, (status == DETECTED).sum(), (status == BRIDGED).sum(), (status == MISSING).sum()]
+    # eq. 7: the frame feature is the mean over the scales; the scales see different crops
+    mean = saved["features_by_scale"].astype(np.float32).mean(axis=1)
+    np.testing.assert_allclose(saved["features"].astype(np.float32), mean, atol=2e-3)
+    by_scale = saved["features_by_scale"][saved["mask"]].astype(np.float32)
+    assert np.abs(by_scale[:, 0] - by_scale[:, 2]).max() > 1e-3
+    assert np.abs(saved["features"][saved["mask"]]).max() > 0
+    # the face moves right by 3 px a frame: the box follows it
+    boxes = saved["boxes"]
+    assert boxes[15, 0] - boxes[0, 0] > 30
+
+    empty = store.load("empty")
+    assert not empty["mask"].any() and (empty["status"] == MISSING).all()
+    assert np.all(empty["features"] == 0) and np.isnan(empty["boxes"]).all()
+
+    manifest = store.read_manifest()
+    assert manifest["run"] == "test" and manifest["crop_scales"] == list(SCALES)
+    assert manifest["image_size"] == 28 and manifest["detector"] == "opencv-haar" and manifest["feature_dim"] == 32
+
+
+def test_resume_skips_done_tracks(tmp_path, videos):
+    store = FeatureStore(tmp_path, "visual")
+    run([track("face", videos["face"])], store)
+    before = store.path("face").stat().st_mtime_ns
+    report = run([track("face", videos["face"]), track("empty", videos["empty"])], store)
+    assert report.set_index("txtid")["status"].to_dict() == {"face": "skipped (done)", "empty": "no face"}
+    assert store.path("face").stat().st_mtime_ns == before
+
+
+def test_two_person_video_is_decoded_once_for_both_sides(tmp_path, videos, monkeypatch):
+    import kitlib.visual as visual
+
+    opened = []
+    real = visual.iter_frames
+    monkeypatch.setattr(visual, "iter_frames", lambda path, **kw: (opened.append(path), real(path, **kw))[1])
+    # the video id "face" with _left / _right annotations: the one face is on the right half late on
+    store = FeatureStore(tmp_path, "visual")
+    report = run([track("face_left", videos["face"]), track("face_right", videos["face"])], store)
+    assert len(opened) == 1
+    assert set(report["txtid"]) == {"face_left", "face_right"}
+    right = store.load("face_right")
+    assert right["mask"][-1] and right["features"].shape == (N_FRAMES, 32)
+
+
+def test_results_do_not_depend_on_the_decode_chunking(tmp_path, videos):
+    a = FeatureStore(tmp_path / "a", "visual")
+    b = FeatureStore(tmp_path / "b", "visual")
+    run([track("face", videos["face"])], a, decode_batch=3, batch_size=4)
+    run([track("face", videos["face"])], b, decode_batch=64, batch_size=64)
+    fa, fb = a.load("face"), b.load("face")
+    np.testing.assert_array_equal(fa["status"], fb["status"])
+    np.testing.assert_allclose(fa["boxes"], fb["boxes"])
+    np.testing.assert_allclose(fa["features"].astype(np.float32), fb["features"].astype(np.float32), atol=1e-2)
+
+
+def test_boxes_detector_drives_the_extraction(tmp_path, videos):
+    csv = tmp_path / "boxes.csv"
+    rows = [f"face,{f},{40 + 3 * (f - 1)},30,{90 + 3 * (f - 1)},80,1" for f in range(1, N_FRAMES + 1, 2)]
+    csv.write_text("videoid,frame,x1,y1,x2,y2,score\n" + "\n".join(rows) + "\n")
+    store = FeatureStore(tmp_path, "visual")
+    report = run([track("face", videos["face"])], store, detector=build_detector("boxes", path=csv), max_gap=1)
+    saved = store.load("face")
+    assert report["status"].tolist() == ["ok"]
+    assert saved["status"][:19].tolist() == [DETECTED, BRIDGED] * 9 + [DETECTED]
+    assert saved["status"][19] == MISSING  # after the last box: no extrapolation
+    np.testing.assert_allclose(saved["boxes"][1], [43, 30, 93, 80])
+
+
+def test_linear_probe_separates_synthetic_classes(rng):
+    centres = rng.normal(size=(8, 16)) * 4
+    y = rng.integers(0, 8, size=800)
+    X = centres[y] + rng.normal(size=(800, 16))
+    y_invalid = y.copy()
+    y_invalid[:50] = -1  # invalid frames are left out
+    score = linear_probe_f1(X[:600], y_invalid[:600], X[600:], y[600:], seed=0)
+    assert score > 0.9
+    noise = linear_probe_f1(rng.normal(size=(600, 16)), y[:600], rng.normal(size=(200, 16)), y[600:])
+    assert noise < 0.4
