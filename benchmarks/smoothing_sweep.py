@@ -3,7 +3,8 @@
 Random logits with the real per-video frame counts (``expr_cv5_folds.csv``, ~1.56 M frames in 317
 annotation files), labels drawn in runs with each video's real class histogram (and its invalid
 frames as -1), then ``kitlib.smoothing.sweep`` over 4 strategies x 102 windows (3..205). Prints the
-frame and video counts, seconds per strategy and the total. Target: under a minute on 2 CPU cores.
+frame and video counts, the numba compile / cache-load time (a warm-up call, reported apart),
+seconds per strategy and the total, with the load average. Target: under a minute on 2 CPU cores.
 
     python benchmarks/smoothing_sweep.py [--metadata DIR] [--windows 3:206:2] [--limit-videos N]
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.signal
@@ -74,6 +77,14 @@ def main(argv: list[str] | None = None) -> None:
     frames = sum(len(v) for v in logits.values())
     print(f"frames {frames:,}  videos {len(logits)}  noise rho {args.rho}  windows {len(windows)} ({windows.start}..{windows.stop - 1})")
 
+    print(f"numba threads {numba.get_num_threads()} (layer {numba.config.THREADING_LAYER}), "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    start = time.perf_counter()
+    few = list(logits)[:2]  # first call compiles the kernels (or loads them from numba's cache)
+    sweep({t: logits[t] for t in few}, {t: labels[t] for t in few}, windows=[1, 3, 5], strategies=strategies,
+          progress=False)
+    print(f"compile / cache load {time.perf_counter() - start:.2f} s (not in the figures below)")
+
     start, cpu = time.perf_counter(), time.process_time()
     table = sweep(logits, labels, windows=windows, strategies=strategies)
     total = time.perf_counter() - start
@@ -81,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     for strategy, seconds in per_strategy.items():
         best = table[table["strategy"] == strategy].sort_values("f1").iloc[-1]
         print(f"{strategy:>9}: {seconds:6.2f} s   best window {int(best['window']):3d}  F1 {best['f1']:.4f}")
-    print(f"total sweep {total:.2f} s wall, {time.process_time() - cpu:.1f} s CPU (all threads), "
-          f"incl. packing and the numba compile/cache load")
+    print(f"total sweep {total:.2f} s wall, {time.process_time() - cpu:.1f} s CPU (all threads), incl. packing; "
+          f"load average after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -114,12 +114,13 @@ def frame_labels(cfg: Config, index: data.DataIndex) -> dict[str, np.ndarray]:
     for t in index.tracks:
         if t.labels_path is None or not n_frames.get(t.videoid):
             continue
-        aligned, note = data.align_labels(data.read_labels(t.labels_path), int(n_frames[t.videoid]),
-                                          policy=cfg.data.length_policy, name=str(t.labels_path))
+        raw = data.read_labels(t.labels_path)
+        aligned, note = data.align_labels(raw, int(n_frames[t.videoid]), policy=cfg.data.length_policy,
+                                          name=str(t.labels_path))
         labels[t.txtid] = aligned
         if note:
             log.warning(note)
-            notes.append({"txtid": t.txtid, "annotation_lines": len(data.read_labels(t.labels_path)),
+            notes.append({"txtid": t.txtid, "annotation_lines": len(raw),
                           "decoded_frames": int(n_frames[t.videoid]), "action": note.split(": ")[-1]})
     report(cfg, "length_mismatches", pd.DataFrame(notes, columns=["txtid", "annotation_lines", "decoded_frames", "action"]))
     return labels
@@ -472,7 +473,7 @@ def fusion_ablation(cfg: Config, index: data.DataIndex, labels: dict[str, np.nda
     if unknown:
         raise config.ConfigError(f"fusion.heads / fusion.final_head name unknown head(s) {unknown}; "
                                  f"valid: {', '.join(fusion.HEADS)}")
-    annotated = _with_features(cfg, [t for t in index.tracks if t.txtid in labels], "fusion")
+    annotated = _with_features(cfg, [t for t in index.tracks if t.labels_path is not None], "fusion")
     train = frame_table(cfg, [t for t in annotated if t.split == "Train_Set"], labels)
     val = frame_table(cfg, [t for t in annotated if t.split == "Validation_Set"], labels)
     pool = frame_table(cfg, annotated, labels) if f.cross_validation else None
@@ -592,7 +593,7 @@ def predict_test_logits(cfg: Config, index: data.DataIndex, table) -> np.ndarray
     if not cfg.submission.ensemble_folds:
         return predict_logits(head, table, batch_size=cfg.fusion.batch_size, device=dev)
     labels = frame_labels(cfg, index)
-    annotated = _with_features(cfg, [t for t in index.tracks if t.txtid in labels], "ensemble")
+    annotated = _with_features(cfg, [t for t in index.tracks if t.labels_path is not None], "ensemble")
     pool = frame_table(cfg, annotated, labels)
     assignment = folds(cfg, index)
     kwargs = {**_train_kwargs(cfg), "epochs": max(int(saved["best_epoch"]), 1)}

@@ -19,12 +19,26 @@ frames that are inside). Windows never cross from one video into another. ``wind
 identity; an even window is an error.
 
 Speed: the sweep of Fig. 4 (4 strategies x 102 windows) over ~1.5 M frames must take well under a
-minute on 2 cores. All videos are packed once, with zero rows between them, so windows never
-cross videos. Mean and vote use cumulative sums (O(N) per window), Gaussian a direct symmetric
-weighted sum vectorised over the classes (numba), median a running sorted window (numba; O(N *
-window) worst case on i.i.d. noise, far less on temporally smooth logits), in parallel over
-(video, class). The sweep only needs the argmax, so it skips the normalisations that
-are the same for every class.
+minute on 2 cores. The sweep computes every window of a strategy in ONE parallel pass over the
+labelled frames (numba ``prange``; frames with label -1 are never smoothed, they are not scored),
+keeps only the argmax per (frame, window) as int8, and scores all windows from confusion matrices:
+
+- mean / vote: cumulative sums over the packed videos (zero rows between videos), so a window sum
+  is one subtraction;
+- gaussian: per frame, the symmetric pair sums ``x[t+d] + x[t-d]`` are formed once and every
+  window's weighted sum reads them (direct sums, no FFT; float64 accumulation);
+- median: frames are cut into blocks of 256 frames of one video; per block and class the logits
+  of the block +- k_max are rank-transformed once (argsort). For one centre the window then GROWS
+  by one frame on each side per step, the window's ranks live in a two-level bitset (64-bit words
+  + summary words, a few words: always in L1), and the lower median is tracked as a rank that
+  moves by at most one set element per step (successor / predecessor with count-trailing /
+  leading-zeros, branch-free in the common case: on noisy logits every comparison is a coin flip).
+  Every window size of the sweep costs O(1) per (frame, class), i.e. O(N * C * k_max) for the
+  whole sweep, independent of the data (i.i.d. noise included).
+
+Values are exact selections / the same sums as the brute-force reference (tests compare every
+strategy against it). The sweep only needs the argmax, so it skips the normalisations that are
+the same for every class (window counts, Gaussian weight sums).
 """
 from __future__ import annotations
 
@@ -35,14 +49,16 @@ from collections.abc import Iterable, Mapping, Sequence
 import numba
 import numpy as np
 import pandas as pd
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 from tqdm.auto import tqdm
-
-from kitlib.metrics import per_class_f1
 
 log = logging.getLogger("kitlib.smoothing")
 
 STRATEGIES: tuple[str, ...] = ("mean", "median", "gaussian", "vote")
 SWEEP_WINDOWS: range = range(3, 206, 2)  # Fig. 4: 3..205 frames in steps of 2
+_MEDIAN_BLOCK = 256  # frames per median block: its logits +- k_max are ranked once, its bitsets are a few words
+_MEDIAN_CHUNK = 256  # centres per parallel work item of the weighted-sum kernel
+_GAUSS_BLOCK = 64  # centres per block of the Gaussian sweep kernel (its pair sums stay in L1/L2)
 
 
 def half_width(window: int) -> int:
@@ -62,116 +78,322 @@ def gaussian_weights(window: int, *, sigma: float | None = None) -> np.ndarray:
     return np.exp(-(d**2) / (2.0 * sigma**2))
 
 
-# ----------------------------------------------------------------------------- running median (numba)
+# ----------------------------------------------------------------------------- median: ranks in a two-level bitset
+
+_ONE = np.uint64(1)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+_ZERO = np.uint64(0)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bit(b):
+    return _ONE << np.uint64(b)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _set(b0, b1, c, r):
+    w = r >> 6
+    b0[c, w] |= _bit(r & 63)
+    b1[c, w >> 6] |= _bit(w & 63)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _lowest(word):
+    return np.int64(trailing_zeros(word))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _highest(word):
+    return 63 - np.int64(leading_zeros(word))
 
 
 @numba.njit(cache=True, nogil=True)
-def _insert(buf, m, value):
-    i = m
-    while i > 0 and buf[i - 1] > value:
-        buf[i] = buf[i - 1]
-        i -= 1
-    buf[i] = value
-    return m + 1
+def _succ(b0, b1, c, r):
+    """Smallest rank in the set that is > ``r`` (the caller knows one exists)."""
+    w = r >> 6
+    b = r & 63
+    if b < 63:
+        word = b0[c, w] & ~(_bit(b + 1) - _ONE)
+        if word != _ZERO:
+            return (w << 6) + _lowest(word)
+    w1 = w >> 6
+    b = w & 63
+    word = _ZERO
+    if b < 63:
+        word = b1[c, w1] & ~(_bit(b + 1) - _ONE)
+    while word == _ZERO:
+        w1 += 1
+        word = b1[c, w1]
+    w = (w1 << 6) + _lowest(word)
+    return (w << 6) + _lowest(b0[c, w])
 
 
 @numba.njit(cache=True, nogil=True)
-def _find(buf, m, value):
-    lo, hi = 0, m
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if buf[mid] < value:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+def _pred(b0, b1, c, r):
+    """Largest rank in the set that is < ``r`` (the caller knows one exists)."""
+    w = r >> 6
+    b = r & 63
+    if b > 0:
+        word = b0[c, w] & (_bit(b) - _ONE)
+        if word != _ZERO:
+            return (w << 6) + _highest(word)
+    w1 = w >> 6
+    b = w & 63
+    word = _ZERO
+    if b > 0:
+        word = b1[c, w1] & (_bit(b) - _ONE)
+    while word == _ZERO:
+        w1 -= 1
+        word = b1[c, w1]
+    w = (w1 << 6) + _highest(word)
+    return (w << 6) + _highest(b0[c, w])
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _step(b0, b1, c, lo, diff):
+    """Move the lower median ``lo`` one set element down (``diff > 0``), up (``diff < 0``) or not at all.
+
+    The common case, a neighbour in the same 64-bit word, is computed without branches on the data
+    (i.i.d. logits make every comparison a coin flip, and mispredicted branches dominated)."""
+    w = lo >> 6
+    b = lo & 63
+    word = b0[c, w]
+    above = word & ((_ALL << np.uint64(b)) << _ONE)
+    under = word & (_bit(b) - _ONE)
+    up = (w << 6) + _lowest(above)
+    down = (w << 6) + _highest(under)
+    slow = ((diff > 0) & (under == _ZERO)) | ((diff < 0) & (above == _ZERO))  # no short-circuit branches
+    if slow:
+        return _pred(b0, b1, c, lo) if diff > 0 else _succ(b0, b1, c, lo)
+    return lo + (down - lo) * np.int64(diff > 0) + (up - lo) * np.int64(diff < 0)
 
 
 @numba.njit(cache=True, nogil=True)
-def _delete(buf, m, value):
-    for i in range(_find(buf, m, value), m - 1):
-        buf[i] = buf[i + 1]
-    return m - 1
+def _median_centre(ranks, sorted_values, start, n, t, slot_of_k, med, b0, b1, lo):
+    """Truncated-window medians of every class at frame ``t`` of the video ``[start, start+n)``,
+    for each half-width ``k`` with ``slot_of_k[k] >= 0`` (into ``med[slot, class]``).
 
-
-@numba.njit(cache=True, nogil=True)
-def _replace(buf, m, old, new):
-    i = _find(buf, m, old)
-    if new >= old:
-        while i + 1 < m and buf[i + 1] < new:
-            buf[i] = buf[i + 1]
-            i += 1
-    else:
-        while i > 0 and buf[i - 1] > new:
-            buf[i] = buf[i - 1]
-            i -= 1
-    buf[i] = new
-
-
-@numba.njit(cache=True, nogil=True)
-def _median_one(x, k, y):
-    """Truncated-window running median of one 1-D signal ``x`` into ``y`` (a sorted buffer slides along)."""
-    n = x.shape[0]
-    buf = np.empty(min(n, 2 * k + 1), dtype=x.dtype)
-    m = 0
-    for j in range(min(k + 1, n)):
-        m = _insert(buf, m, x[j])
-    for t in range(n):
-        h = m // 2
-        if m % 2 == 1:
-            y[t] = buf[h]
-        else:
-            y[t] = 0.5 * (buf[h - 1] + buf[h])
-        enter = t + k + 1
-        leave = t - k
-        if enter < n and leave >= 0:
-            _replace(buf, m, x[leave], x[enter])
-        elif enter < n:
-            m = _insert(buf, m, x[enter])
-        elif leave >= 0:
-            m = _delete(buf, m, x[leave])
+    The window grows from ``{t}`` one frame per side per step; ``lo[c]`` is class ``c``'s lower
+    median as a rank, and adding <= 2 ranks moves it by at most one set element of the window.
+    The classes advance in lock-step (``k`` outer, class inner) so that their independent
+    dependency chains overlap. ``b0`` / ``b1`` (per class) are all-zero on entry and on exit."""
+    n_classes = ranks.shape[0]
+    k_max = slot_of_k.shape[0] - 1
+    for c in range(n_classes):
+        lo[c] = ranks[c, start + t]
+        _set(b0, b1, c, lo[c])
+        if slot_of_k[0] >= 0:
+            med[slot_of_k[0], c] = sorted_values[c, start + lo[c]]
+    both = min(t, n - 1 - t, k_max)  # steps that add a frame on each side: odd window, no truncation
+    for k in range(1, both + 1):
+        s = slot_of_k[k]
+        for c in range(n_classes):
+            r1 = np.int64(ranks[c, start + t - k])
+            r2 = np.int64(ranks[c, start + t + k])
+            _set(b0, b1, c, r1)
+            _set(b0, b1, c, r2)
+            x = lo[c]
+            x = _step(b0, b1, c, x, np.int64(r1 < x) + np.int64(r2 < x) - 1)
+            lo[c] = x
+            if s >= 0:
+                med[s, c] = sorted_values[c, start + x]
+    m = 2 * both + 1
+    for k in range(both + 1, k_max + 1):  # the window is truncated on one side (or both)
+        left = t - k >= 0
+        right = t + k < n
+        target_before = (m - 1) // 2
+        m += np.int64(left) + np.int64(right)
+        target = (m - 1) // 2
+        s = slot_of_k[k]
+        for c in range(n_classes):
+            x = lo[c]
+            below = target_before
+            if left:
+                r = np.int64(ranks[c, start + t - k])
+                _set(b0, b1, c, r)
+                below += np.int64(r < x)
+            if right:
+                r = np.int64(ranks[c, start + t + k])
+                _set(b0, b1, c, r)
+                below += np.int64(r < x)
+            x = _step(b0, b1, c, x, below - target)
+            lo[c] = x
+            if s >= 0:
+                if m % 2 == 1:
+                    med[s, c] = sorted_values[c, start + x]
+                else:
+                    med[s, c] = 0.5 * (sorted_values[c, start + x] + sorted_values[c, start + _succ(b0, b1, c, x)])
+    for c in range(n_classes):
+        for j in range(max(0, t - k_max), min(n, t + k_max + 1)):
+            r = np.int64(ranks[c, start + j])
+            b0[c, r >> 6] = _ZERO
+            b1[c, r >> 12] = _ZERO
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _median_videos(values, offsets, k, out):
-    """``values`` (C, N) holds the videos one after another (``offsets``); runs ``_median_one`` per (video, class)."""
+def _median_blocks(values, offsets, video_of, centres, block_starts, slot_of_k, pred, out):
+    """Truncated-window medians at the frames ``centres`` (sorted; ``block_starts`` cuts them into
+    blocks of nearby frames of one video), for every half-width with ``slot_of_k[k] >= 0``.
+
+    ``pred[i, s]`` gets the argmax over classes for slot ``s`` (if ``pred`` has rows), ``out[i]``
+    the medians of slot 0 (if ``out`` has rows). Per block and class, the logits of the block's
+    frames +- k_max are rank-transformed once (argsort), so the bitsets span only that segment
+    (a few words, always in L1) and ``sorted`` maps a rank back to its logit."""
     n_classes = values.shape[0]
-    n_videos = offsets.shape[0] - 1
-    for job in numba.prange(n_classes * n_videos):
-        c = job % n_classes
-        v = job // n_classes
-        _median_one(values[c, offsets[v]:offsets[v + 1]], k, out[c, offsets[v]:offsets[v + 1]])
+    k_max = slot_of_k.shape[0] - 1
+    n_slots = pred.shape[1]
+    for block in numba.prange(block_starts.shape[0] - 1):
+        i0 = block_starts[block]
+        i1 = block_starts[block + 1]
+        v = video_of[centres[i0]]
+        start = offsets[v]
+        n = offsets[v + 1] - start
+        seg_lo = max(0, centres[i0] - start - k_max)
+        seg_hi = min(n, centres[i1 - 1] - start + k_max + 1)
+        size = seg_hi - seg_lo
+        ranks = np.empty((n_classes, size), dtype=np.int32)
+        ordered = np.empty((n_classes, size), dtype=values.dtype)
+        for c in range(n_classes):
+            seg = values[c, start + seg_lo:start + seg_hi]
+            order = np.argsort(seg)
+            for j in range(size):
+                ranks[c, order[j]] = j
+                ordered[c, j] = seg[order[j]]
+        n_words = (size >> 6) + 1
+        b0 = np.zeros((n_classes, n_words), dtype=np.uint64)
+        b1 = np.zeros((n_classes, (n_words >> 6) + 1), dtype=np.uint64)
+        med = np.empty((max(n_slots, 1), n_classes), dtype=values.dtype)
+        lo = np.empty(n_classes, dtype=np.int64)
+        for i in range(i0, i1):
+            _median_centre(ranks, ordered, 0, size, centres[i] - start - seg_lo, slot_of_k, med, b0, b1, lo)
+            if out.shape[0] > 0:
+                for c in range(n_classes):
+                    out[i, c] = med[0, c]
+            if pred.shape[0] > 0:
+                for s in range(n_slots):
+                    best = 0
+                    top = med[s, 0]
+                    for c in range(1, n_classes):
+                        if med[s, c] > top:
+                            top = med[s, c]
+                            best = c
+                    pred[i, s] = best
+
+
+# ----------------------------------------------------------------------------- mean / vote / gaussian sums
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _argmax_window_sums(cs, at, k, pred):
-    """``pred[i] = argmax_c (cs[at[i]+k+1, c] - cs[at[i]-k, c])``: window sums from cumulative sums."""
+def _argmax_window_sums(cs, at, ks, pred):
+    """``pred[i, s] = argmax_c (cs[at[i]+k+1, c] - cs[at[i]-k, c])`` with ``k = ks[s]``: window sums from cumulative sums."""
+    n_classes = cs.shape[1]
     for i in numba.prange(at.shape[0]):
-        hi = cs[at[i] + k + 1]
-        lo = cs[at[i] - k]
-        best = 0
-        top = hi[0] - lo[0]
-        for c in range(1, cs.shape[1]):
-            v = hi[c] - lo[c]
-            if v > top:
-                top = v
-                best = c
-        pred[i] = best
+        p = at[i]
+        for s in range(ks.shape[0]):
+            hi = p + ks[s] + 1
+            lo = p - ks[s]
+            best = 0
+            top = cs[hi, 0] - cs[lo, 0]
+            for c in range(1, n_classes):
+                v = cs[hi, c] - cs[lo, c]
+                if v > top:
+                    top = v
+                    best = c
+            pred[i, s] = best
+
+
+@numba.njit(cache=True, nogil=True)
+def _pair_sums(packed, p, k_max, pairs):
+    """``pairs[d] = packed[p + d] + packed[p - d]`` for ``d = 1..k_max`` (float64)."""
+    for d in range(1, k_max + 1):
+        for c in range(packed.shape[1]):
+            pairs[d, c] = packed[p + d, c] + packed[p - d, c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _weighted_sum(packed, p, pairs, half_weights, k, acc):
+    """``acc = w_0 * packed[p] + sum_{d=1..k} w_d * pairs[d]``: one centre's symmetric weighted window sum."""
+    n_classes = packed.shape[1]
+    for c in range(n_classes):
+        acc[c] = half_weights[0] * packed[p, c]
+    for d in range(1, k + 1):
+        w = half_weights[d]
+        for c in range(n_classes):
+            acc[c] += w * pairs[d, c]
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _weighted_sums(packed, at, half_weights, out):
     """``out[i] = sum_{|d|<=k} w_|d| * packed[at[i] + d]`` (symmetric weights, zero rows outside videos)."""
     k = half_weights.shape[0] - 1
+    n_chunks = (at.shape[0] + _MEDIAN_CHUNK - 1) // _MEDIAN_CHUNK
+    for chunk in numba.prange(n_chunks):
+        pairs = np.empty((k + 1, packed.shape[1]), dtype=np.float64)
+        for i in range(chunk * _MEDIAN_CHUNK, min(at.shape[0], (chunk + 1) * _MEDIAN_CHUNK)):
+            _pair_sums(packed, at[i], k, pairs)
+            _weighted_sum(packed, at[i], pairs, half_weights, k, out[i])
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _weighted_argmax(packed, at, ks, half_weights, pred):
+    """``pred[i, s]`` = argmax over classes of the weighted window sum at ``at[i]`` with weights
+    ``half_weights[s, :ks[s]+1]`` (same arithmetic, in the same order, as ``_weighted_sum``).
+
+    Blocks of ``_GAUSS_BLOCK`` centres: per class, the pair sums ``x[p+d] + x[p-d]`` of the block
+    are gathered once into ``pairs[d, centre]`` and every window's sum is then a contiguous,
+    vectorised multiply-add over the block."""
+    k_max = 0
+    for s in range(ks.shape[0]):
+        k_max = max(k_max, ks[s])
     n_classes = packed.shape[1]
-    for i in numba.prange(at.shape[0]):
-        p = at[i]
+    n_slots = ks.shape[0]
+    n_chunks = (at.shape[0] + _GAUSS_BLOCK - 1) // _GAUSS_BLOCK
+    for chunk in numba.prange(n_chunks):
+        first = chunk * _GAUSS_BLOCK
+        m = min(_GAUSS_BLOCK, at.shape[0] - first)
+        pairs = np.empty((k_max + 1, _GAUSS_BLOCK), dtype=np.float64)
+        acc = np.empty(_GAUSS_BLOCK, dtype=np.float64)
+        top = np.empty((n_slots, _GAUSS_BLOCK), dtype=np.float64)
+        best = np.zeros((n_slots, _GAUSS_BLOCK), dtype=np.int8)
         for c in range(n_classes):
-            out[i, c] = half_weights[0] * packed[p, c]
-        for d in range(1, k + 1):
-            w = half_weights[d]
-            for c in range(n_classes):
-                out[i, c] += w * (packed[p + d, c] + packed[p - d, c])
+            for j in range(m):
+                p = at[first + j]
+                pairs[0, j] = packed[p, c]
+                for d in range(1, k_max + 1):
+                    pairs[d, j] = packed[p + d, c] + packed[p - d, c]
+            for s in range(n_slots):
+                w0 = half_weights[s, 0]
+                for j in range(m):
+                    acc[j] = w0 * pairs[0, j]
+                for d in range(1, ks[s] + 1):
+                    w = half_weights[s, d]
+                    for j in range(m):
+                        acc[j] += w * pairs[d, j]
+                if c == 0:
+                    for j in range(m):
+                        top[s, j] = acc[j]
+                else:
+                    for j in range(m):
+                        if acc[j] > top[s, j]:
+                            top[s, j] = acc[j]
+                            best[s, j] = c
+        for j in range(m):
+            for s in range(n_slots):
+                pred[first + j, s] = best[s, j]
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _confusion_parts(pred, y_true, n_classes, n_parts):
+    """Per part of the frames, the confusion matrices ``[window slot, true, pred]`` (summed by the caller)."""
+    n, n_slots = pred.shape
+    parts = np.zeros((n_parts, n_slots, n_classes, n_classes), dtype=np.int64)
+    size = (n + n_parts - 1) // n_parts
+    for part in numba.prange(n_parts):
+        for i in range(part * size, min(n, (part + 1) * size)):
+            t = y_true[i]
+            for s in range(n_slots):
+                parts[part, s, t, pred[i, s]] += 1
+    return parts
 
 
 # ----------------------------------------------------------------------------- all strategies
@@ -189,6 +411,7 @@ class _Smoother:
         lengths = np.array([len(x) for x in logits], dtype=np.int64)
         self.num_classes = int(logits[0].shape[1])
         self.offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)  # in the unpacked concatenation
+        self.video_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)  # video of each frame
         self.gap = max(int(max_half_width), 1)
         self.dtype = dtype
         starts = self.gap + np.r_[0, np.cumsum(lengths + self.gap)[:-1]]  # packed start of each video
@@ -222,9 +445,10 @@ class _Smoother:
         return cs[at + k + 1] - cs[at - k]
 
     def _packed_cached(self, name: str) -> np.ndarray:
+        """``gaussian``: the packed frames in float64; ``gaussian_norm``: packed ones (frames inside a video)."""
         if name not in self._cache:
-            values = self.frames if name == "gaussian" else np.ones((len(self.frames), 1), dtype=self.dtype)
-            self._cache[name] = self._packed(values)
+            values = self.frames if name == "gaussian" else np.ones((len(self.frames), 1))
+            self._cache[name] = self._packed(values.astype(np.float64))
         return self._cache[name]
 
     def _gaussian_sum(self, name: str, weights: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -234,20 +458,57 @@ class _Smoother:
         _weighted_sums(packed, at, np.ascontiguousarray(weights[len(weights) // 2:]), out)
         return out
 
-    def argmax_window_sum(self, name: str, k: int, at: np.ndarray) -> np.ndarray:
-        """Argmax over classes of the ``mean`` / ``vote`` window sums at packed rows ``at``."""
-        pred = np.empty(len(at), dtype=np.int64)
-        _argmax_window_sums(self._cumsum(name), at, k, pred)
-        return pred
-
-    def median(self, k: int) -> np.ndarray:
-        """Per-class truncated-window medians of every frame, (N, C) in ``self.dtype``."""
+    def _median_blocks(self, ks: np.ndarray, frames: np.ndarray, *, pred: np.ndarray, out: np.ndarray) -> None:
+        """Run ``_median_blocks`` over the unpacked ``frames`` (sorted) for the half-widths ``ks``."""
         if "median_values" not in self._cache:
             self._cache["median_values"] = np.ascontiguousarray(self.frames.T)
-        values = self._cache["median_values"]
-        out = np.empty_like(values)
-        _median_videos(values, self.offsets, k, out)
-        return out.T
+        frames = np.asarray(frames, dtype=np.int64)
+        if len(frames) == 0:
+            return
+        if np.any(np.diff(frames) < 0):
+            raise ValueError("median: frames must be sorted")
+        video = self.video_of[frames]
+        key = video * (int(self.offsets[-1]) + 1) + (frames - self.offsets[video]) // _MEDIAN_BLOCK
+        block_starts = np.r_[0, np.flatnonzero(np.diff(key)) + 1, len(frames)].astype(np.int64)
+        slot_of_k = np.full(int(ks.max(initial=0)) + 1, -1, dtype=np.int64)
+        slot_of_k[ks] = np.arange(len(ks))
+        with numba.parallel_chunksize(1):
+            _median_blocks(self._cache["median_values"], self.offsets, self.video_of, frames, block_starts,
+                           slot_of_k, pred, out)
+
+    def median(self, k: int, frames: np.ndarray | None = None) -> np.ndarray:
+        """Per-class truncated-window medians, (len(frames), C) in ``self.dtype`` (all frames if None)."""
+        centres = np.arange(len(self.frames)) if frames is None else np.asarray(frames, dtype=np.int64)
+        out = np.empty((len(centres), self.num_classes), dtype=self.frames.dtype)
+        self._median_blocks(np.array([k]), centres, pred=np.empty((0, 1), dtype=np.int8), out=out)
+        return out
+
+    def argmax_all_windows(self, strategy: str, ks: np.ndarray, frames: np.ndarray, *,
+                           sigma: float | None = None) -> np.ndarray:
+        """Predicted class (int8) of each of the unpacked ``frames`` under every half-width of ``ks``
+        (distinct, <= ``gap``), (len(frames), len(ks)): the argmax of the (unnormalised) smoothed logits."""
+        ks = np.asarray(ks, dtype=np.int64)
+        frames = np.asarray(frames, dtype=np.int64)
+        pred = np.empty((len(frames), len(ks)), dtype=np.int8)
+        if len(ks) and ks.max() > self.gap:
+            raise ValueError(f"half-width {ks.max()} exceeds the packing gap {self.gap}")
+        at = self.rows[frames]
+        if strategy in ("mean", "vote"):
+            _argmax_window_sums(self._cumsum(strategy), at, ks, pred)
+        elif strategy == "gaussian":
+            k_max = int(ks.max(initial=0))
+            half = np.zeros((len(ks), k_max + 1))
+            for s, k in enumerate(ks):
+                half[s, :k + 1] = gaussian_weights(2 * int(k) + 1, sigma=sigma)[k:]
+            with numba.parallel_chunksize(1):
+                _weighted_argmax(self._packed_cached("gaussian"), at, ks, half, pred)
+        elif strategy == "median":
+            self._median_blocks(ks, frames, pred=pred, out=np.empty((0, self.num_classes), dtype=self.frames.dtype))
+        else:
+            raise ValueError(f"unknown smoothing strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if (ks == 0).any():  # window 1: the frame's own argmax, whatever the strategy
+            pred[:, ks == 0] = self.frames[frames].argmax(1)[:, None]
+        return pred
 
     def smoothed(self, k: int, strategy: str, *, sigma: float | None = None, frames: np.ndarray | None = None,
                  normalised: bool = True) -> np.ndarray:
@@ -267,8 +528,7 @@ class _Smoother:
                 out = np.eye(self.num_classes, dtype=self.dtype)[out.argmax(1)]
             return out
         if strategy == "median":
-            out = self.median(k)
-            return out if frames is None else out[frames]
+            return self.median(k, frames)
         if strategy == "vote":
             return self._window_sum("vote", k, at)
         if strategy == "mean":
@@ -319,8 +579,18 @@ def smooth_tracks(logits_by_track: Mapping[str, np.ndarray], window: int, strate
     return {n: out[a:b] for n, a, b in zip(names, smoother.offsets[:-1], smoother.offsets[1:])}
 
 
-def _macro_f1_valid(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
-    return float(per_class_f1(y_true, y_pred, num_classes).mean())
+def _macro_f1(cm: np.ndarray) -> float:
+    """Macro F1 from a confusion matrix ``[true, pred]``: the same arithmetic as ``kitlib.metrics.macro_f1``."""
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(0) + cm.sum(1)  # 2TP + FP + FN
+    return float(np.divide(2 * tp, denom, out=np.zeros(len(cm)), where=denom > 0).mean())
+
+
+def _macro_f1_per_window(pred: np.ndarray, y_true: np.ndarray, num_classes: int) -> list[float]:
+    """Macro F1 of each column of ``pred`` (frames, windows) against ``y_true`` (all in 0..C-1)."""
+    n_parts = max(1, min(64, len(y_true) // 4096))
+    cms = _confusion_parts(pred, y_true, num_classes, n_parts).sum(0)
+    return [_macro_f1(cm) for cm in cms]
 
 
 def sweep(logits_by_track: Mapping[str, np.ndarray], labels_by_track: Mapping[str, np.ndarray], *,
@@ -330,7 +600,8 @@ def sweep(logits_by_track: Mapping[str, np.ndarray], labels_by_track: Mapping[st
 
     ``labels_by_track`` holds per-frame labels (-1 invalid) aligned to the logits. The result has
     columns ``strategy, window, f1, seconds``; its first row is the single-frame baseline
-    (strategy ``"none"``, window 1). ``seconds`` is the time taken by that row's smoothing + scoring.
+    (strategy ``"none"``, window 1). Each strategy's windows are computed in one pass, so
+    ``seconds`` is that strategy's time (smoothing + scoring) divided evenly over its windows.
     """
     windows = [int(w) for w in windows]
     ks = [half_width(w) for w in windows]
@@ -342,35 +613,38 @@ def sweep(logits_by_track: Mapping[str, np.ndarray], labels_by_track: Mapping[st
     if missing:
         raise ValueError(f"logits and labels must cover the same tracks; these are in only one of them: {missing[:10]}")
     arrays = [_checked(logits_by_track[n], n).astype(np.float32, copy=False) for n in names]
+    num_classes = arrays[0].shape[1]
     labels = []
     for n, x in zip(names, arrays):
         y = np.asarray(labels_by_track[n]).ravel()
         if len(y) != len(x):
             raise ValueError(f"{n}: {len(x)} frames of logits but {len(y)} labels")
+        if x.shape[1] != num_classes:
+            raise ValueError(f"{n}: {x.shape[1]} classes of logits, the first track has {num_classes}")
+        if len(y) and (y.min() < -1 or y.max() >= num_classes):
+            raise ValueError(f"{n}: labels must be in 0..{num_classes - 1} or -1 (invalid), "
+                             f"found {int(y.min())}..{int(y.max())}")
         labels.append(y)
     y_all = np.concatenate(labels).astype(np.int64)
     valid = np.flatnonzero(y_all >= 0)
     y_true = y_all[valid]
-    num_classes = arrays[0].shape[1]
     smoother = _Smoother(arrays, max_half_width=max(ks, default=0), dtype=np.float32)
     log.info("smoothing sweep: %d videos, %d frames (%d labelled), %d strategies x %d windows",
              len(names), len(y_all), len(valid), len(strategies), len(windows))
 
     t0 = time.perf_counter()
-    rows = [{"strategy": "none", "window": 1,
-             "f1": _macro_f1_valid(y_true, smoother.frames[valid].argmax(1), num_classes),
+    base = np.bincount(y_true * num_classes + smoother.frames[valid].argmax(1), minlength=num_classes**2)
+    rows = [{"strategy": "none", "window": 1, "f1": _macro_f1(base.reshape(num_classes, num_classes)),
              "seconds": time.perf_counter() - t0}]
-    jobs = [(s, w, k) for s in strategies for w, k in zip(windows, ks)]
-    for strategy, window, k in tqdm(jobs, desc="smoothing sweep", unit="window", disable=not progress):
+    unique_ks, slot = np.unique(np.array(ks, dtype=np.int64), return_inverse=True)
+    for strategy in tqdm(strategies if windows else [], desc="smoothing sweep", unit="strategy", disable=not progress):
         t0 = time.perf_counter()
-        if strategy == "median":
-            pred = smoother.median(k)[valid].argmax(1) if k else smoother.frames[valid].argmax(1)
-        elif strategy in ("mean", "vote") and k:
-            pred = smoother.argmax_window_sum(strategy, k, smoother.rows[valid])
-        else:
-            pred = smoother.smoothed(k, strategy, sigma=sigma, frames=valid, normalised=False).argmax(1)
-        rows.append({"strategy": strategy, "window": window, "f1": _macro_f1_valid(y_true, pred, num_classes),
-                     "seconds": time.perf_counter() - t0})
+        pred = smoother.argmax_all_windows(strategy, unique_ks, valid, sigma=sigma)
+        f1 = _macro_f1_per_window(pred, y_true, num_classes)
+        seconds = time.perf_counter() - t0
+        log.info("smoothing sweep: %s, %d windows x %d frames in %.1f s", strategy, len(unique_ks), len(valid), seconds)
+        rows += [{"strategy": strategy, "window": w, "f1": f1[s], "seconds": seconds / len(windows)}
+                 for w, s in zip(windows, slot)]
     table = pd.DataFrame(rows, columns=["strategy", "window", "f1", "seconds"])
     best = table.loc[table["f1"].idxmax()]
     log.info("smoothing sweep done in %.1f s: best %s window %d F1 %.4f (single frame %.4f)",

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitlib import config, run, submission
+from kitlib import config, data, pipeline, run, submission
 from kitlib.store import FeatureStore
 
 pytestmark = pytest.mark.slow
+CORRUPT = "99-30-256x192"
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +18,12 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     items = ["params/demo.yaml", "params/tiny.yaml", f"run.outputs_root={root / 'outputs'}",
              f"data.root={root / 'data'}", f"audio.encoder={root / 'models' / 'wav2vec2-tiny'}"]
-    assert run.main(items) == 0
     cfg = config.load(*items[:2], overrides=items[2:])
+    # bad input beside the demo: a corrupt video with its annotation; the run must report it and go on
+    pipeline.ensure_demo(cfg)
+    (root / "data" / "videos" / "batch1" / f"{CORRUPT}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(5000))
+    (root / "data" / "annotations" / "Train_Set" / f"{CORRUPT}.txt").write_text(data.HEADER + "\n" + "0\n" * 50)
+    assert run.main(items) == 0
     return cfg, cfg.run_dir, items
 
 
@@ -39,6 +44,11 @@ def test_every_notebook_executed_and_recorded(tiny_run):
 
 def test_data_reports(tiny_run):
     _, run_dir, _ = tiny_run
+    videos = pd.read_csv(run_dir / "reports" / "videos.csv", keep_default_na=False)
+    corrupt = videos[videos["videoid"] == CORRUPT]
+    assert len(corrupt) == 1 and corrupt["error"].iloc[0] and f"{CORRUPT}.mp4" in corrupt["video"].iloc[0]
+    left_out = pd.read_csv(run_dir / "reports" / "missing_features_fusion.csv")
+    assert list(left_out["txtid"]) == [CORRUPT]
     mismatch = pd.read_csv(run_dir / "reports" / "length_mismatches.csv")
     assert len(mismatch) == 1 and (mismatch["annotation_lines"] - mismatch["decoded_frames"]).iloc[0] == 1
     folds = pd.read_csv(run_dir / "reports" / "folds.csv")
@@ -49,6 +59,9 @@ def test_features(tiny_run):
     cfg, run_dir, _ = tiny_run
     visual, audio = FeatureStore(run_dir / "features", "visual"), FeatureStore(run_dir / "features", "audio")
     vis_report = pd.read_csv(run_dir / "reports" / "visual_extraction.csv")
+    bad = vis_report["txtid"] == CORRUPT
+    assert vis_report.loc[bad, "status"].str.startswith("error").all() and bad.sum() == 1
+    vis_report = vis_report[~bad]
     assert (vis_report["status"] == "ok").all()
     assert vis_report["detected"].sum() > 0.5 * vis_report["frames"].sum()
     for txtid in vis_report["txtid"]:

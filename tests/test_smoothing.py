@@ -108,3 +108,45 @@ def test_sweep_checks_alignment(rng):
         sweep({"a": rng.normal(size=(10, 8))}, {"a": np.zeros(9, dtype=int)}, windows=[3], progress=False)
     with pytest.raises(ValueError, match="same tracks"):
         sweep({"a": rng.normal(size=(10, 8))}, {"b": np.zeros(10, dtype=int)}, windows=[3], progress=False)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_all_windows_pass_matches_bruteforce(rng, strategy):
+    """The sweep's one-pass kernels (every window at once, labelled frames only, median blocks of
+    256 frames) give the brute-force argmax for every window, on videos longer than a block."""
+    from kitlib.smoothing import _Smoother
+
+    videos = [rng.normal(size=(n, 8)).astype(np.float32) for n in (700, 5, 300)]
+    windows = [1, 3, 5, 9, 41, 101]
+    smoother = _Smoother(videos, max_half_width=50, dtype=np.float32)
+    frames = np.sort(rng.choice(len(smoother.frames), size=600, replace=False))
+    pred = smoother.argmax_all_windows(strategy, np.array([w // 2 for w in windows]), frames)
+    expected = np.concatenate([np.stack([reference(x.astype(np.float64), w, strategy).argmax(1) for w in windows], 1)
+                               for x in videos])[frames]
+    np.testing.assert_array_equal(pred, expected)
+
+
+def test_median_ties_and_wide_windows(rng):
+    # many equal logits (ranks break ties arbitrarily; the median value must not care)
+    x = rng.integers(0, 4, size=(600, 8)).astype(np.float64)
+    for window in (3, 21, 257):
+        np.testing.assert_array_equal(smooth_logits(x, window, "median"), reference(x, window, "median"))
+    # a window wider than 4096 frames: the bitset needs more than one summary word
+    x = rng.normal(size=(4700, 2))
+    np.testing.assert_array_equal(smooth_logits(x, 4501, "median"), reference(x, 4501, "median"))
+
+
+def test_sweep_duplicate_and_unsorted_windows(rng):
+    logits = {f"v{i}": rng.normal(size=(n, 8)).astype(np.float32) for i, n in enumerate([400, 50])}
+    labels = {k: rng.integers(-1, 8, size=len(v)) for k, v in logits.items()}
+    table = sweep(logits, labels, windows=[9, 1, 9, 3], strategies=["median", "vote"], progress=False)
+    assert table["window"].tolist() == [1, 9, 1, 9, 3, 9, 1, 9, 3]
+    y = np.concatenate(list(labels.values()))
+    for strategy in ("median", "vote"):
+        rows = table[table.strategy == strategy]
+        assert rows["f1"].iloc[0] == rows["f1"].iloc[2]
+        assert rows[rows.window == 1]["f1"].iloc[0] == pytest.approx(table["f1"].iloc[0])
+        smoothed = np.concatenate(list(smooth_tracks(logits, 3, strategy).values()))
+        assert rows[rows.window == 3]["f1"].item() == pytest.approx(macro_f1(y, smoothed.argmax(1)), abs=1e-12)
+    with pytest.raises(ValueError, match="labels must be in"):
+        sweep(logits, {k: np.full(len(v), 8) for k, v in logits.items()}, windows=[3], progress=False)
