@@ -98,6 +98,7 @@ class Stage1Params:
     padaug_max_frac: float
     amp: str                # bf16 | fp16 | none (autocast on CUDA only)
     max_steps_per_epoch: int | None
+    table1_states: list[str]  # extra backbone states for Table 1: pretrained, mlp, moe, moe_padaug, mlp_padaug
 
 
 @dataclass

@@ -346,16 +346,111 @@ def backbone_record(cfg: Config) -> pd.Series:
     return pd.Series({k: (v if np.isscalar(v) or v is None else str(v)) for k, v in record.items()})
 
 
-def backbone_state(cfg: Config) -> str:
-    """Table 1's row name for this run's backbone: pretrained, or fine-tuned with its head (and PadAug)."""
-    from kitlib.backbone import read_record
+def main_state(cfg: Config) -> str:
+    """This run's own backbone state: ``<head>[_padaug]`` when Stage I trains, else ``pretrained``."""
+    return f"{cfg.stage1.head}{'_padaug' if cfg.stage1.padaug else ''}" if cfg.stage1.train else "pretrained"
 
-    path = backbone_path(cfg)
-    record = read_record(path) if path.is_file() else {}
-    if "head_kind" not in record:
+
+def state_label(state: str) -> str:
+    """Table 1's row name: ``moe_padaug`` -> ``fine-tuned + MoE + PadAug``."""
+    if state == "pretrained":
         return "pretrained"
-    padaug_used = "PadAug(" in str((record.get("params") or {}).get("padaug", ""))
-    return f"fine-tuned + {record['head_kind'].upper()}" + (" + PadAug" if padaug_used else "")
+    head, _, padaug_flag = state.partition("_")
+    return f"fine-tuned + {'MoE' if head == 'moe' else head.upper()}" + (" + PadAug" if padaug_flag else "")
+
+
+def _check_state(state: str) -> tuple[str, bool] | None:
+    """(head, use PadAug) of a fine-tuned state; None for ``pretrained``."""
+    if state == "pretrained":
+        return None
+    head, _, padaug_flag = state.partition("_")
+    if head not in ("moe", "mlp") or padaug_flag not in ("", "padaug"):
+        raise config.ConfigError(f"stage1.table1_states: unknown state {state!r}; valid: pretrained, moe, mlp, "
+                                 f"moe_padaug, mlp_padaug")
+    return head, bool(padaug_flag)
+
+
+def table1_states(cfg: Config) -> list[str]:
+    """The backbone states of Table 1: this run's own, then ``stage1.table1_states``."""
+    for state in cfg.stage1.table1_states:
+        _check_state(state)
+    return list(dict.fromkeys([main_state(cfg), *cfg.stage1.table1_states]))
+
+
+def state_path(cfg: Config, state: str) -> Path:
+    """Where the backbone of a Table-1 state is (this run's own: ``backbone_path``)."""
+    return backbone_path(cfg) if state == main_state(cfg) else cfg.run_dir / "stage1" / "states" / f"{state}.safetensors"
+
+
+def train_table1_states(cfg: Config) -> pd.DataFrame:
+    """Stage I once more for every fine-tuned Table-1 state other than this run's own (resumable)."""
+    rows = []
+    for state in table1_states(cfg)[1:]:
+        spec = _check_state(state)
+        path = state_path(cfg, state)
+        if spec is None:
+            rows.append({"state": state_label(state), "status": "no training", "best_val_f1": None})
+        elif path.is_file():
+            rows.append({"state": state_label(state), "status": "exists", "best_val_f1": None})
+        else:
+            result = train_stage1(cfg, head=spec[0], use_padaug=spec[1], out_path=path)
+            rows.append({"state": state_label(state), "status": "trained", "best_val_f1": result["best_val_f1"]})
+    table = pd.DataFrame(rows, columns=["state", "status", "best_val_f1"])
+    report(cfg, "stage1_states", table)
+    return table
+
+
+def export_boxes(cfg: Config) -> Path:
+    """The faces this run detected, as a precomputed-boxes CSV (``faces.detector: boxes``) for re-extraction."""
+    from kitlib.faces import DETECTED
+
+    store = feature_store(cfg, "visual")
+    path = store.root / "boxes.csv"
+    if path.is_file():
+        return path
+    parts = []
+    for txtid in store.keys():
+        entry = store.load(txtid)
+        hit = entry["status"] == DETECTED
+        box = entry["boxes"][hit]
+        parts.append(pd.DataFrame({"videoid": data.videoid_of(txtid)[0], "frame": entry["frame_index"][hit],
+                                   "x1": box[:, 0], "y1": box[:, 1], "x2": box[:, 2], "y2": box[:, 3], "score": 1.0}))
+    table = pd.concat(parts, ignore_index=True).drop_duplicates()
+    from kitlib.store import write_text_atomic
+
+    write_text_atomic(path, table.to_csv(index=False))
+    return path
+
+
+def state_store(cfg: Config, index: data.DataIndex, state: str) -> FeatureStore | None:
+    """Visual features of a Table-1 state for Train+Validation (extracted with this run's boxes); None if absent."""
+    from kitlib.backbone import checkpoint_hash, input_mean_std, load_backbone
+    from kitlib.faces import build_detector
+    from kitlib.visual import extract_visual_features
+
+    if state == main_state(cfg):
+        return feature_store(cfg, "visual")
+    dev = device(cfg)
+    if state == "pretrained":
+        backbone, record = pretrained_backbone(cfg).to(dev).eval(), {"state": state, "weights": cfg.stage1.weights}
+    else:
+        path = state_path(cfg, state)
+        if not path.is_file():
+            log.warning("Table 1: no backbone for state %s (%s); run 02_stage1_train", state, path)
+            return None
+        backbone, record = load_backbone(path, device=dev)
+        record = {"state": state, "checkpoint": str(path), "checkpoint_hash": checkpoint_hash(path)}
+    mean, std = input_mean_std(backbone)
+    store = feature_store(cfg, f"visual_{state}")
+    tracks = [t for t in index.tracks if t.split in ("Train_Set", "Validation_Set")]
+    table = extract_visual_features(
+        tracks, store, backbone, detector=build_detector("boxes", path=export_boxes(cfg)),
+        crop_scales=cfg.faces.crop_scales, image_size=cfg.stage1.image_size, mean=mean, std=std,
+        batch_size=cfg.visual.batch_size, max_gap=cfg.faces.max_gap, device=dev,
+        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
+        manifest={"backbone": record, "params_digest": cfg.digest()})
+    report(cfg, f"visual_extraction_{state}", table)
+    return store
 
 
 def _split_arrays(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray], kind: str, key: str,
@@ -379,18 +474,23 @@ def _split_arrays(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarr
 
 
 def crop_scale_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Table 1 for this run's backbone: linear-probe macro F1 per crop scale and for the multi-scale mean."""
+    """Table 1: linear-probe macro F1 per crop scale and for the multi-scale mean, per backbone state."""
     from kitlib.visual import linear_probe_f1
 
-    state = backbone_state(cfg)
-    rows = []
     settings = [(f"crop {s}", "features_by_scale", i) for i, s in enumerate(cfg.faces.crop_scales)]
     settings.append(("multi-scale mean", "features", None))
-    for name, key, scale in settings:
-        train = _split_arrays(cfg, index, labels, "visual", key, "Train_Set", scale=scale)
-        val = _split_arrays(cfg, index, labels, "visual", key, "Validation_Set", scale=scale)
-        rows.append({"backbone": state, "crop": name, "val_f1": linear_probe_f1(*train, *val, seed=cfg.run.seed),
-                     "train_frames": len(train[1]), "val_frames": len(val[1])})
+    rows = []
+    for state in table1_states(cfg):
+        store = state_store(cfg, index, state)
+        if store is None:
+            continue
+        kind = store.kind
+        for name, key, scale in settings:
+            train = _split_arrays(cfg, index, labels, kind, key, "Train_Set", scale=scale)
+            val = _split_arrays(cfg, index, labels, kind, key, "Validation_Set", scale=scale)
+            rows.append({"backbone": state_label(state), "crop": name,
+                         "val_f1": linear_probe_f1(*train, *val, seed=cfg.run.seed),
+                         "train_frames": len(train[1]), "val_frames": len(val[1])})
     table = pd.DataFrame(rows)
     report(cfg, "table1_crops", table)
     return table

@@ -75,7 +75,9 @@ def test_features(tiny_run):
 def test_ablation_tables(tiny_run):
     cfg, run_dir, _ = tiny_run
     t1 = pd.read_csv(run_dir / "reports" / "table1_crops.csv")
-    assert len(t1) == len(cfg.faces.crop_scales) + 1 and t1["val_f1"].between(0, 1).all()
+    assert set(t1["backbone"]) == {"fine-tuned + MoE + PadAug", "pretrained"}     # this run's + table1_states
+    assert len(t1) == 2 * (len(cfg.faces.crop_scales) + 1) and t1["val_f1"].between(0, 1).all()
+    assert (run_dir / "features" / "visual" / "boxes.csv").is_file()               # states reuse the detections
     t2 = pd.read_csv(run_dir / "reports" / "table2_alignment.csv")
     assert {"nearest", "window mean (0.25 s)"} <= set(t2["alignment"])
     t3 = pd.read_csv(run_dir / "reports" / "table3_fusion.csv")
