@@ -81,7 +81,7 @@ class Stage1Params:
     image_size: int         # backbone input size in pixels
     train: bool             # run Stage-I adaptation (false: use `checkpoint` or `weights` as they are)
     checkpoint: str | None  # an adapted backbone (.safetensors) made elsewhere
-    dataset: str            # class_folder | affectnet | rafdb
+    dataset: str            # class_folder | affectnet | rafdb | affwild2 (cropped frames <txtid>/<00001>.jpg)
     images_root: str        # image FER set for Stage I, relative to data.root unless absolute
     head: str               # moe | mlp (training-only head, discarded after Stage I)
     num_experts: int        # M in eqs. 2-3
@@ -116,8 +116,8 @@ class AudioParams:
     overlap_s: float
     layers: str             # "last", or k = mean of the last k hidden layers
     align: str              # window | nearest
-    align_window_s: float   # TOTAL length of the centred window (half-width = align_window_s / 2)
-    ablation_windows_s: list[float]  # extra windows stored for Table 2
+    align_window_total_s: float   # TOTAL length of the centred window (half-width = align_window_total_s / 2)
+    ablation_windows_total_s: list[float]  # further total window lengths stored for Table 2
     amp: str
 
 

@@ -32,12 +32,16 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLA
     return np.bincount(y_true * num_classes + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """F1 of each class (eq. 18); 0 where precision + recall is 0."""
-    cm = confusion(y_true, y_pred, num_classes)
+def f1_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Per-class F1 (eq. 18) from a confusion matrix ``[true, pred]``; 0 where precision + recall is 0."""
     tp = np.diag(cm).astype(np.float64)
     denom = cm.sum(0) + cm.sum(1)  # 2TP + FP + FN = (TP+FP) + (TP+FN)
-    return np.divide(2 * tp, denom, out=np.zeros(num_classes), where=denom > 0)
+    return np.divide(2 * tp, denom, out=np.zeros(len(cm)), where=denom > 0)
+
+
+def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """F1 of each class (eq. 18); 0 where precision + recall is 0."""
+    return f1_from_confusion(confusion(y_true, y_pred, num_classes))
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> float:

@@ -147,9 +147,12 @@ def stage1_items(cfg: Config) -> tuple[list, list]:
     from kitlib import images
 
     root = cfg.data_path(cfg.stage1.images_root)
+    splits = {"train": "Train_Set", "val": "Validation_Set"}
+    annotations = cfg.data_path(cfg.data.annotations_dir)
     readers = {"class_folder": lambda split: images.class_folder_items(root / split),
                "affectnet": lambda split: images.affectnet_items(root, split),
-               "rafdb": lambda split: images.rafdb_items(root, split)}
+               "rafdb": lambda split: images.rafdb_items(root, split),
+               "affwild2": lambda split: images.affwild2_frame_items(root, annotations / splits[split])}
     if cfg.stage1.dataset not in readers:
         raise config.ConfigError(f"stage1.dataset {cfg.stage1.dataset!r} unknown; valid: {', '.join(readers)}")
     return readers[cfg.stage1.dataset]("train"), readers[cfg.stage1.dataset]("val")
@@ -247,8 +250,8 @@ def extract_audio(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
     layers: str | int = int(a.layers) if a.layers.isdigit() else a.layers
     table = extract_audio_features(
         index.tracks, feature_store(cfg, "audio"), encoder, sample_rate=a.sample_rate,
-        chunk_s=a.chunk_s, overlap_s=a.overlap_s, layers=layers, method=a.align, align_window_s=a.align_window_s,
-        manifest={"encoder": str(path), "params_digest": cfg.digest()}, extra_windows_s=a.ablation_windows_s)
+        chunk_s=a.chunk_s, overlap_s=a.overlap_s, layers=layers, method=a.align, align_window_s=a.align_window_total_s,
+        manifest={"encoder": str(path), "params_digest": cfg.digest()}, extra_windows_s=a.ablation_windows_total_s)
     report(cfg, "audio_extraction", table)
     return table
 
@@ -501,10 +504,10 @@ def alignment_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.nda
     from kitlib.visual import linear_probe_f1
 
     a = cfg.audio
-    settings = [("nearest", "nearest", 0.0)] if a.ablation_windows_s else []
-    settings += [(f"window mean ({w:.2f} s)", f"window_{int(round(w * 1000))}", w) for w in a.ablation_windows_s]
-    settings.append((f"{a.align} ({a.align_window_s:.2f} s, used)" if a.align == "window" else "nearest (used)",
-                     "features", a.align_window_s))
+    settings = [("nearest", "nearest", 0.0)] if a.ablation_windows_total_s else []
+    settings += [(f"window mean ({w:.2f} s)", f"window_{int(round(w * 1000))}", w) for w in a.ablation_windows_total_s]
+    settings.append((f"{a.align} ({a.align_window_total_s:.2f} s, used)" if a.align == "window" else "nearest (used)",
+                     "features", a.align_window_total_s))
     rows = []
     for name, key, window in settings:
         train = _split_arrays(cfg, index, labels, "audio", key, "Train_Set")

@@ -49,8 +49,8 @@ def test_base_sets_every_key_and_injected_dict_roundtrip(tmp_path):
     again = config.notebook_config(yaml.safe_load(path.read_text()))
     assert again == cfg and again.digest() == cfg.digest()
     broken = cfg.to_dict()
-    del broken["audio"]["align_window_s"]
-    with pytest.raises(config.ConfigError, match="align_window_s"):
+    del broken["audio"]["align_window_total_s"]
+    with pytest.raises(config.ConfigError, match="align_window_total_s"):
         config.from_dict(broken)
 
 
