@@ -23,6 +23,17 @@ def test_shape_mismatch_and_missing(tmp_path):
         store.load("b")
 
 
+def test_atomic_file_gets_the_usual_mode(tmp_path):
+    import os
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+
+
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "x.npz"
     with pytest.raises(RuntimeError):
