@@ -456,65 +456,67 @@ def state_store(cfg: Config, index: data.DataIndex, state: str) -> FeatureStore 
     return store
 
 
-def _split_arrays(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray], kind: str, key: str,
-                  split: str, *, scale: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Stacked features (array ``key`` of store ``kind``) and labels of a split's valid, covered frames."""
+def _probe_sets(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray], kind: str,
+                settings: dict[str, tuple[str, int | None]], split: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per setting ``name -> (array key, scale index or None)``: stacked features and labels of a split's valid
+    frames that the setting covers (its ``<key>_mask``, else ``mask``). Each feature file is read once."""
     store = feature_store(cfg, kind)
-    xs, ys = [], []
+    parts: dict[str, tuple[list, list]] = {name: ([], []) for name in settings}
     for t in index.split(split):
         if t.txtid not in labels or not store.done(t.txtid):
             continue
         entry = store.load(t.txtid)
-        x = entry[key] if scale is None else entry[key][:, scale]
-        mask = entry.get(f"{key}_mask", entry["mask"])
-        y = labels[t.txtid][: len(x)]
-        keep = mask[: len(y)] & (y >= 0)
-        xs.append(np.asarray(x[: len(y)][keep], dtype=np.float32))
-        ys.append(y[keep])
-    if not xs:
+        for name, (key, scale) in settings.items():
+            x = entry[key] if scale is None else entry[key][:, scale]
+            y = labels[t.txtid][: len(x)]
+            keep = entry.get(f"{key}_mask", entry["mask"])[: len(y)] & (y >= 0)
+            parts[name][0].append(np.asarray(x[: len(y)][keep], dtype=np.float32))
+            parts[name][1].append(y[keep])
+    if not any(xs for xs, _ in parts.values()):
         raise FileNotFoundError(f"no {kind} features for the {split} tracks in {store.root}")
-    return np.concatenate(xs), np.concatenate(ys)
+    return {name: (np.concatenate(xs), np.concatenate(ys)) for name, (xs, ys) in parts.items()}
+
+
+def _probe_table(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray], kind: str,
+                 settings: dict[str, tuple[str, int | None]], column: str) -> pd.DataFrame:
+    """Linear-probe macro F1 (train on Train_Set, score on Validation_Set) of each feature setting."""
+    from kitlib.visual import linear_probe_f1
+
+    train = _probe_sets(cfg, index, labels, kind, settings, "Train_Set")
+    val = _probe_sets(cfg, index, labels, kind, settings, "Validation_Set")
+    return pd.DataFrame([{column: name, "val_f1": linear_probe_f1(*train[name], *val[name], seed=cfg.run.seed),
+                          "train_frames": len(train[name][1]), "val_frames": len(val[name][1])} for name in settings])
 
 
 def crop_scale_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
     """Table 1: linear-probe macro F1 per crop scale and for the multi-scale mean, per backbone state."""
-    from kitlib.visual import linear_probe_f1
-
-    settings = [(f"crop {s}", "features_by_scale", i) for i, s in enumerate(cfg.faces.crop_scales)]
-    settings.append(("multi-scale mean", "features", None))
-    rows = []
+    settings: dict[str, tuple[str, int | None]] = {f"crop {s}": ("features_by_scale", i)
+                                                   for i, s in enumerate(cfg.faces.crop_scales)}
+    settings["multi-scale mean"] = ("features", None)
+    tables = []
     for state in table1_states(cfg):
         store = state_store(cfg, index, state)
-        if store is None:
-            continue
-        kind = store.kind
-        for name, key, scale in settings:
-            train = _split_arrays(cfg, index, labels, kind, key, "Train_Set", scale=scale)
-            val = _split_arrays(cfg, index, labels, kind, key, "Validation_Set", scale=scale)
-            rows.append({"backbone": state_label(state), "crop": name,
-                         "val_f1": linear_probe_f1(*train, *val, seed=cfg.run.seed),
-                         "train_frames": len(train[1]), "val_frames": len(val[1])})
-    table = pd.DataFrame(rows)
+        if store is not None:
+            tables.append(_probe_table(cfg, index, labels, store.kind, settings, "crop")
+                          .assign(backbone=state_label(state)))
+    table = pd.concat(tables, ignore_index=True)[["backbone", "crop", "val_f1", "train_frames", "val_frames"]]
     report(cfg, "table1_crops", table)
     return table
 
 
 def alignment_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
     """Table 2: linear-probe macro F1 of the audio features per frame alignment (nearest, window means)."""
-    from kitlib.visual import linear_probe_f1
-
     a = cfg.audio
-    settings = [("nearest", "nearest", 0.0)] if a.ablation_windows_total_s else []
-    settings += [(f"window mean ({w:.2f} s)", f"window_{int(round(w * 1000))}", w) for w in a.ablation_windows_total_s]
-    settings.append((f"{a.align} ({a.align_window_total_s:.2f} s, used)" if a.align == "window" else "nearest (used)",
-                     "features", a.align_window_total_s))
-    rows = []
-    for name, key, window in settings:
-        train = _split_arrays(cfg, index, labels, "audio", key, "Train_Set")
-        val = _split_arrays(cfg, index, labels, "audio", key, "Validation_Set")
-        rows.append({"alignment": name, "window_s": window, "val_f1": linear_probe_f1(*train, *val, seed=cfg.run.seed),
-                     "train_frames": len(train[1]), "val_frames": len(val[1])})
-    table = pd.DataFrame(rows).sort_values("window_s", kind="stable").reset_index(drop=True)
+    windows = {"nearest": 0.0} if a.ablation_windows_total_s else {}
+    settings: dict[str, tuple[str, int | None]] = {"nearest": ("nearest", None)} if windows else {}
+    for w in a.ablation_windows_total_s:
+        name = f"window mean ({w:.2f} s)"
+        settings[name], windows[name] = (f"window_{int(round(w * 1000))}", None), w
+    used = f"window mean ({a.align_window_total_s:.2f} s, used)" if a.align == "window" else "nearest (used)"
+    settings[used], windows[used] = ("features", None), (a.align_window_total_s if a.align == "window" else 0.0)
+    table = _probe_table(cfg, index, labels, "audio", settings, "alignment")
+    table.insert(1, "window_s", table["alignment"].map(windows))
+    table = table.sort_values("window_s", kind="stable").reset_index(drop=True)
     report(cfg, "table2_alignment", table)
     return table
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -236,6 +237,7 @@ def linear_probe_f1(train_X: np.ndarray, train_y: np.ndarray, val_X: np.ndarray,
     with label < 0 or a non-finite feature are left out of both sets. ``max_train_frames``
     subsamples the training frames (seeded) to bound the fit time on ~1M Aff-Wild2 frames.
     """
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -257,8 +259,11 @@ def linear_probe_f1(train_X: np.ndarray, train_y: np.ndarray, val_X: np.ndarray,
         raise ValueError(f"the linear probe needs at least two classes in training, got {np.unique(train_y)}")
     probe_model = make_pipeline(StandardScaler(),
                                 LogisticRegression(class_weight="balanced", max_iter=max_iter, random_state=seed))
-    probe_model.fit(train_X, train_y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        probe_model.fit(train_X, train_y)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     score = macro_f1(val_y, probe_model.predict(val_X), num_classes)
-    log.info("linear probe: %d train / %d val frames, dim %d, macro F1 %.4f",
-             len(train_y), len(val_y), train_X.shape[1], score)
+    log.info("linear probe: %d train / %d val frames, dim %d, macro F1 %.4f%s", len(train_y), len(val_y),
+             train_X.shape[1], score, "" if converged else f" (stopped at max_iter={max_iter} before converging)")
     return score
