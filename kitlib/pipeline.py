@@ -354,14 +354,6 @@ def main_state(cfg: Config) -> str:
     return f"{cfg.stage1.head}{'_padaug' if cfg.stage1.padaug else ''}" if cfg.stage1.train else "pretrained"
 
 
-def state_label(state: str) -> str:
-    """Table 1's row name: ``moe_padaug`` -> ``fine-tuned + MoE + PadAug``."""
-    if state == "pretrained":
-        return "pretrained"
-    head, _, padaug_flag = state.partition("_")
-    return f"fine-tuned + {'MoE' if head == 'moe' else head.upper()}" + (" + PadAug" if padaug_flag else "")
-
-
 def _check_state(state: str) -> tuple[str, bool] | None:
     """(head, use PadAug) of a fine-tuned state; None for ``pretrained``."""
     if state == "pretrained":
@@ -371,6 +363,15 @@ def _check_state(state: str) -> tuple[str, bool] | None:
         raise config.ConfigError(f"stage1.table1_states: unknown state {state!r}; valid: pretrained, moe, mlp, "
                                  f"moe_padaug, mlp_padaug")
     return head, bool(padaug_flag)
+
+
+def state_label(state: str) -> str:
+    """Table 1's row name: ``moe_padaug`` -> ``fine-tuned + MoE + PadAug``."""
+    spec = _check_state(state)
+    if spec is None:
+        return "pretrained"
+    head, use_padaug = spec
+    return f"fine-tuned + {'MoE' if head == 'moe' else head.upper()}" + (" + PadAug" if use_padaug else "")
 
 
 def table1_states(cfg: Config) -> list[str]:
@@ -406,6 +407,7 @@ def train_table1_states(cfg: Config) -> pd.DataFrame:
 def export_boxes(cfg: Config) -> Path:
     """The faces this run detected, as a precomputed-boxes CSV (``faces.detector: boxes``) for re-extraction."""
     from kitlib.faces import DETECTED
+    from kitlib.store import write_text_atomic
 
     store = feature_store(cfg, "visual")
     path = store.root / "boxes.csv"
@@ -419,8 +421,6 @@ def export_boxes(cfg: Config) -> Path:
         parts.append(pd.DataFrame({"videoid": data.videoid_of(txtid)[0], "frame": entry["frame_index"][hit],
                                    "x1": box[:, 0], "y1": box[:, 1], "x2": box[:, 2], "y2": box[:, 3], "score": 1.0}))
     table = pd.concat(parts, ignore_index=True).drop_duplicates()
-    from kitlib.store import write_text_atomic
-
     write_text_atomic(path, table.to_csv(index=False))
     return path
 
