@@ -16,7 +16,15 @@ unless its torch-hub cache holds them); and facenet-pytorch's MTCNN if that pack
 (its weights ship in its wheel; it pins torch<2.3, so put it on PYTHONPATH from a throwaway
 ``pip install --no-deps --target DIR`` rather than into the kit's venv).
 
+With ``--tracked`` it scores the kit's face *tracks* instead (``kitlib.faces.track_faces`` on every
+frame, detector = the default Haar cascade): per annotated person, the tracked box against that
+person's truth box (unclipped: a crop is centred on the whole face), with following off and on
+(``--follow-frames``, ``--follow-similarity``, ``--follow-visible``): rate (IoU >= ``--iou``) and
+mean IoU on visible and on border-crossing frames, and the share of frames where the person is
+truly absent (gone or covered) that still get a box (false boxes), with the frames per status.
+
     .venv/bin/python benchmarks/detector_rate.py --root data/demo          # an existing demo dataset
+    .venv/bin/python benchmarks/detector_rate.py --root data/demo --tracked    # tracks, following off / on
     .venv/bin/python benchmarks/detector_rate.py                            # generates a small demo first
     PYTHONPATH=/tmp/fnp .venv/bin/python benchmarks/detector_rate.py --root data/demo --step 3
 """
@@ -38,7 +46,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kitlib.faces import build_detector  # noqa: E402
+from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FollowSettings, build_detector,  # noqa: E402
+                          track_faces)
 from kitlib.video import iter_frames  # noqa: E402
 
 # (label, detector name, options): the kit's default first, then the variants worth comparing.
@@ -131,6 +140,69 @@ def score(videos: list[VideoTruth], detect: Callable[[np.ndarray], list[np.ndarr
     return out
 
 
+def score_tracks(root: Path, *, follows: dict[str, FollowSettings | None], max_gap: int, iou_hit: float,
+                 max_videos: int | None = None) -> pd.DataFrame:
+    """Per follow setting: tracked boxes of every demo person (all frames) scored against the truth.
+
+    Detection runs once per video; each setting re-tracks the same detections. Rows: setting,
+    rate / mean IoU on visible and partial (border-crossing) frames, false boxes on absent
+    frames, and frame counts per track status.
+    """
+    manifest = json.loads((root / "demo_manifest.json").read_text())
+    by_video: dict[str, list[dict]] = {}
+    for track in manifest["tracks"]:
+        by_video.setdefault(track["videoid"], []).append(track)
+    videos = list(by_video.items())[:max_videos]
+    detector = build_detector("opencv-haar")
+    tally = {name: {"hit_visible": [], "hit_partial": [], "n_visible": 0, "n_partial": 0, "n_absent": 0,
+                    "absent_boxed": 0, "seconds": 0.0, "status": np.zeros(4, np.int64)} for name in follows}
+    for videoid, tracks in tqdm(videos, desc="track demo videos", unit="video"):
+        batches = list(iter_frames(root / tracks[0]["video"], batch_size=256))
+        frames = np.concatenate([b.frames for b in batches])
+        detections = [d for b in batches for d in detector.detect(b.frames)]
+        height, width = frames.shape[1:3]
+        for track in tracks:
+            truth = np.load(root / track["truth"])
+            boxes, visible = truth["boxes"][: len(frames)], truth["face_visible"][: len(frames)]
+            present = np.isfinite(boxes).all(axis=1)
+            for name, follow in follows.items():
+                tic = time.perf_counter()
+                tracked = track_faces(detections, frame_size=(width, height), side=track["side"], max_gap=max_gap,
+                                      frames=frames, follow=follow)
+                t = tally[name]
+                t["seconds"] += time.perf_counter() - tic
+                t["status"] += np.bincount(tracked.status, minlength=4)
+                iou = _paired_iou(tracked.boxes, boxes)
+                for kind, rows in (("visible", present & visible), ("partial", present & ~visible)):
+                    t[f"n_{kind}"] += int(rows.sum())
+                    t[f"hit_{kind}"] += iou[rows & (iou >= iou_hit)].tolist()
+                t["n_absent"] += int((~present).sum())
+                t["absent_boxed"] += int((~present & tracked.present).sum())
+    rows = []
+    for name, t in tally.items():
+        row = {"tracking": name}
+        for kind in ("visible", "partial"):
+            row[f"rate {kind}"] = len(t[f"hit_{kind}"]) / max(t[f"n_{kind}"], 1)
+            row[f"IoU {kind}"] = float(np.mean(t[f"hit_{kind}"])) if t[f"hit_{kind}"] else float("nan")
+        row["false boxes on absent"] = t["absent_boxed"] / max(t["n_absent"], 1)
+        row.update({label: int(t["status"][code]) for label, code in
+                    (("detected", DETECTED), ("followed", FOLLOWED), ("bridged", BRIDGED), ("missing", MISSING))})
+        row["track s"] = round(t["seconds"], 2)
+        rows.append(row)
+    counts = next(iter(tally.values()))
+    print(f"{len(videos)} videos: {counts['n_visible']} visible face frames, {counts['n_partial']} crossing the "
+          f"border, {counts['n_absent']} frames where the person is absent")
+    return pd.DataFrame(rows).set_index("tracking")
+
+
+def _paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of boxes ``a`` (N, 4) and ``b`` (N, 4); 0 where either is NaN."""
+    inter = (np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+             * np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None))
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return np.nan_to_num(inter / np.maximum(union, 1e-9), nan=0.0)
+
+
 def mtcnn_detector() -> Callable[[np.ndarray], list[np.ndarray]]:
     """facenet-pytorch's MTCNN (weights in its wheel) on CPU, as a ``detect(frames)`` function."""
     from facenet_pytorch import MTCNN
@@ -155,6 +227,12 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=4, help="score every step-th frame")
     parser.add_argument("--iou", type=float, default=0.5, help="IoU with the truth box that counts as found")
     parser.add_argument("--only-default", action="store_true", help="score only the kit's default detector")
+    parser.add_argument("--tracked", action="store_true", help="score the face tracks (all frames), following off/on")
+    parser.add_argument("--max-gap", type=int, default=15, help="faces.max_gap for --tracked")
+    parser.add_argument("--follow-frames", type=int, default=FollowSettings.max_frames)
+    parser.add_argument("--follow-similarity", type=float, default=FollowSettings.min_similarity)
+    parser.add_argument("--follow-visible", type=float, default=FollowSettings.min_visible)
+    parser.add_argument("--max-videos", type=int, default=None, help="--tracked: only the first N videos")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -166,6 +244,14 @@ def main() -> None:
         generate_demo(root, n_train=3, n_val=1, n_test=1, seconds=(8.0, 10.0), images_per_class=1)
     import cv2
 
+    if args.tracked:
+        follow = FollowSettings(max_frames=args.follow_frames, min_similarity=args.follow_similarity,
+                                min_visible=args.follow_visible)
+        table = score_tracks(root, follows={"no following": None, f"following {follow}": follow},
+                             max_gap=args.max_gap, iou_hit=args.iou, max_videos=args.max_videos)
+        with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 60):
+            print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
+        return
     videos = load_demo(root, step=args.step)
     print(f"demo={root}, {len(videos)} videos, frames {videos[0].frames.shape[2]}x{videos[0].frames.shape[1]}, "
           f"every {args.step}th frame, hit = IoU >= {args.iou} with the truth box clipped to the frame; "

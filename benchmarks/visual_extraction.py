@@ -47,6 +47,9 @@ from kitlib.store import FeatureStore  # noqa: E402
 from kitlib.video import iter_frames, probe  # noqa: E402
 from kitlib.visual import extract_visual_features  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import GpuBusy, PeakMemory, machine_line  # noqa: E402
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -155,6 +158,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="visual_bench_"))
     video = args.video or default_video(workdir)
     info = probe(video)
+    print(machine_line(device))
     print(f"device={device} ({torch.cuda.get_device_name(device) if cuda else 'cpu'}), torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}, dtype={'bf16 autocast' if cuda else 'fp32'}")
     print(f"video={video} ({info.n_frames} frames, {info.width}x{info.height}, {info.fps:.1f} fps), "
@@ -275,8 +279,12 @@ def main() -> None:
         return time.perf_counter() - tic, report
 
     reset_peak(device)
-    e2e_s, report = run_e2e("kit", batch=e2e_batch, decode_batch=args.decode_batch, run_dtype=dtype)
+    busy = GpuBusy(e2e_model, device)  # summed CUDA-event time of the backbone forwards
+    with PeakMemory() as host_peak:
+        e2e_s, report = run_e2e("kit", batch=e2e_batch, decode_batch=args.decode_batch, run_dtype=dtype)
     e2e_peak = peak_gib(device)
+    busy_s = busy.seconds()
+    busy.close()
     n_frames = int(report["frames"].iloc[0])
     status = f"{report['status'].iloc[0]}, detected {report['detected'].iloc[0]}, bridged {report['bridged'].iloc[0]}"
     base_ms = None
@@ -289,7 +297,8 @@ def main() -> None:
     base = f" | baseline {base_ms:.1f} ms/frame (fp32, one frame's crops per forward, decode_batch 1), " \
            f"x{base_ms / kit_ms:.1f}" if base_ms else ""
     print(f"{'end to end':22s} {kit_ms:9.1f} ms/frame = {1000 / kit_ms:.1f} frames/s ({settings}){base}"
-          + (f", peak GPU {e2e_peak}" if cuda else ""), flush=True)
+          + (f", peak GPU {e2e_peak}, GPU busy (backbone) {busy_s:.1f} s of {e2e_s:.1f} s wall = {busy_s / e2e_s:.0%}"
+             if cuda else "") + f"; kit run {host_peak.summary()}", flush=True)
 
 
 if __name__ == "__main__":

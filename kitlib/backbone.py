@@ -1,11 +1,27 @@
-"""The DINOv2 visual encoder E_v of Stage I (seed 000, sec. 3.1.2, eq. 1): build, freeze, save, load.
+"""The visual encoder E_v: DINOv2 (seed 000, sec. 3.1.2, eq. 1), BEiT-large (seed 004, sec. 3.2 / 4.2)
+and the CLIP ViT-L/14 image tower (seed 003): build, freeze, save, load.
 
-The backbone is a timm DINOv2 ViT (``vit_{small,base,large,giant}_patch14[_reg4]_dinov2``) built with
-``num_classes=0`` so that ``model(x)`` returns the CLS feature ``u`` (B, D) (D = 1024 for ViT-L/14).
-Nothing is ever downloaded: the model is built with random weights, then a local checkpoint (timm or
-original DINOv2 key names, ``.safetensors`` / ``.pth`` / ``.bin``) is loaded through timm's
-``checkpoint_filter_fn``, which also resamples the position embedding when ``img_size`` differs
-from the checkpoint's.
+Three timm families are supported (``backbone_family``), each built with ``num_classes=0`` so that
+``model(x)`` returns the pooled pre-logits feature ``u`` (B, D) that ``feature_dim`` reports:
+
+- DINOv2 ``vit_{small,base,large,giant}_patch14[_reg4]_dinov2``: the CLS token after the final norm
+  (D = 1024 for ViT-L/14);
+- BEiT ``beit_large_patch16_224`` (and the other ``beit*``): the mean of the patch tokens after
+  ``fc_norm`` (BEiT's own pooling, the "pooled feature vectors from the final hidden layer" of seed 004);
+- CLIP ``vit_large_patch14_clip_224`` (and ``vit_*_clip_*``): the CLS token after CLIP's ``ln_post``,
+  before the image projection (D = 1024 for ViT-L/14). OpenAI's CLIP weights use QuickGELU: load
+  them into ``vit_large_patch14_clip_quickgelu_224``; LAION / DFN weights use GELU
+  (``vit_large_patch14_clip_224``). The input statistics of every CLIP arch are CLIP's own
+  (``OPENAI_CLIP_MEAN`` / ``_STD``), whatever timm's default tag for the arch says.
+
+Nothing is ever downloaded: the model is built with random weights, then a local checkpoint
+(``.safetensors`` / ``.pth`` / ``.bin``) is loaded through the family's timm ``checkpoint_filter_fn``,
+which also resamples position embeddings / relative-position tables when ``img_size`` differs from
+the checkpoint's. Accepted key layouts: timm's own; original DINOv2 (``teacher`` / chunked blocks);
+original BEiT (unilm ``model`` wrapper); OpenAI CLIP / open_clip (``visual.*``); and the
+Hugging Face layouts of CLIP (``vision_model.*``, e.g. the ``openai/clip-vit-large-patch14`` folder,
+whose ``config.json`` is checked against the arch's activation) and BEiT (``beit.*``, as released
+and as transformers 5 saves it).
 
 An adapted backbone is saved alone (the Stage-I head is discarded, sec. 3.1.2) as safetensors with
 its build record (arch, overrides, img_size, training params, metrics) in the file's metadata and
@@ -24,7 +40,10 @@ import timm
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from timm.models.vision_transformer import checkpoint_filter_fn
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.layers import QuickGELU
+from timm.models.beit import checkpoint_filter_fn as beit_checkpoint_filter_fn
+from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 
 from kitlib.store import atomic_path, write_json_atomic
 
@@ -32,6 +51,9 @@ log = logging.getLogger("kitlib.backbone")
 
 DINOV2_ARCHS: tuple[str, ...] = tuple(
     f"vit_{size}_patch14{reg}_dinov2" for size in ("small", "base", "large", "giant") for reg in ("", "_reg4"))
+BEIT_ARCH = "beit_large_patch16_224"          # seed 004's visual extractor
+CLIP_ARCH = "vit_large_patch14_clip_224"      # seed 003's frozen extractor (OpenAI weights: ..._quickgelu_224)
+FAMILIES: tuple[str, ...] = ("dinov2", "beit", "clip")
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt", ".bin")
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -40,26 +62,50 @@ _WRAPPER_KEYS = ("model", "state_dict", "teacher", "student", "model_ema")
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
 
 
-def build_backbone(*, arch: str = "vit_large_patch14_dinov2", weights: Path | None = None,
-                   img_size: int | None = None, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
-    """A DINOv2 ViT whose forward returns CLS features (B, D); weights from a local file or random.
+def backbone_family(arch: str) -> str:
+    """``dinov2`` | ``beit`` | ``clip``: which supported timm family ``arch`` belongs to (ValueError if none)."""
+    if arch in timm.list_models():
+        if arch.endswith("_dinov2"):
+            return "dinov2"
+        if arch.startswith("beit"):
+            return "beit"
+        if arch.startswith("vit_") and "_clip_" in arch:
+            return "clip"
+    raise ValueError(f"unknown backbone arch {arch!r}: supported are timm's DINOv2 archs ({', '.join(DINOV2_ARCHS)}), "
+                     f"BEiT archs (beit*, e.g. {BEIT_ARCH}) and CLIP image towers (vit_*_clip_*, e.g. {CLIP_ARCH})")
 
-    ``weights``: a checkpoint file, or a folder holding exactly one (``model.safetensors`` preferred).
-    ``img_size``: input resolution (None = timm's default for ``arch``, 518 for DINOv2).
-    ``overrides``: extra ``timm.create_model`` kwargs (``depth``, ``embed_dim``, ``num_heads`` ...),
-    used by tests and the CPU demo to build a tiny DINOv2-shaped model.
+
+def create_model(arch: str, *, img_size: int | None = None, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The bare timm model (random init, ``num_classes=0``), tagged with its build record ``kit_build``.
+
+    CLIP archs get CLIP's input statistics in ``pretrained_cfg`` (timm's default tag for some of
+    them is an ImageNet fine-tune normalised with 0.5 / 0.5).
     """
-    if arch not in timm.list_models():
-        raise ValueError(f"unknown backbone arch {arch!r}; DINOv2 archs are {', '.join(DINOV2_ARCHS)}")
+    family = backbone_family(arch)
     overrides = dict(overrides or {})
-    bad = {"pretrained", "num_classes", "img_size"} & overrides.keys()
+    bad = {"pretrained", "num_classes", "img_size", "pretrained_cfg_overlay"} & overrides.keys()
     if bad:
         raise ValueError(f"overrides may not set {sorted(bad)}: they are fixed or given as their own argument")
     kwargs = dict(overrides)
     if img_size is not None:
         kwargs["img_size"] = int(img_size)
+    if family == "clip":
+        kwargs["pretrained_cfg_overlay"] = dict(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
     model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     model.kit_build = {"arch": arch, "img_size": img_size, "overrides": overrides}
+    return model
+
+
+def build_backbone(*, arch: str = "vit_large_patch14_dinov2", weights: Path | None = None,
+                   img_size: int | None = None, overrides: dict[str, Any] | None = None) -> torch.nn.Module:
+    """A DINOv2 / BEiT / CLIP ViT whose forward returns pooled features (B, D); weights from a local file or random.
+
+    ``weights``: a checkpoint file, or a folder holding exactly one (``model.safetensors`` preferred).
+    ``img_size``: input resolution (None = timm's default for ``arch``, 518 for DINOv2, 224 for BEiT/CLIP).
+    ``overrides``: extra ``timm.create_model`` kwargs (``depth``, ``embed_dim``, ``num_heads`` ...),
+    used by tests and the CPU demo to build a tiny model of the same family.
+    """
+    model = create_model(arch, img_size=img_size, overrides=overrides)
     if weights is not None:
         path = resolve_weights_file(Path(weights))
         load_weights(model, path)
@@ -83,7 +129,7 @@ def resolve_weights_file(path: Path) -> Path:
         raise FileNotFoundError(f"backbone weights folder {path} holds {len(found)} weight files "
                                 f"({[p.name for p in found]}); point `weights` at one file")
     raise FileNotFoundError(f"backbone weights {path} do not exist (nothing is downloaded: put the "
-                            f"DINOv2 checkpoint there, .safetensors/.pth/.bin)")
+                            f"backbone's checkpoint there, .safetensors/.pth/.bin, or its transformers folder)")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -103,28 +149,128 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _strip_to(state: dict[str, torch.Tensor], marker: str) -> dict[str, torch.Tensor] | None:
+    """The keys under the prefix that precedes ``marker`` (e.g. ``vision_model.``), prefix removed; None if absent."""
+    hit = next((k for k in state if k.endswith(marker)), None)
+    if hit is None:
+        return None
+    prefix = hit[: -len(marker)]
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _hf_clip_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Hugging Face CLIP vision tower keys (``vision_model.*`` or bare) -> timm VisionTransformer keys."""
+    state = _strip_to(state, "embeddings.class_embedding")
+    if state is None:
+        return None
+    out = {"cls_token": state["embeddings.class_embedding"].reshape(1, 1, -1),
+           "patch_embed.proj.weight": state["embeddings.patch_embedding.weight"],
+           "pos_embed": state["embeddings.position_embedding.weight"].unsqueeze(0)}
+    renames = [(r"^pre_layrnorm\.", "norm_pre."), (r"^post_layernorm\.", "norm."), (r"^encoder\.layers\.", "blocks."),
+               (r"\.layer_norm(\d)\.", r".norm\1."), (r"\.self_attn\.out_proj\.", ".attn.proj.")]
+    qkv = re.compile(r"^encoder\.layers\.(\d+)\.self_attn\.[qkv]_proj\.")
+    for key, value in state.items():
+        if key.startswith("embeddings.") or qkv.match(key):
+            continue                                      # done above / q, k, v are fused below
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    for i in sorted({int(m.group(1)) for k in state if (m := qkv.match(k))}):
+        attn = f"encoder.layers.{i}.self_attn."
+        for part in ("weight", "bias"):
+            out[f"blocks.{i}.attn.qkv.{part}"] = torch.cat([state[f"{attn}{p}_proj.{part}"] for p in "qkv"])
+    return out
+
+
+def _hf_beit_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Hugging Face BEiT keys (as released, ``beit.encoder.layer.*``, or transformers-5 ``layers.*``) -> timm Beit."""
+    state = _strip_to(state, "embeddings.patch_embeddings.projection.weight")
+    if state is None:
+        return None
+    renames = [  # released (transformers 4) names first, then the transformers-5 names
+        (r"^encoder\.layer\.", "blocks."), (r"^layers\.", "blocks."),
+        (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+        (r"^embeddings\.cls_token$", "cls_token"), (r"^embeddings\.position_embeddings$", "pos_embed"),
+        (r"^(encoder\.relative_position_bias|shared_position_bias)\.", "rel_pos_bias."),
+        (r"^pooler\.layernorm\.", "fc_norm."), (r"^layernorm\.", "norm."),
+        (r"\.attention\.attention\.relative_position_bias\.", ".attn."), (r"\.relative_position_bias\.", ".attn."),
+        (r"\.attention\.output\.dense\.", ".attn.proj."), (r"\.attention\.o_proj\.", ".attn.proj."),
+        (r"\.intermediate\.dense\.", ".mlp.fc1."), (r"\.output\.dense\.", ".mlp.fc2."),
+        (r"\.layernorm_before\.", ".norm1."), (r"\.layernorm_after\.", ".norm2."),
+        (r"\.lambda_(\d)$", r".gamma_\1"),
+    ]
+    qkv = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.attention\."
+                     r"(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$")
+    parts: dict[int, dict[str, torch.Tensor]] = {}
+    out = {}
+    for key, value in state.items():
+        if key.startswith(("embeddings.mask_token", "classifier.")) or "relative_position_index" in key:
+            continue
+        if (m := qkv.match(key)):
+            which = (m.group(2) or m.group(3))[0]         # q | k | v
+            parts.setdefault(int(m.group(1)), {})[f"{which}.{m.group(4)}"] = value
+            continue
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    for i, p in parts.items():
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([p["q.weight"], p["k.weight"], p["v.weight"]])
+        out[f"blocks.{i}.attn.q_bias"], out[f"blocks.{i}.attn.v_bias"] = p["q.bias"], p["v.bias"]
+    return out
+
+
+def _drop_heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items()
+            if not k.startswith(("head.", "dino_head.", "ibot_head.", "lm_head.", "visual_projection.", "classifier."))}
+
+
 def _to_timm_keys(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Strip wrapper prefixes, flatten DINOv2 block chunks, drop heads, then apply timm's filter."""
+    """Strip wrapper prefixes, convert HF / original layouts, drop heads, then apply the family's timm filter."""
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
+    family = backbone_family(model.kit_build["arch"])
+    converted = _hf_beit_to_timm(state) if family == "beit" else _hf_clip_to_timm(state) if family == "clip" else None
+    if converted is not None:
+        state = converted
     # original DINOv2 training checkpoints with block_chunks > 0: blocks.<chunk>.<i>.* (i is global)
     state = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "dino_head.", "ibot_head."))}
-    return checkpoint_filter_fn(state, model)
+    state = _drop_heads(state)
+    state = beit_checkpoint_filter_fn(state, model) if family == "beit" else vit_checkpoint_filter_fn(state, model)
+    return _drop_heads(state)                     # the OpenAI CLIP converter turns ``proj`` into ``head``
+
+
+def _check_hf_clip_activation(model: torch.nn.Module, path: Path) -> None:
+    """An HF CLIP folder says its MLP activation in config.json; refuse an arch with the other one."""
+    config_file = path.parent / "config.json"
+    if backbone_family(model.kit_build["arch"]) != "clip" or not config_file.is_file():
+        return
+    config = json.loads(config_file.read_text())
+    act = config.get("vision_config", config).get("hidden_act")
+    if act is None:
+        return
+    quick = isinstance(model.blocks[0].mlp.act, QuickGELU)
+    if (act == "quick_gelu") != quick:
+        arch = model.kit_build["arch"]
+        hint = arch.replace("_clip_", "_clip_quickgelu_") if act == "quick_gelu" else arch.replace("_quickgelu", "")
+        raise ValueError(f"{config_file} says hidden_act={act!r} but arch {arch} uses "
+                         f"{'QuickGELU' if quick else 'GELU'}: set the arch to {hint}")
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a timm or original-DINOv2 checkpoint into ``model`` (pos embed resampled to its grid)."""
-    state = _to_timm_keys(read_state_dict(path), model)
+    """Load a checkpoint of the model's family into ``model`` (position tables resampled to its grid)."""
+    raw = read_state_dict(path)
+    if any(k.endswith("embeddings.class_embedding") for k in raw):
+        _check_hf_clip_activation(model, path)
+    state = _to_timm_keys(raw, model)
+    arch = getattr(model, "kit_build", {}).get("arch")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatch: wrong arch for this checkpoint
-        raise ValueError(f"backbone checkpoint {path} does not fit arch "
-                         f"{getattr(model, 'kit_build', {}).get('arch')}: {err}") from err
+        raise ValueError(f"backbone checkpoint {path} does not fit arch {arch}: {err}") from err
     if result.missing_keys:
         raise ValueError(f"backbone checkpoint {path} lacks {len(result.missing_keys)} weights of the model, "
-                         f"e.g. {result.missing_keys[:5]} (wrong arch or not a DINOv2 checkpoint?)")
+                         f"e.g. {result.missing_keys[:5]} (wrong arch or not a {arch} checkpoint?)")
     if result.unexpected_keys:
         log.warning("backbone checkpoint %s: %d keys not used by the model, e.g. %s", path,
                     len(result.unexpected_keys), result.unexpected_keys[:5])
@@ -132,7 +278,7 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def freeze_backbone_blocks(model: torch.nn.Module, n_frozen_blocks: int) -> None:
-    """Freeze the patch embedding (+ cls/reg tokens, pos embed) and the first ``n_frozen_blocks`` blocks.
+    """Freeze the stem (patch embedding, cls/reg tokens, pos embed, CLIP's ``ln_pre``) and the first N blocks.
 
     Everything else is made trainable, so the call fully defines which weights Stage I updates
     (sec. 3.1.2: the first eight blocks are frozen in the final setting).
@@ -145,7 +291,7 @@ def freeze_backbone_blocks(model: torch.nn.Module, n_frozen_blocks: int) -> None
         p.requires_grad_(True)
     frozen: list[torch.nn.Parameter | torch.nn.Module | None] = [
         model.patch_embed, getattr(model, "cls_token", None), getattr(model, "reg_token", None),
-        getattr(model, "pos_embed", None), *model.blocks[:n_frozen_blocks]]
+        getattr(model, "pos_embed", None), getattr(model, "norm_pre", None), *model.blocks[:n_frozen_blocks]]
     for item in frozen:
         if isinstance(item, torch.nn.Parameter):
             item.requires_grad_(False)
@@ -161,12 +307,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def feature_dim(model: torch.nn.Module) -> int:
-    """D, the size of the CLS feature ``u`` the backbone returns."""
+    """D, the size of the pooled feature ``u`` the backbone returns (CLS token, or BEiT's patch mean)."""
     return int(unwrap(model).num_features)
 
 
 def input_mean_std(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation the backbone was pretrained with (ImageNet statistics for DINOv2)."""
+    """Normalisation the backbone was pretrained with, from its ``pretrained_cfg``.
+
+    ImageNet statistics for DINOv2, 0.5 / 0.5 for BEiT, CLIP's own for the CLIP archs (``create_model``).
+    """
     cfg = getattr(unwrap(model), "pretrained_cfg", None) or {}
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
@@ -211,10 +360,8 @@ def read_record(path: Path) -> dict[str, Any]:
 def load_backbone(path: Path, *, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a backbone written by ``save_backbone``; returns ``(model in eval mode, record)``."""
     record = read_record(path)
-    model = timm.create_model(record["arch"], pretrained=False, num_classes=0, **record.get("overrides") or {},
-                              **({"img_size": record["img_size"]} if record.get("img_size") else {}))
+    model = create_model(record["arch"], img_size=record.get("img_size"), overrides=record.get("overrides"))
     model.load_state_dict(load_file(str(path), device="cpu"), strict=True)
-    model.kit_build = {k: record.get(k) for k in ("arch", "img_size", "overrides")}
     log.info("loaded backbone %s from %s (%s)", record["arch"], path, record.get("trained_by", "?"))
     return model.to(device).eval(), record
 

@@ -49,6 +49,8 @@ class DataParams:
     fold_seed: int          # folds are reproducible from this seed
     fold_trials: int        # random assignments tried; the most class-balanced is kept
     folds_file: str | None  # a CSV (txtid, fold) to use instead of computing folds
+    cropped_aligned_dir: str | None  # organisers' face crops <txtid>/<00001>.jpg (Table 1 "official"); null = skip
+    cropped_aligned_stride: int  # encode every n-th official crop (1 = all; the demo saves time with 2)
 
 
 @dataclass
@@ -69,6 +71,9 @@ class FacesParams:
     detector: str           # opencv-haar | face-alignment | boxes
     boxes_file: str | None  # CSV videoid,frame,x1,y1,x2,y2,score for detector=boxes
     max_gap: int            # bridge detection gaps up to this many frames; longer = face missing
+    follow_max_frames: int  # follow a face lost at the frame border for up to this many frames (0 = off)
+    follow_min_visible: float     # stop following when less of the box than this lies inside the frame
+    follow_min_similarity: float  # stop following when the appearance match (NCC) falls below this
     crop_scales: list[float]  # square crops of scale x face box (paper: 0.9, 1.2, 1.5)
     decode_batch: int       # frames decoded and detected per batch
 
@@ -122,6 +127,45 @@ class AudioParams:
 
 
 @dataclass
+class SequenceParams:
+    """How window-level heads (safe_xattn, tcn_prompt) train and predict (seed 004 sec. 3.5-3.6, 4.4)."""
+    window: int             # W frames per window (seed 004: 64)
+    stride: int             # S frames between windows, training and soft-voting inference (seed 004: 8)
+    max_invalid: float      # training drops windows with a larger share of -1 labels (seed 004: 0.25)
+    batch_size: int         # windows per batch
+    lr: float
+    epochs: int
+    patience: int
+    loss: str               # focal | ce
+    class_weights: str      # effective_number | inverse | inverse_sqrt | none
+
+
+@dataclass
+class SafeXAttnOptions:
+    """Seed 004's dual-branch transformer (fusion head ``safe_xattn``)."""
+    d_model: int            # d of Table 3
+    layers: int             # l of Table 3: self-attention layers per modality
+    n_heads: int
+    modality_dropout: float  # p of Table 3: a window's visual input dropped in training
+
+
+@dataclass
+class TCNPromptOptions:
+    """Seed 003's TCN + cross-attention + label-prompt head (fusion head ``tcn_prompt``)."""
+    tcn_levels: int
+    tcn_kernel: int
+    n_heads: int
+    contrastive_weight: float
+    temperature: float
+
+
+@dataclass
+class HeadOptions:
+    safe_xattn: SafeXAttnOptions
+    tcn_prompt: TCNPromptOptions
+
+
+@dataclass
 class FusionParams:
     heads: list[str]        # rows of Table 3
     final_head: str         # head used for smoothing and submission (paper: gated)
@@ -132,8 +176,19 @@ class FusionParams:
     lr: float
     weight_decay: float
     patience: int           # early stopping on validation macro F1
-    class_weights: str      # inverse | inverse_sqrt | none
+    class_weights: str      # inverse | inverse_sqrt | effective_number | none
+    effective_beta: float   # beta of the effective-number class weights (Cui et al. 2019)
+    loss: str               # frame heads: ce | focal
+    focal_gamma: float      # focal loss gamma (seed 004 eq. 5), both head kinds
     cross_validation: bool  # also report the K video-level folds
+    memmap_features: bool   # frame tables read features through a memory-mapped cache (store.consolidate)
+    sequence: SequenceParams
+    head_options: HeadOptions
+    text_encoder: str       # local transformers text encoder folder for tcn_prompt's label prompts
+    make_tiny_text_encoder: bool  # demo only: build a random-init tiny text encoder there if absent
+    prompt_template: str    # label prompt, "{emotion}" replaced by the class name
+    xattn_grid: list[dict[str, Any]]  # seed 004 Table 3: safe_xattn option rows (p, d, l) to compare
+    xattn_grid_folds: bool  # also run each grid row on the folds (with cross_validation)
 
 
 @dataclass

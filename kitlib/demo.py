@@ -11,6 +11,8 @@ carries the class). Layout under ``root``::
     annotations/{Train_Set,Validation_Set}/<txtid>.txt
     test/names.txt, test/template.txt
     images/{train,val}/<ClassName>/*.png      112x112 face crops
+    cropped_aligned/<txtid>/<00001>.jpg       the organisers' kind of face crops: 112x112, tight on the
+                                              face box, 1-based frame numbers, no file where no face
     truth/<txtid>.npz                         labels, boxes, face_visible, visual_signal, audio_signal,
                                               visual_class, audio_class (what the picture / sound shows)
     demo_manifest.json                        written last: params, tracks, statistics
@@ -48,7 +50,7 @@ from kitlib.data import HEADER
 
 log = logging.getLogger("kitlib.demo")
 
-DEMO_VERSION = 1                 # bump when the generated content changes: old demos are regenerated
+DEMO_VERSION = 2                 # bump when the generated content changes: old demos are regenerated
 MANIFEST_NAME = "demo_manifest.json"
 TEMPLATE_HEADER = "image_location," + HEADER
 
@@ -66,6 +68,8 @@ FACE_SOURCE_COLS = (150, 330)
 PATCH_FACE_BOX = (26.0, 45.0, 124.0, 143.0)    # x1, y1, x2, y2 in patch pixels
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 IMAGE_SIZE = 112                               # side of the class-per-folder face crops
+OFFICIAL_CROP_SIZE = 112                       # side of the release's cropped_aligned/ images
+OFFICIAL_CROPS_DIR = "cropped_aligned"
 
 _AA = cv2.LINE_AA
 _LIP = (150, 75, 75)
@@ -272,6 +276,22 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
             w, h = int(rng.integers(10, width // 2)), int(rng.integers(10, height // 2))
             cv2.rectangle(scene, (cx, cy), (cx + w, cy + h), colour, -1)
     return np.clip(scene, 0, 255)
+
+
+def official_crop(image: np.ndarray, box: np.ndarray, *, size: int = OFFICIAL_CROP_SIZE) -> np.ndarray:
+    """The release's kind of face crop: the square on the longer side of ``box``, moved inside the frame.
+
+    Like the organisers' ``cropped_aligned`` images the crop is tight on the face and never padded:
+    where the square would pass the frame border it is shifted back inside (and shrunk to the
+    frame's short side if larger), so a face crossing the border is cut, not padded. Resized to
+    ``size`` x ``size`` (area interpolation).
+    """
+    height, width = image.shape[:2]
+    side = int(round(min(max(box[2] - box[0], box[3] - box[1]), width, height)))
+    side = max(side, 1)
+    x0 = int(round(np.clip((box[0] + box[2]) / 2 - side / 2, 0, width - side)))
+    y0 = int(round(np.clip((box[1] + box[3]) / 2 - side / 2, 0, height - side)))
+    return cv2.resize(image[y0:y0 + side, x0:x0 + side], (size, size), interpolation=cv2.INTER_AREA)
 
 
 # ----------------------------------------------------------------------------- timelines
@@ -514,9 +534,14 @@ def synth_audio(audio_class: np.ndarray, *, fps: float, sample_rate: int, rng: n
 
 # ----------------------------------------------------------------------------- rendering
 
-def _render_video(plan: _VideoPlan, path: Path, *, fps: float, size: tuple[int, int],
-                  sample_rate: int) -> dict[str, dict[str, np.ndarray]]:
-    """Render and encode one video; return the truth arrays of each annotated person."""
+def _render_video(plan: _VideoPlan, path: Path, *, fps: float, size: tuple[int, int], sample_rate: int,
+                  crops_root: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Render and encode one video; return the truth arrays of each annotated person.
+
+    Each person's face crops (``official_crop`` of the truth box, frames where the face shows)
+    are written as ``crops_root/<txtid>/<00001>.jpg``, the layout of the release's
+    ``cropped_aligned`` folder.
+    """
     rng = np.random.default_rng(plan.seed)
     width, height = size
     n = plan.n_frames
@@ -546,6 +571,9 @@ def _render_video(plan: _VideoPlan, path: Path, *, fps: float, size: tuple[int, 
 
     boxes = [np.full((n, 4), np.nan, np.float32) for _ in plan.people]
     visible = [np.zeros(n, bool) for _ in plan.people]
+    crop_dirs = [crops_root / person.txtid for person in plan.people]
+    for folder in crop_dirs:
+        folder.mkdir(parents=True, exist_ok=True)
 
     def frames() -> Iterator[np.ndarray]:
         for i in range(n):
@@ -564,7 +592,12 @@ def _render_video(plan: _VideoPlan, path: Path, *, fps: float, size: tuple[int, 
                     continue
                 boxes[k][i] = box
                 visible[k][i] = box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height
-            yield np.clip(canvas, 0, 255).astype(np.uint8)
+            image = np.clip(canvas, 0, 255).astype(np.uint8)
+            for k, folder in enumerate(crop_dirs):   # after every face is drawn: crops show what the video shows
+                if np.isfinite(boxes[k][i, 0]):
+                    crop = official_crop(image, boxes[k][i])
+                    cv2.imwrite(str(folder / f"{i + 1:05d}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+            yield image
 
     write_mp4(path, frames(), audio, fps=fps, size=(width, height), sample_rate=sample_rate)
     return {person.txtid: dict(labels=person.labels, boxes=boxes[k], face_visible=visible[k],
@@ -731,12 +764,16 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
 
 
 def demo_is_complete(root: Path) -> bool:
-    """Whether ``root`` holds a finished demo: its manifest and every file it lists exist."""
+    """Whether ``root`` holds a finished demo: its manifest, every file it lists and every face crop."""
     root = Path(root)
     manifest = _read_manifest(root)
     if manifest is None or "files" not in manifest:
         return False
-    return all((root / rel).is_file() for rel in manifest["files"])
+    if not all((root / rel).is_file() for rel in manifest["files"]):
+        return False
+    crops = root / OFFICIAL_CROPS_DIR
+    return all(len(list((crops / t["txtid"]).glob("*.jpg"))) == t.get("official_crops", -1)
+               for t in manifest["tracks"])
 
 
 def generate_demo(root: Path, *, seed: int = 0, n_train: int = 7, n_val: int = 3, n_test: int = 3,
@@ -786,7 +823,7 @@ def generate_demo(root: Path, *, seed: int = 0, n_train: int = 7, n_val: int = 3
             video_rel = Path("videos") / video.batch / f"{video.videoid}.mp4"
             (work / video_rel).parent.mkdir(parents=True, exist_ok=True)
             truth = _render_video(video, work / video_rel, fps=fps, size=(int(size[0]), int(size[1])),
-                                  sample_rate=sample_rate)
+                                  sample_rate=sample_rate, crops_root=work / OFFICIAL_CROPS_DIR)
             files.append(str(video_rel))
             for person in video.people:
                 entry = {"txtid": person.txtid, "videoid": video.videoid, "split": video.split,
@@ -800,6 +837,7 @@ def generate_demo(root: Path, *, seed: int = 0, n_train: int = 7, n_val: int = 3
                 (work / truth_rel).parent.mkdir(parents=True, exist_ok=True)
                 np.savez_compressed(work / truth_rel, **truth[person.txtid])
                 entry["truth"] = str(truth_rel)
+                entry["official_crops"] = int(np.isfinite(truth[person.txtid]["boxes"][:, 0]).sum())
                 files.append(str(truth_rel))
                 tracks.append(entry)
             truths.update(truth)

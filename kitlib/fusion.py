@@ -20,6 +20,13 @@ Heads (``HEADS``; hidden size ``H``, default 512):
   attend to audio tokens and vice versa (multi-head, residual + LN), both token sets mean-pooled
   and concatenated, then LN-Drop-linear.
 
+Window-level heads (``SEQUENCE_HEADS``, ``kitlib.sequence.SequenceHead``): ``safe_xattn`` (seed 004's
+dual-branch transformer with safe cross-attention, eqs. 1-4) and ``tcn_prompt`` (seed 003, in
+``kitlib.tcn_prompt``, imported when built). ``train_head`` / ``predict_logits`` / ``cross_validate`` /
+``evaluate_heads`` take either kind: one training loop, where a frame head's batch is a set of
+labelled frames and a sequence head's batch a set of windows (``sequence.training_windows``), and
+sequence-head logits come back frame-aligned (N, C) by soft voting over windows of stride ``S``.
+
 Evaluation: ``evaluate_heads`` trains every head on the official split (early stopping on the
 validation macro F1) and, given folds, runs the K-fold cross-validation of Table 3 over the
 train+val pool; a fold's model is trained for the official run's best epoch count WITHOUT looking
@@ -37,7 +44,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -45,7 +51,9 @@ from kitlib import NUM_CLASSES
 from kitlib.data import Track
 from kitlib.metrics import macro_f1
 from kitlib.runtime import seed_everything
-from kitlib.store import FeatureStore
+from kitlib.sequence import (SafeXAttnTransformer, SequenceHead, add_votes, frame_criterion, sliding_windows,
+                             training_windows, vote_buffers)
+from kitlib.store import FeatureStore, RowView, consolidate, take_rows
 
 log = logging.getLogger("kitlib.fusion")
 
@@ -183,13 +191,56 @@ HEADS: dict[str, Callable[..., FusionHead]] = {
 }
 
 
+def _tcn_prompt(**kwargs: Any) -> SequenceHead:
+    """Seed 003's TCN + cross-attention + label-prompt head, imported only when it is built."""
+    from kitlib.tcn_prompt import TCNPromptHead
+
+    return TCNPromptHead(**kwargs)
+
+
+# window-level heads: (B, W, D) windows in, (B, W, C) logits out (kitlib.sequence)
+SEQUENCE_HEADS: dict[str, Callable[..., SequenceHead]] = {
+    "safe_xattn": SafeXAttnTransformer,
+    "tcn_prompt": _tcn_prompt,
+}
+
+# the keyword options each sequence head takes beyond (visual_dim, audio_dim, hidden, dropout, num_classes)
+SEQUENCE_HEAD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "safe_xattn": ("d_model", "layers", "n_heads", "modality_dropout"),
+    "tcn_prompt": ("tcn_levels", "tcn_kernel", "n_heads", "prompt_embeddings", "contrastive_weight", "temperature"),
+}
+
+
+def known_heads() -> list[str]:
+    """Every head ``build_head`` knows: the frame heads, then the sequence heads."""
+    return [*HEADS, *SEQUENCE_HEADS]
+
+
+def is_sequence_head(name_or_module: str | nn.Module) -> bool:
+    """Whether a head (by name or instance) works on windows rather than single frames."""
+    if isinstance(name_or_module, nn.Module):
+        return isinstance(name_or_module, SequenceHead)
+    return name_or_module in SEQUENCE_HEADS
+
+
 def build_head(name: str, *, visual_dim: int, audio_dim: int, hidden: int = 512, dropout: float = 0.2,
-               num_classes: int = NUM_CLASSES) -> FusionHead:
-    """A fresh (randomly initialised) fusion head from ``HEADS``."""
-    if name not in HEADS:
-        raise ValueError(f"unknown fusion head {name!r}; choose one of {', '.join(HEADS)}")
-    return HEADS[name](visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
-                       num_classes=num_classes)
+               num_classes: int = NUM_CLASSES, options: Mapping[str, Any] | None = None) -> nn.Module:
+    """A fresh (randomly initialised) head from ``HEADS`` or ``SEQUENCE_HEADS``.
+
+    ``options`` are a sequence head's own keywords (``SEQUENCE_HEAD_OPTIONS``, e.g. ``d_model``); a
+    frame head takes none. An unknown option is an error naming the valid ones.
+    """
+    options = dict(options or {})
+    if name not in HEADS and name not in SEQUENCE_HEADS:
+        raise ValueError(f"unknown fusion head {name!r}; choose one of {', '.join(known_heads())}")
+    valid = SEQUENCE_HEAD_OPTIONS.get(name, ())
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"fusion head {name!r} has no option(s) {unknown}; "
+                         + (f"valid: {', '.join(valid)}" if valid else "it takes none"))
+    builder = HEADS.get(name) or SEQUENCE_HEADS[name]
+    return builder(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
+                   num_classes=num_classes, **options)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -208,14 +259,17 @@ class FrameTable:
 
     Track ``i`` (``txtids[i]``) holds rows ``offsets[i]:offsets[i+1]``. Features keep their stored
     dtype (float16) until a batch is moved to the device. ``labels`` is -1 where invalid / unknown.
+    ``visual`` / ``audio`` are arrays, or ``store.RowView``s of a memory-mapped consolidated cache
+    (``load_frame_table(memmap=True)``): indexing them with rows gives just those rows, and
+    ``subset`` narrows the view without copying features.
     """
 
     txtids: tuple[str, ...]
     offsets: np.ndarray       # (T+1,) int64
     frame_index: np.ndarray   # (N,) int32, 1-based
-    visual: np.ndarray        # (N, Dv)
+    visual: np.ndarray | RowView  # (N, Dv)
     visual_mask: np.ndarray   # (N,) bool: a face was found
-    audio: np.ndarray         # (N, Da)
+    audio: np.ndarray | RowView   # (N, Da)
     audio_mask: np.ndarray    # (N,) bool: real audio
     labels: np.ndarray        # (N,) int64, -1 invalid
 
@@ -245,8 +299,8 @@ class FrameTable:
         rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]) if idx \
             else np.zeros(0, dtype=np.int64)
         return FrameTable(txtids=tuple(txtids), offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
-                          frame_index=self.frame_index[rows], visual=self.visual[rows],
-                          visual_mask=self.visual_mask[rows], audio=self.audio[rows],
+                          frame_index=self.frame_index[rows], visual=take_rows(self.visual, rows),
+                          visual_mask=self.visual_mask[rows], audio=take_rows(self.audio, rows),
                           audio_mask=self.audio_mask[rows], labels=self.labels[rows])
 
 
@@ -279,16 +333,24 @@ def _load_modality(store: FeatureStore, txtid: str, key: FeatureKey) -> tuple[np
 
 def load_frame_table(tracks: Sequence[Track], *, visual_store: FeatureStore | None,
                      audio_store: FeatureStore | None, labels: Mapping[str, np.ndarray] | None,
-                     visual_key: FeatureKey = "features", audio_key: FeatureKey = "features") -> FrameTable:
+                     visual_key: FeatureKey = "features", audio_key: FeatureKey = "features",
+                     memmap: bool = False) -> FrameTable:
     """Stack the stored features (and labels) of ``tracks`` into one ``FrameTable``.
 
     A store given as None gives a (N, 0) modality with an all-False mask (for the one-modality
     heads). ``visual_key`` / ``audio_key`` name the array in each feature file, or are callables
     taking the loaded file's arrays (e.g. one crop scale of ``features_by_scale`` for Table 1).
     Both stores must list the same frames per track; ``labels[txtid]`` must have one label per row.
+
+    ``memmap``: the features stay on disk, in one memory-mapped ``.npy`` per store and array key
+    (``store.consolidate``, built once per store contents), and the table holds ``RowView``s of it:
+    loading costs the small per-frame arrays only, whatever the release size.
     """
     if visual_store is None and audio_store is None:
         raise ValueError("load_frame_table needs at least one of visual_store / audio_store")
+    if memmap:
+        return _memmap_frame_table(tracks, visual_store=visual_store, audio_store=audio_store, labels=labels,
+                                   visual_key=visual_key, audio_key=audio_key)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("frame_index", "visual", "vmask", "audio", "amask", "y")}
     dims: dict[str, tuple[int, str]] = {}
     lengths = []
@@ -340,6 +402,67 @@ def load_frame_table(tracks: Sequence[Track], *, visual_store: FeatureStore | No
     return table
 
 
+def _memmap_frame_table(tracks: Sequence[Track], *, visual_store: FeatureStore | None,
+                        audio_store: FeatureStore | None, labels: Mapping[str, np.ndarray] | None,
+                        visual_key: FeatureKey, audio_key: FeatureKey) -> FrameTable:
+    """``load_frame_table(memmap=True)``: row views of the stores' consolidated caches."""
+    txtids = [t.txtid for t in tracks]
+    if not txtids:
+        raise ValueError("load_frame_table got no tracks")
+    loaded = {}
+    for name, store, key in (("visual", visual_store, visual_key), ("audio", audio_store, audio_key)):
+        if store is None:
+            continue
+        if callable(key):
+            raise TypeError(f"load_frame_table(memmap=True) needs the name of a stored array as {name}_key, "
+                            f"not a callable")
+        missing = [t for t in txtids if not store.done(t)]
+        if missing:
+            raise FileNotFoundError(f"track(s) {missing[:5]}: no {store.kind} feature file in {store.root} "
+                                    f"(run the {store.kind} extraction for them first)")
+        cache = consolidate(store, key)
+        rows, lengths = cache.rows(txtids)
+        loaded[name] = (cache, rows, lengths)
+    first = next(iter(loaded.values()))
+    lengths = first[2]
+    if len(loaded) == 2:
+        (_, v_rows, v_len), (_, a_rows, a_len) = loaded["visual"], loaded["audio"]
+        differ = np.flatnonzero(v_len != a_len)
+        if len(differ) == 0:
+            same = loaded["visual"][0].frame_index[v_rows] == loaded["audio"][0].frame_index[a_rows]
+            offsets = np.r_[0, np.cumsum(v_len)]
+            differ = np.unique(np.searchsorted(offsets, np.flatnonzero(~same), side="right") - 1)
+        if len(differ):
+            t = int(differ[0])
+            raise ValueError(f"track {txtids[t]!r}: the visual ({v_len[t]} rows) and audio ({a_len[t]} rows) "
+                             f"feature files list different frames")
+    n = int(lengths.sum())
+    cache, rows, _ = first
+    parts = {}
+    for name in ("visual", "audio"):
+        if name in loaded:
+            c, r, _ = loaded[name]
+            parts[name], parts[f"{name}_mask"] = RowView(c.features, r), c.mask[r]
+        else:
+            parts[name], parts[f"{name}_mask"] = np.zeros((n, 0), dtype=np.float16), np.zeros(n, dtype=bool)
+    if labels is None:
+        y = np.full(n, -1, dtype=np.int64)
+    else:
+        absent = [t for t in txtids if t not in labels]
+        if absent:
+            raise KeyError(f"track {absent[0]!r}: no labels given for it")
+        y = [np.asarray(labels[t], dtype=np.int64).ravel() for t in txtids]
+        wrong = [i for i, (t, part) in enumerate(zip(txtids, y)) if len(part) != lengths[i]]
+        if wrong:
+            raise ValueError(f"track {txtids[wrong[0]]!r}: {len(y[wrong[0]])} labels but {lengths[wrong[0]]} feature rows")
+        y = np.concatenate(y)
+    table = FrameTable(txtids=tuple(txtids), offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+                       frame_index=cache.frame_index[rows], labels=y, **parts)
+    log.info("frame table (memory-mapped): %d tracks, %d frames (%d labelled), visual dim %d, audio dim %d",
+             len(txtids), n, int((y >= 0).sum()), table.visual_dim, table.audio_dim)
+    return table
+
+
 def split_by_track(table: FrameTable, logits: np.ndarray) -> dict[str, np.ndarray]:
     """Per-track views of row-aligned ``logits`` (N, C), keyed by txtid."""
     if len(logits) != len(table):
@@ -355,28 +478,46 @@ class TrainedHead:
     """A trained head with its training record."""
 
     name: str
-    module: FusionHead
+    module: nn.Module          # a FusionHead or a sequence.SequenceHead
     history: list[dict[str, float]]
     best_epoch: int
     best_val_f1: float
     n_params: int
     config: dict[str, Any] = field(default_factory=dict)
 
+    def predict(self, table: FrameTable, *, device: torch.device | str = "cpu") -> np.ndarray:
+        """Frame logits (N, C) of ``table`` with the batch size, window and stride it was trained with."""
+        c = self.config
+        return predict_logits(self.module, table, batch_size=4 * c.get("batch_size", 1024), device=device,
+                              window=c.get("window", 64), stride=c.get("stride", 8))
 
-def class_weights_for(labels: np.ndarray, scheme: str | None, num_classes: int = NUM_CLASSES) -> np.ndarray:
+
+CLASS_WEIGHTS = ("inverse", "inverse_sqrt", "effective_number")
+
+
+def class_weights_for(labels: np.ndarray, scheme: str | None, num_classes: int = NUM_CLASSES, *,
+                      beta: float = 0.999) -> np.ndarray:
     """Per-class weights ``w_c`` of eq. 13 from the training label counts ``n_c`` (valid frames).
 
-    ``inverse``: ``w_c ~ 1 / n_c``; ``inverse_sqrt``: ``w_c ~ 1 / sqrt(n_c)``; None: all 1. Normalised
-    to mean 1 over the classes present; absent classes get 0.
+    ``inverse``: ``w_c ~ 1 / n_c``; ``inverse_sqrt``: ``w_c ~ 1 / sqrt(n_c)``; ``effective_number``
+    (Cui et al. 2019, seed 004 sec. 4.4): ``w_c ~ (1 - beta) / (1 - beta^n_c)``, the inverse of the
+    effective number of samples; None: all 1. Normalised to mean 1 over the classes present; absent
+    classes get 0.
     """
     if scheme is None:
         return np.ones(num_classes, dtype=np.float32)
+    if scheme not in CLASS_WEIGHTS:
+        raise ValueError(f"unknown class_weights {scheme!r}; choose one of {', '.join(CLASS_WEIGHTS)} or None")
     counts = np.bincount(labels[labels >= 0], minlength=num_classes).astype(np.float64)
-    power = {"inverse": 1.0, "inverse_sqrt": 0.5}.get(scheme)
-    if power is None:
-        raise ValueError(f"unknown class_weights {scheme!r}; choose 'inverse', 'inverse_sqrt' or None")
-    w = np.divide(1.0, counts**power, out=np.zeros(num_classes), where=counts > 0)
-    return (w / w[counts > 0].mean()).astype(np.float32)
+    present = counts > 0
+    if scheme == "effective_number":
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"effective-number class weights need 0 < beta < 1, got {beta}")
+        w = np.divide(1.0 - beta, 1.0 - beta**counts, out=np.zeros(num_classes), where=present)
+    else:
+        power = 1.0 if scheme == "inverse" else 0.5
+        w = np.divide(1.0, counts**power, out=np.zeros(num_classes), where=present)
+    return (w / w[present].mean()).astype(np.float32)
 
 
 def _batch(table: FrameTable, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -390,12 +531,45 @@ def _batch(table: FrameTable, rows: np.ndarray, device: torch.device) -> tuple[t
     return visual, audio, vmask
 
 
+def _labelled_batch(table: FrameTable, rows: np.ndarray,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_batch`` plus labels, for frame rows (B,) or window rows (B, W) with -1 = padding.
+
+    Padded positions get no face, silent audio and label -1, so heads and losses ignore them.
+    """
+    padded = rows < 0
+    safe = np.where(padded, 0, rows).reshape(-1)
+    visual, audio, vmask = _batch(table, safe, device)
+    labels = np.where(padded.reshape(-1), -1, table.labels[safe])
+    if padded.any():
+        keep = torch.from_numpy(~padded.reshape(-1)).to(device)
+        vmask = vmask & keep
+        audio = audio * keep.to(audio.dtype).unsqueeze(-1)
+    shape = rows.shape
+    return (visual.view(*shape, -1), audio.view(*shape, -1), vmask.view(shape),
+            torch.from_numpy(labels).to(device).view(shape))
+
+
 @torch.inference_mode()
 def predict_logits(module: nn.Module, table: FrameTable, *, batch_size: int = 4096,
-                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Logits (N, C) float32 of every row of ``table`` (eval mode)."""
+                   device: torch.device | str = "cpu", window: int = 64, stride: int = 8) -> np.ndarray:
+    """Logits (N, C) float32 of every row of ``table`` (eval mode).
+
+    A frame head scores ``batch_size`` rows at a time. A sequence head scores every window of
+    ``window`` frames, stride ``stride`` (``sequence.sliding_windows``), ``batch_size`` windows at a
+    time, and a frame's logits are the mean over the windows covering it (soft voting, seed 004 sec. 3.6).
+    """
     device = torch.device(device)
     module.eval().to(device)
+    if isinstance(module, SequenceHead):
+        windows = sliding_windows(table.offsets, window=window, stride=stride)
+        total, count = vote_buffers(len(table), NUM_CLASSES, device=device)
+        starts = range(0, len(windows), batch_size)
+        for start in tqdm(starts, desc="predict windows", unit="batch", leave=False, disable=len(starts) < 20):
+            rows = windows[start:start + batch_size]
+            visual, audio, vmask, _ = _labelled_batch(table, rows, device)
+            add_votes(total, count, torch.from_numpy(rows).to(device), module(visual, audio, vmask))
+        return (total / count.clamp(min=1).unsqueeze(1)).cpu().numpy()
     chunks = []
     starts = range(0, len(table), batch_size)
     for start in tqdm(starts, desc="predict", unit="batch", leave=False, disable=len(starts) < 20):
@@ -407,29 +581,46 @@ def predict_logits(module: nn.Module, table: FrameTable, *, batch_size: int = 40
 def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hidden: int = 512,
                dropout: float = 0.2, epochs: int = 30, batch_size: int = 1024, lr: float = 1e-3,
                weight_decay: float = 1e-4, patience: int = 5, seed: int = 0, device: torch.device | str = "cpu",
-               class_weights: str | None = "inverse_sqrt") -> TrainedHead:
-    """Train one fusion head with class-weighted CE over valid frames (eq. 13) and AdamW.
+               class_weights: str | None = "inverse_sqrt", effective_beta: float = 0.999, loss: str = "ce",
+               focal_gamma: float = 2.0, options: Mapping[str, Any] | None = None, window: int = 64,
+               stride: int = 8, max_invalid: float = 0.25) -> TrainedHead:
+    """Train one head (frame or sequence) with AdamW and a class-weighted frame criterion over valid frames.
 
-    With ``val``: early stopping on the validation macro F1 (``patience`` epochs without a gain)
-    and the best epoch's weights are kept. With ``val=None``: exactly ``epochs`` epochs, last weights.
+    ``loss``: ``ce`` (eq. 13 of seed 000) or ``focal`` (eq. 5 of seed 004, ``focal_gamma``), both with
+    the ``class_weights`` scheme (``effective_beta`` for ``effective_number``). A frame head trains on
+    batches of ``batch_size`` labelled frames; a sequence head (``options`` = its own keywords) on
+    batches of ``batch_size`` windows of ``window`` frames, stride ``stride``, without those whose
+    share of -1 labels exceeds ``max_invalid``, through its ``training_loss``; it is validated by
+    soft voting over windows of the same stride. With ``val``: early stopping on the validation macro
+    F1 (``patience`` epochs without a gain) and the best epoch's weights are kept. With ``val=None``:
+    exactly ``epochs`` epochs, last weights.
     """
     device = torch.device(device)
     seed_everything(seed)
-    train_rows = np.flatnonzero(train.labels >= 0)
-    if len(train_rows) == 0:
+    if not (train.labels >= 0).any():
         raise ValueError("train_head: the training table has no labelled frames")
     if val is not None and not (val.labels >= 0).any():
         raise ValueError("train_head: the validation table has no labelled frames")
     module = build_head(head_name, visual_dim=train.visual_dim, audio_dim=train.audio_dim, hidden=hidden,
-                        dropout=dropout).to(device)
-    weights = torch.from_numpy(class_weights_for(train.labels, class_weights)).to(device)
+                        dropout=dropout, options=options).to(device)
+    sequence = isinstance(module, SequenceHead)
+    if sequence:   # the training units: windows (n, W) of row indices, else labelled frames (n,)
+        units = training_windows(train.labels, train.offsets, window=window, stride=stride, max_invalid=max_invalid)
+        if len(units) == 0:
+            raise ValueError(f"train_head {head_name}: no training window of {window} frames has at most "
+                             f"{max_invalid:.0%} invalid labels")
+    else:
+        units = np.flatnonzero(train.labels >= 0)
+    weights = torch.from_numpy(class_weights_for(train.labels, class_weights, beta=effective_beta)).to(device)
+    criterion = frame_criterion(loss, weight=weights, gamma=focal_gamma)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     generator = np.random.default_rng(seed)
-    labels = torch.from_numpy(train.labels)
     n_params = count_parameters(module)
-    log.info("train %s (%d params): %d labelled train frames, %s val frames, up to %d epochs on %s",
-             head_name, n_params, len(train_rows), "no" if val is None else int((val.labels >= 0).sum()),
-             epochs, device)
+    predict_kwargs = dict(batch_size=4 * batch_size, device=device, window=window, stride=stride)
+    log.info("train %s (%d params): %d labelled train frames%s, %s val frames, up to %d epochs on %s",
+             head_name, n_params, int((train.labels >= 0).sum()),
+             f" in {len(units)} windows of {window} (stride {stride})" if sequence else "",
+             "no" if val is None else int((val.labels >= 0).sum()), epochs, device)
 
     history: list[dict[str, float]] = []
     best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
@@ -437,20 +628,24 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
     for epoch in bar:
         start = time.perf_counter()
         module.train()
-        order = generator.permutation(train_rows)
+        order = generator.permutation(len(units))
         total, seen = 0.0, 0
         for first in range(0, len(order), batch_size):
-            rows = np.sort(order[first:first + batch_size])  # sorted rows: faster gathers, same batch
-            logits = module(*_batch(train, rows, device))
-            loss = F.cross_entropy(logits, labels[rows].to(device), weight=weights)
+            batch = units[np.sort(order[first:first + batch_size])]  # sorted rows: faster gathers, same batch
+            visual, audio, vmask, labels = _labelled_batch(train, batch, device)
+            if sequence:
+                batch_loss = module.training_loss(visual, audio, vmask, labels, criterion)
+            else:
+                batch_loss = criterion(module(visual, audio, vmask), labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(rows)
-            seen += len(rows)
-        record = {"epoch": epoch, "train_loss": total / seen}
+            n_valid = len(batch) if not sequence else int((labels >= 0).sum())
+            total += float(batch_loss.detach()) * n_valid
+            seen += n_valid
+        record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
         if val is not None:
-            pred = predict_logits(module, val, batch_size=4 * batch_size, device=device).argmax(1)
+            pred = predict_logits(module, val, **predict_kwargs).argmax(1)
             record["val_f1"] = macro_f1(val.labels, pred)
         record["seconds"] = time.perf_counter() - start
         history.append(record)
@@ -474,6 +669,8 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
     log.info("train %s done: %d epochs, best epoch %d, val F1 %.4f", head_name, len(history), best_epoch, best_f1)
     config = dict(head=head_name, hidden=hidden, dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr,
                   weight_decay=weight_decay, patience=patience, seed=seed, class_weights=class_weights,
+                  effective_beta=effective_beta, loss=loss, focal_gamma=focal_gamma, options=dict(options or {}),
+                  window=window, stride=stride, max_invalid=max_invalid,
                   visual_dim=train.visual_dim, audio_dim=train.audio_dim)
     return TrainedHead(name=head_name, module=module, history=history, best_epoch=best_epoch,
                        best_val_f1=float(best_f1), n_params=n_params, config=config)
@@ -510,7 +707,7 @@ def cross_validate(head_name: str, table_all: FrameTable, folds: Mapping[str, in
         held = table_all.subset([t for t, f in zip(table_all.txtids, track_fold) if f == fold])
         trained = train_head(head_name, train, None, epochs=epochs, batch_size=batch_size, device=device,
                              **train_kwargs)
-        logits = predict_logits(trained.module, held, batch_size=4 * batch_size, device=device)
+        logits = trained.predict(held, device=device)
         oof[row_fold == fold] = logits  # subset keeps the original track order, so rows line up
         scores[fold] = macro_f1(held.labels, logits.argmax(1))
         log.info("CV %s fold %d: %d tracks, %d frames, F1 %.4f", head_name, fold, len(held.txtids), len(held),
@@ -520,29 +717,31 @@ def cross_validate(head_name: str, table_all: FrameTable, folds: Mapping[str, in
 
 def evaluate_heads(head_names: Sequence[str], *, train: FrameTable, val: FrameTable,
                    folds: Mapping[str, int] | None = None, table_all: FrameTable | None = None,
+                   head_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
                    **train_kwargs: Any) -> FusionComparison:
     """Table 3: per head its parameter count, official validation F1 and (with ``folds`` and
     ``table_all``, the train+val pool) per-fold / mean / std (sample, ddof=1) cross-validated F1.
 
-    ``train_kwargs`` go to ``train_head`` (hidden, dropout, epochs, lr, device, ...). The CV models
-    train for the official run's best epoch count.
+    ``train_kwargs`` go to ``train_head`` (hidden, dropout, epochs, lr, device, ...) for every head;
+    ``head_kwargs[name]`` override them for one head (a sequence head's options, window, batch
+    size, loss). The CV models train for the official run's best epoch count.
     """
-    unknown = [h for h in head_names if h not in HEADS]
+    unknown = [h for h in head_names if h not in HEADS and h not in SEQUENCE_HEADS]
     if unknown:
-        raise ValueError(f"unknown fusion heads {unknown}; choose from {', '.join(HEADS)}")
+        raise ValueError(f"unknown fusion heads {unknown}; choose from {', '.join(known_heads())}")
     if (folds is None) != (table_all is None):
         raise ValueError("cross-validation needs both folds and table_all (or neither)")
-    device = train_kwargs.get("device", "cpu")
-    batch_size = train_kwargs.get("batch_size", 1024)
+    head_kwargs = head_kwargs or {}
     rows, trained, val_logits, fold_logits = [], {}, {}, {}
     for name in head_names:
-        head = train_head(name, train, val, **train_kwargs)
-        logits = predict_logits(head.module, val, batch_size=4 * batch_size, device=device)
+        kwargs = {**train_kwargs, **head_kwargs.get(name, {})}
+        head = train_head(name, train, val, **kwargs)
+        logits = head.predict(val, device=kwargs.get("device", "cpu"))
         trained[name], val_logits[name] = head, logits
         row: dict[str, Any] = {"head": name, "params": head.n_params, "official_val_f1": head.best_val_f1,
                                "best_epoch": head.best_epoch}
         if folds is not None:
-            cv_kwargs = {k: v for k, v in train_kwargs.items() if k not in ("epochs", "patience")}
+            cv_kwargs = {k: v for k, v in kwargs.items() if k not in ("epochs", "patience")}
             scores, fold_logits[name] = cross_validate(name, table_all, folds, epochs=max(head.best_epoch, 1),
                                                        **cv_kwargs)
             values = np.array(list(scores.values()))

@@ -205,29 +205,59 @@ def adapted_backbone(cfg: Config) -> tuple[torch.nn.Module, dict]:
 
 
 # ---------------------------------------------------------------- Stage II features
-def feature_store(cfg: Config, kind: str) -> FeatureStore:
-    return FeatureStore(cfg.run_dir / "features", kind)
+def feature_store(cfg: Config, kind: str, *, rank: int | None = None) -> FeatureStore:
+    """The run's store of ``kind``; with ``rank`` (sharded extraction) it writes that rank's own manifest."""
+    name = "manifest.json" if rank is None else f"manifest.rank{rank:05d}.json"
+    return FeatureStore(cfg.run_dir / "features", kind, manifest_name=name)
 
 
-def extract_visual(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
-    """Faces -> multi-scale crops -> backbone features for every track (resumable)."""
+RESUMED_STATUSES = ("skipped (done)", "resumed")
+
+
+def extraction_report(cfg: Config, name: str, table: pd.DataFrame) -> pd.DataFrame:
+    """Write an extraction report, keeping the earlier row of every track this run skipped as done.
+
+    A resumed (or sharded, then re-run) extraction skips finished tracks; their frame counts and
+    face / audio coverage come from the report of the run that extracted them, so the notebook's
+    tables and plots stay complete.
+    """
+    path = cfg.run_dir / "reports" / f"{name}.csv"
+    earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if len(earlier) and {"txtid", "status"} <= set(earlier.columns) and len(table):
+        extracted = earlier[~earlier["status"].isin(RESUMED_STATUSES)].drop_duplicates("txtid", keep="last")
+        swap = table["status"].isin(RESUMED_STATUSES) & table["txtid"].isin(extracted["txtid"])
+        if swap.any():
+            kept = extracted.set_index("txtid").loc[table.loc[swap, "txtid"]].reset_index()
+            kept = kept.reindex(columns=table.columns).astype(table.dtypes.to_dict(), errors="ignore")
+            table = pd.concat([table[~swap], kept]).set_index("txtid").loc[table["txtid"]].reset_index()
+    report(cfg, name, table)
+    return table
+
+
+def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Track] | None = None,
+                   rank: int | None = None, dev: torch.device | None = None) -> pd.DataFrame:
+    """Faces -> multi-scale crops -> backbone features for every track (resumable).
+
+    ``tracks`` / ``rank`` / ``dev``: one shard of a sharded extraction (``kitlib.distributed``):
+    only these tracks, on this device, with the rank's own manifest and report (merged later).
+    """
     from kitlib.backbone import input_mean_std
     from kitlib.faces import build_detector
     from kitlib.visual import extract_visual_features
 
-    dev = device(cfg)
+    dev = dev or device(cfg)
     backbone, record = adapted_backbone(cfg)
     mean, std = input_mean_std(backbone)
     options = {"path": cfg.path(cfg.faces.boxes_file)} if cfg.faces.detector == "boxes" else {}
     detector = build_detector(cfg.faces.detector, **options)
     table = extract_visual_features(
-        index.tracks, feature_store(cfg, "visual"), backbone, detector=detector, crop_scales=cfg.faces.crop_scales,
+        index.tracks if tracks is None else tracks, feature_store(cfg, "visual", rank=rank), backbone,
+        detector=detector, crop_scales=cfg.faces.crop_scales,
         image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size,
-        max_gap=cfg.faces.max_gap, device=dev, dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32,
-        decode_batch=cfg.faces.decode_batch,
+        max_gap=cfg.faces.max_gap, follow=follow_settings(cfg), device=dev,
+        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
         manifest={"backbone": record, "params_digest": cfg.digest()})
-    report(cfg, "visual_extraction", table)
-    return table
+    return extraction_report(cfg, "visual_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)
 
 
 def audio_encoder_path(cfg: Config) -> Path:
@@ -240,20 +270,24 @@ def audio_encoder_path(cfg: Config) -> Path:
     return path
 
 
-def extract_audio(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
-    """wav2vec 2.0 features aligned to every frame (plus the Table-2 alignments), resumable."""
+def extract_audio(cfg: Config, index: data.DataIndex, *, tracks: list[data.Track] | None = None,
+                  rank: int | None = None, dev: torch.device | None = None) -> pd.DataFrame:
+    """wav2vec 2.0 features aligned to every frame (plus the Table-2 alignments), resumable.
+
+    ``tracks`` / ``rank`` / ``dev``: one shard of a sharded extraction, as in ``extract_visual``.
+    """
     from kitlib.audio import extract_audio_features, load_audio_encoder
 
-    a, dev = cfg.audio, device(cfg)
+    a, dev = cfg.audio, dev or device(cfg)
     path = audio_encoder_path(cfg)
     encoder = load_audio_encoder(path, device=dev, dtype=amp_dtype(a.amp, dev) or torch.float32)
     layers: str | int = int(a.layers) if a.layers.isdigit() else a.layers
     table = extract_audio_features(
-        index.tracks, feature_store(cfg, "audio"), encoder, sample_rate=a.sample_rate,
+        index.tracks if tracks is None else tracks, feature_store(cfg, "audio", rank=rank), encoder,
+        sample_rate=a.sample_rate,
         chunk_s=a.chunk_s, overlap_s=a.overlap_s, layers=layers, method=a.align, align_window_s=a.align_window_total_s,
         manifest={"encoder": str(path), "params_digest": cfg.digest()}, extra_windows_s=a.ablation_windows_total_s)
-    report(cfg, "audio_extraction", table)
-    return table
+    return extraction_report(cfg, "audio_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)
 
 
 # ---------------------------------------------------------------- tables the notebooks show
@@ -425,34 +459,96 @@ def export_boxes(cfg: Config) -> Path:
     return path
 
 
+OFFICIAL_CROP = "official crop"   # Table 1's first column: the organisers' aligned face crops
+
+
+def follow_settings(cfg: Config):
+    """``faces.follow_*`` as the tracker's ``FollowSettings``; None when following is off."""
+    from kitlib.faces import FollowSettings
+
+    f = cfg.faces
+    if f.follow_max_frames <= 0:
+        return None
+    return FollowSettings(max_frames=f.follow_max_frames, min_visible=f.follow_min_visible,
+                          min_similarity=f.follow_min_similarity)
+
+
+def _state_backbone(cfg: Config, state: str) -> tuple[torch.nn.Module, dict] | None:
+    """The backbone of a Table-1 state and its record; None (logged) when it has not been trained."""
+    from kitlib.backbone import checkpoint_hash, load_backbone
+
+    if state == main_state(cfg):
+        return adapted_backbone(cfg)
+    if state == "pretrained":
+        return pretrained_backbone(cfg).to(device(cfg)).eval(), {"state": state, "weights": cfg.stage1.weights}
+    path = state_path(cfg, state)
+    if not path.is_file():
+        log.warning("Table 1: no backbone for state %s (%s); run 02_stage1_train", state, path)
+        return None
+    backbone, _ = load_backbone(path, device=device(cfg))
+    return backbone.eval(), {"state": state, "checkpoint": str(path), "checkpoint_hash": checkpoint_hash(path)}
+
+
+def _table1_tracks(index: data.DataIndex) -> list[data.Track]:
+    return [t for t in index.tracks if t.split in ("Train_Set", "Validation_Set")]
+
+
 def state_store(cfg: Config, index: data.DataIndex, state: str) -> FeatureStore | None:
     """Visual features of a Table-1 state for Train+Validation (extracted with this run's boxes); None if absent."""
-    from kitlib.backbone import checkpoint_hash, input_mean_std, load_backbone
+    from kitlib.backbone import input_mean_std
     from kitlib.faces import build_detector
     from kitlib.visual import extract_visual_features
 
     if state == main_state(cfg):
         return feature_store(cfg, "visual")
-    dev = device(cfg)
-    if state == "pretrained":
-        backbone, record = pretrained_backbone(cfg).to(dev).eval(), {"state": state, "weights": cfg.stage1.weights}
-    else:
-        path = state_path(cfg, state)
-        if not path.is_file():
-            log.warning("Table 1: no backbone for state %s (%s); run 02_stage1_train", state, path)
-            return None
-        backbone, record = load_backbone(path, device=dev)
-        record = {"state": state, "checkpoint": str(path), "checkpoint_hash": checkpoint_hash(path)}
+    loaded = _state_backbone(cfg, state)
+    if loaded is None:
+        return None
+    (backbone, record), dev = loaded, device(cfg)
     mean, std = input_mean_std(backbone)
     store = feature_store(cfg, f"visual_{state}")
-    tracks = [t for t in index.tracks if t.split in ("Train_Set", "Validation_Set")]
+    # the detections this run found, tracked again with the same settings: the same boxes, followed frames included
     table = extract_visual_features(
-        tracks, store, backbone, detector=build_detector("boxes", path=export_boxes(cfg)),
+        _table1_tracks(index), store, backbone, detector=build_detector("boxes", path=export_boxes(cfg)),
         crop_scales=cfg.faces.crop_scales, image_size=cfg.stage1.image_size, mean=mean, std=std,
-        batch_size=cfg.visual.batch_size, max_gap=cfg.faces.max_gap, device=dev,
+        batch_size=cfg.visual.batch_size, max_gap=cfg.faces.max_gap, follow=follow_settings(cfg), device=dev,
         dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
         manifest={"backbone": record, "params_digest": cfg.digest()})
     report(cfg, f"visual_extraction_{state}", table)
+    return store
+
+
+def official_crop_store(cfg: Config, index: data.DataIndex, state: str) -> FeatureStore | None:
+    """Table 1's "official face crop" features of a backbone state for Train+Validation (resumable).
+
+    Encodes the release's ``data.cropped_aligned_dir`` images; None when that param is null (the
+    column is skipped) or the state's backbone is absent. The per-track report goes to
+    ``reports/official_crops_<state>.csv`` (unreadable images named there and in the log).
+    """
+    from kitlib.backbone import input_mean_std
+    from kitlib.visual import extract_official_crop_features
+
+    if cfg.data.cropped_aligned_dir is None:
+        log.info("Table 1: data.cropped_aligned_dir is null, so the official face crop column is skipped")
+        return None
+    crops_root = cfg.data_path(cfg.data.cropped_aligned_dir)
+    if not crops_root.is_dir():
+        raise FileNotFoundError(f"data.cropped_aligned_dir: folder {crops_root} does not exist (the release's "
+                                f"cropped_aligned/<txtid>/<00001>.jpg); set it to null to skip the official column")
+    loaded = _state_backbone(cfg, state)
+    if loaded is None:
+        return None
+    (backbone, record), dev = loaded, device(cfg)
+    mean, std = input_mean_std(backbone)
+    tracks = _table1_tracks(index)
+    n_frames = video_table(cfg, index).set_index("videoid")["n_frames"].to_dict()
+    store = feature_store(cfg, "visual_official" if state == main_state(cfg) else f"visual_official_{state}")
+    table = extract_official_crop_features(
+        tracks, store, backbone, crops_root=crops_root, n_frames={t.txtid: n_frames.get(t.videoid, 0) for t in tracks},
+        image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size, device=dev,
+        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, frame_stride=cfg.data.cropped_aligned_stride,
+        manifest={"backbone": {k: v for k, v in record.items() if k != "history"}, "params_digest": cfg.digest()})
+    report(cfg, f"official_crops_{state}", table)
     return store
 
 
@@ -489,12 +585,17 @@ def _probe_table(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarra
 
 
 def crop_scale_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Table 1: linear-probe macro F1 per crop scale and for the multi-scale mean, per backbone state."""
+    """Table 1: linear-probe macro F1 of the official face crops (``data.cropped_aligned_dir``), of each
+    re-crop scale and of the multi-scale mean, per backbone state."""
     settings: dict[str, tuple[str, int | None]] = {f"crop {s}": ("features_by_scale", i)
                                                    for i, s in enumerate(cfg.faces.crop_scales)}
     settings["multi-scale mean"] = ("features", None)
     tables = []
     for state in table1_states(cfg):
+        official = official_crop_store(cfg, index, state)
+        if official is not None:
+            tables.append(_probe_table(cfg, index, labels, official.kind, {OFFICIAL_CROP: ("features", None)}, "crop")
+                          .assign(backbone=state_label(state)))
         store = state_store(cfg, index, state)
         if store is not None:
             tables.append(_probe_table(cfg, index, labels, store.kind, settings, "crop")
@@ -523,18 +624,79 @@ def alignment_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.nda
 
 # ---------------------------------------------------------------- Stage II fusion, smoothing, submission
 def _train_kwargs(cfg: Config) -> dict:
+    """``fusion.train_head`` keywords of every head (a frame head's settings; ``_head_kwargs`` adds the rest)."""
     f = cfg.fusion
     return dict(hidden=f.hidden, dropout=f.dropout, epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                 weight_decay=f.weight_decay, patience=f.patience, seed=cfg.run.seed, device=device(cfg),
-                class_weights=None if f.class_weights == "none" else f.class_weights)
+                class_weights=None if f.class_weights == "none" else f.class_weights,
+                effective_beta=f.effective_beta, loss=f.loss, focal_gamma=f.focal_gamma)
+
+
+def text_encoder_path(cfg: Config) -> Path:
+    """The local text encoder folder (tcn_prompt's label prompts); the demo builds a tiny one there if absent."""
+    path = cfg.path(cfg.fusion.text_encoder)
+    if cfg.fusion.make_tiny_text_encoder and not (path / "config.json").is_file():
+        from kitlib import CLASSES
+        from kitlib.tcn_prompt import make_tiny_text_encoder
+
+        make_tiny_text_encoder(path, seed=cfg.run.seed, classes=CLASSES, template=cfg.fusion.prompt_template)
+    return path
+
+
+def label_prompts(cfg: Config) -> torch.Tensor:
+    """(C, D) text embeddings of ``fusion.prompt_template`` for every class name (seed 003), on the CPU."""
+    from kitlib import CLASSES
+    from kitlib.tcn_prompt import prompt_embeddings
+
+    return prompt_embeddings(text_encoder_path(cfg), classes=CLASSES, template=cfg.fusion.prompt_template,
+                             device=device(cfg)).detach().float().cpu()
+
+
+def _head_kwargs(cfg: Config, names: list[str]) -> dict[str, dict]:
+    """Per-head ``train_head`` overrides for the window heads among ``names``: ``fusion.sequence`` and
+    the head's ``fusion.head_options`` (tcn_prompt: plus the label prompt embeddings)."""
+    import dataclasses
+
+    from kitlib import fusion
+
+    s, out = cfg.fusion.sequence, {}
+    for name in names:
+        if not fusion.is_sequence_head(name):
+            continue
+        options = dataclasses.asdict(getattr(cfg.fusion.head_options, name))
+        if name == "tcn_prompt":
+            options["prompt_embeddings"] = label_prompts(cfg)
+        out[name] = dict(batch_size=s.batch_size, lr=s.lr, epochs=s.epochs, patience=s.patience, loss=s.loss,
+                         class_weights=None if s.class_weights == "none" else s.class_weights,
+                         window=s.window, stride=s.stride, max_invalid=s.max_invalid, options=options)
+    return out
+
+
+def _check_head_names(cfg: Config, names: list[str]) -> None:
+    from kitlib import fusion
+
+    unknown = [h for h in names if h not in fusion.known_heads()]
+    if unknown:
+        raise config.ConfigError(f"fusion.heads / fusion.final_head name unknown head(s) {unknown}; "
+                                 f"valid: {', '.join(fusion.known_heads())}")
+
+
+def _fusion_tables(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> tuple:
+    """(train, val, train+val pool or None without cross-validation) frame tables of the annotated tracks."""
+    annotated = _with_features(cfg, [t for t in index.tracks if t.labels_path is not None], "fusion")
+    train = frame_table(cfg, [t for t in annotated if t.split == "Train_Set"], labels)
+    val = frame_table(cfg, [t for t in annotated if t.split == "Validation_Set"], labels)
+    pool = frame_table(cfg, annotated, labels) if cfg.fusion.cross_validation else None
+    return train, val, pool
 
 
 def frame_table(cfg: Config, tracks: list[data.Track], labels: dict[str, np.ndarray] | None):
-    """Visual + audio features (and labels) of ``tracks`` as one ``fusion.FrameTable``."""
+    """Visual + audio features (and labels) of ``tracks`` as one ``fusion.FrameTable`` (memory-mapped with
+    ``fusion.memmap_features``)."""
     from kitlib.fusion import load_frame_table
 
     return load_frame_table(tracks, visual_store=feature_store(cfg, "visual"), audio_store=feature_store(cfg, "audio"),
-                            labels=labels)
+                            labels=labels, memmap=cfg.fusion.memmap_features)
 
 
 def _with_features(cfg: Config, tracks: list[data.Track], what: str) -> list[data.Track]:
@@ -574,16 +736,10 @@ def fusion_ablation(cfg: Config, index: data.DataIndex, labels: dict[str, np.nda
 
     f = cfg.fusion
     names = list(dict.fromkeys([*f.heads, f.final_head]))
-    unknown = [h for h in names if h not in fusion.HEADS]
-    if unknown:
-        raise config.ConfigError(f"fusion.heads / fusion.final_head name unknown head(s) {unknown}; "
-                                 f"valid: {', '.join(fusion.HEADS)}")
-    annotated = _with_features(cfg, [t for t in index.tracks if t.labels_path is not None], "fusion")
-    train = frame_table(cfg, [t for t in annotated if t.split == "Train_Set"], labels)
-    val = frame_table(cfg, [t for t in annotated if t.split == "Validation_Set"], labels)
-    pool = frame_table(cfg, annotated, labels) if f.cross_validation else None
+    _check_head_names(cfg, names)
+    train, val, pool = _fusion_tables(cfg, index, labels)
     comparison = fusion.evaluate_heads(names, train=train, val=val, folds=folds if pool is not None else None,
-                                       table_all=pool, **_train_kwargs(cfg))
+                                       table_all=pool, head_kwargs=_head_kwargs(cfg, names), **_train_kwargs(cfg))
     out = cfg.run_dir / "fusion"
     out.mkdir(parents=True, exist_ok=True)
     final = comparison.trained[f.final_head]
@@ -600,6 +756,52 @@ def fusion_ablation(cfg: Config, index: data.DataIndex, labels: dict[str, np.nda
     report(cfg, "fusion_history", history)
     table = comparison.table[comparison.table["head"].isin(f.heads)].reset_index(drop=True)
     report(cfg, "table3_fusion", table)
+    return table
+
+
+def xattn_grid(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray],
+               folds: dict[str, int]) -> pd.DataFrame:
+    """Seed 004 Table 3: ``safe_xattn`` for each row of ``fusion.xattn_grid`` (modality dropout p,
+    d_model d, layers l; other options from ``fusion.head_options.safe_xattn``) on the official split,
+    plus the folds when ``fusion.cross_validation`` and ``fusion.xattn_grid_folds``. Written to
+    ``reports/table3_xattn_grid.csv``."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from kitlib import fusion
+
+    grid = cfg.fusion.xattn_grid
+    valid = [fld.name for fld in dataclasses.fields(config.SafeXAttnOptions)]
+    for i, row in enumerate(grid):
+        unknown = sorted(set(row) - set(valid))
+        if unknown:
+            raise config.ConfigError(f"fusion.xattn_grid[{i}] = {row} has unknown option(s) {unknown}; "
+                                     f"valid: {', '.join(valid)}")
+    if not grid:
+        empty = pd.DataFrame(columns=["modality_dropout", "d_model", "layers", "n_heads", "params",
+                                      "official_val_acc", "official_val_f1", "best_epoch"])
+        report(cfg, "table3_xattn_grid", empty)
+        return empty
+    train, val, pool = _fusion_tables(cfg, index, labels)
+    if not cfg.fusion.xattn_grid_folds:
+        pool = None
+    base = _head_kwargs(cfg, ["safe_xattn"])["safe_xattn"]
+    valid_val = val.labels >= 0
+    rows = []
+    for row in tqdm(grid, desc="safe_xattn grid", unit="row"):
+        options = {**base["options"], **row}
+        comparison = fusion.evaluate_heads(["safe_xattn"], train=train, val=val,
+                                           folds=folds if pool is not None else None, table_all=pool,
+                                           head_kwargs={"safe_xattn": {**base, "options": options}},
+                                           **_train_kwargs(cfg))
+        result = comparison.table.iloc[0].drop("head").to_dict()
+        pred = comparison.val_logits["safe_xattn"].argmax(1)
+        accuracy = float((pred[valid_val] == val.labels[valid_val]).mean())
+        settings = {k: options[k] for k in ("modality_dropout", "d_model", "layers", "n_heads")}  # p, d, l first
+        rows.append({**settings, "params": result.pop("params"), "official_val_acc": accuracy, **result})
+    table = pd.DataFrame(rows)
+    report(cfg, "table3_xattn_grid", table)
     return table
 
 
@@ -677,36 +879,47 @@ def smoothing_example(cfg: Config, index: data.DataIndex) -> dict:
 
 
 def _load_final_head(cfg: Config):
+    """The kept final head (frame or window head, rebuilt with the options it was trained with) and its record."""
     from kitlib.fusion import build_head
 
     path = cfg.run_dir / "fusion" / "final_head.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run 05_fusion_ablation first")
     saved = torch.load(path, map_location="cpu", weights_only=False)
+    trained_with = saved["config"]
     head = build_head(saved["name"], visual_dim=saved["visual_dim"], audio_dim=saved["audio_dim"],
-                      hidden=cfg.fusion.hidden, dropout=cfg.fusion.dropout)
+                      hidden=trained_with.get("hidden", cfg.fusion.hidden),
+                      dropout=trained_with.get("dropout", cfg.fusion.dropout), options=trained_with.get("options"))
     head.load_state_dict(saved["state_dict"])
     return head.eval(), saved
 
 
 def predict_test_logits(cfg: Config, index: data.DataIndex, table) -> np.ndarray:
     """Logits of the test frames: the final head, or the mean over fold models (``submission.ensemble_folds``)."""
-    from kitlib.fusion import predict_logits, train_head
+    from tqdm.auto import tqdm
+
+    from kitlib.fusion import TrainedHead, count_parameters, train_head
 
     dev = device(cfg)
     head, saved = _load_final_head(cfg)
     if not cfg.submission.ensemble_folds:
-        return predict_logits(head, table, batch_size=cfg.fusion.batch_size, device=dev)
+        final = TrainedHead(name=saved["name"], module=head, history=[], best_epoch=int(saved["best_epoch"]),
+                            best_val_f1=float(saved["best_val_f1"]), n_params=count_parameters(head),
+                            config=saved["config"])
+        return final.predict(table, device=dev)
     labels = frame_labels(cfg, index)
     annotated = _with_features(cfg, [t for t in index.tracks if t.labels_path is not None], "ensemble")
     pool = frame_table(cfg, annotated, labels)
     assignment = folds(cfg, index)
-    kwargs = {**_train_kwargs(cfg), "epochs": max(int(saved["best_epoch"]), 1)}
+    name = saved["name"]
+    kwargs = {**_train_kwargs(cfg), **_head_kwargs(cfg, [name]).get(name, {}),
+              "epochs": max(int(saved["best_epoch"]), 1)}
+    if "options" in saved["config"]:
+        kwargs["options"] = saved["config"]["options"]
     outs = []
-    for k in sorted(set(assignment[t] for t in pool.txtids)):
+    for k in tqdm(sorted(set(assignment[t] for t in pool.txtids)), desc="fold models", unit="fold"):
         part = pool.subset([t for t in pool.txtids if assignment[t] != k])
-        model = train_head(saved["name"], part, None, **kwargs).module
-        outs.append(predict_logits(model, table, batch_size=cfg.fusion.batch_size, device=dev))
+        outs.append(train_head(name, part, None, **kwargs).predict(table, device=dev))
     log.info("test logits: mean over %d fold models", len(outs))
     return np.mean(outs, axis=0)
 

@@ -127,8 +127,8 @@ def image(array: np.ndarray, *, title: str = "") -> plt.Figure:
 
 
 def face_coverage(extraction: pd.DataFrame) -> plt.Figure:
-    """Per track: frames with a detected face, bridged frames, and frames with no face (stacked bars)."""
-    parts = [c for c in ("detected", "bridged", "missing") if c in extraction]
+    """Per track: frames with a detected, followed or bridged face, and frames with no face (stacked bars)."""
+    parts = [c for c in ("detected", "followed", "bridged", "missing") if c in extraction]
     table = extraction.set_index("txtid")[parts].astype(float)
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(table)), 3.4))
     bottom = np.zeros(len(table))
@@ -167,5 +167,33 @@ def coverage(table: pd.DataFrame) -> plt.Figure:
     sns.barplot(long, x="txtid", y="frames", hue="source", ax=ax)
     ax.tick_params(axis="x", rotation=45)
     ax.set_title("Test frames by prediction source")
+    fig.tight_layout()
+    return fig
+
+
+def xattn_grid(table: pd.DataFrame) -> plt.Figure:
+    """Seed 004 Table 3: macro F1 of each safe_xattn setting (modality dropout p, width d, layers l),
+    official validation as bars, the cross-validation folds (when run) as points on them."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(table)), 3.6))
+    if table.empty:
+        ax.text(0.5, 0.5, "no safe_xattn grid in this run (fusion.xattn_grid: [])", ha="center")
+        ax.set_axis_off()
+        return fig
+    rows = table.assign(setting=[f"p={p:g} d={d} l={n}" for p, d, n in
+                                 zip(table["modality_dropout"], table["d_model"], table["layers"])])
+    folds = [c for c in rows.columns if c.startswith("fold_")]
+    sns.barplot(rows, x="setting", y="official_val_f1", color="lightsteelblue", ax=ax)
+    handles = [Patch(color="lightsteelblue", label="official validation")]
+    if folds:
+        points = rows.melt(id_vars="setting", value_vars=folds, var_name="fold", value_name="f1")
+        sns.stripplot(points, x="setting", y="f1", color="black", size=4, ax=ax)
+        handles.append(Line2D([], [], marker="o", ls="", color="black", markersize=4, label="folds"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1, 1))
+    ax.set_xlabel("modality dropout p, d_model d, self-attention layers l"), ax.set_ylabel("macro F1")
+    ax.set_title("Seed 004 Table 3: safe cross-attention transformer settings")
+    ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig

@@ -6,15 +6,19 @@ For every frame ``t`` of a video the annotated person's face is re-cropped at ea
 (eq. 7). The pipeline streams decode -> detect -> track -> crop -> backbone without writing any
 image to disk, with a bounded buffer of frames, so a 10-minute video fits in memory.
 
+``extract_official_crop_features`` encodes the organisers' aligned face crops instead (Table 1's
+"official face crop" column, sec. 4.4), with the same backbone batching and normalisation.
 ``linear_probe_f1`` is the frozen-feature linear classifier of Table 1 (sec. 4.4).
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,15 +30,18 @@ from tqdm.auto import tqdm
 
 from kitlib import NUM_CLASSES
 from kitlib.data import Track
-from kitlib.faces import BRIDGED, DETECTED, MISSING, FaceDetector, FaceTracker, bridge_gaps, crop_faces, normalize
+from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FaceDetector, FaceTracker, FollowSettings, bridge_gaps,
+                          crop_faces, normalize)
 from kitlib.metrics import macro_f1
 from kitlib.store import FeatureStore
 from kitlib.video import FrameBatch, VideoError, iter_frames, probe
 
 log = logging.getLogger("kitlib.visual")
 
-REPORT_COLUMNS: tuple[str, ...] = ("txtid", "videoid", "video", "frames", "detected", "bridged", "missing",
-                                   "status", "seconds")
+REPORT_COLUMNS: tuple[str, ...] = ("txtid", "videoid", "video", "frames", "detected", "followed", "bridged",
+                                   "missing", "status", "seconds")
+OFFICIAL_REPORT_COLUMNS: tuple[str, ...] = ("txtid", "frames", "images", "unreadable", "missing", "status",
+                                            "problems", "seconds")
 
 
 def feature_dim(backbone: torch.nn.Module, *, image_size: int, device: torch.device) -> int:
@@ -54,6 +61,7 @@ class _TrackFeatures:
     track: Track
     tracker: FaceTracker
     picks: list[np.ndarray] = field(default_factory=list)      # per decode batch (B, 4), NaN = no pick
+    followed: list[np.ndarray] = field(default_factory=list)   # per decode batch (B,) bool, pick was followed
     by_scale: list[np.ndarray] = field(default_factory=list)   # per processed chunk (n, S, D) float16
     boxes: list[np.ndarray] = field(default_factory=list)      # per processed chunk (n, 4) float32
     status: list[np.ndarray] = field(default_factory=list)     # per processed chunk (n,) uint8
@@ -79,6 +87,19 @@ def _encode(frames: torch.Tensor, boxes: np.ndarray, *, backbone: torch.nn.Modul
     return out
 
 
+def _encoder_args(backbone: torch.nn.Module, *, crop_scales: Sequence[float], image_size: int,
+                  mean: Sequence[float], std: Sequence[float], batch_size: int, device: torch.device,
+                  dtype: torch.dtype) -> dict[str, Any]:
+    """The keyword arguments of ``_encode`` for ``backbone`` on ``device`` (checks its output, picks autocast)."""
+    dim = feature_dim(backbone, image_size=image_size, device=device)
+    use_autocast = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+
+    def autocast():  # mixed precision only where it pays: bf16/fp16 on CUDA
+        return torch.autocast(device_type=device.type, dtype=dtype) if use_autocast else nullcontext()
+    return dict(backbone=backbone, crop_scales=tuple(crop_scales), image_size=image_size, mean=mean, std=std,
+                batch_size=batch_size, dim=dim, autocast=autocast)
+
+
 def _process_ready(buffer: list[FrameBatch], states: list[_TrackFeatures], *, n_ready: int, n_done: int,
                    max_gap: int, device: torch.device, **encode_args) -> list[FrameBatch]:
     """Encode the buffered frames whose face boxes are final (frame numbers <= ``n_ready``)."""
@@ -89,7 +110,7 @@ def _process_ready(buffer: list[FrameBatch], states: list[_TrackFeatures], *, n_
     take = int(np.searchsorted(index, n_ready, side="right"))
     frames_t = torch.from_numpy(frames[:take]).to(device).permute(0, 3, 1, 2)
     for state in states:
-        track = bridge_gaps(np.concatenate(state.picks), max_gap=max_gap)
+        track = bridge_gaps(np.concatenate(state.picks), max_gap=max_gap, followed=np.concatenate(state.followed))
         sl = slice(int(index[0]) - 1, int(index[0]) - 1 + take)
         boxes, status = track.boxes[sl], track.status[sl]
         state.by_scale.append(_encode(frames_t, boxes, **encode_args))
@@ -103,13 +124,15 @@ def _process_ready(buffer: list[FrameBatch], states: list[_TrackFeatures], *, n_
 
 
 def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDetector, max_gap: int,
-                   decode_batch: int, device: torch.device, frames_bar: tqdm, **encode_args) -> list[dict[str, Any]]:
+                   follow: FollowSettings | None, decode_batch: int, device: torch.device, frames_bar: tqdm,
+                   **encode_args) -> list[dict[str, Any]]:
     """Decode one video once and save the features of each of its ``tracks``; one report row per track."""
     started = time.perf_counter()
     video_path = tracks[0].video_path
     info = probe(video_path)
     video_detector = detector.for_video(tracks[0].videoid)
-    states = [_TrackFeatures(track=t, tracker=FaceTracker(frame_size=(info.width, info.height), side=t.side))
+    states = [_TrackFeatures(track=t, tracker=FaceTracker(frame_size=(info.width, info.height), side=t.side,
+                                                          follow=follow))
               for t in tracks]
     frames_bar.reset(total=info.n_frames)
     frames_bar.set_description(tracks[0].videoid)
@@ -119,7 +142,9 @@ def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDe
     for batch in iter_frames(video_path, batch_size=decode_batch):
         detections = video_detector.detect(batch.frames, frame_index=batch.index)
         for state in states:
-            state.picks.append(state.tracker.update(detections))
+            picks, followed = state.tracker.update(detections, batch.frames)
+            state.picks.append(picks)
+            state.followed.append(followed)
         buffer.append(batch)
         times.append(batch.times_s)
         n_seen = int(batch.index[-1])
@@ -141,13 +166,14 @@ def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDe
         frame_features = by_scale.astype(np.float32).mean(axis=1)  # eq. 7; zeros where no face
         store.save(state.track.txtid, frame_index=np.arange(1, n_seen + 1), features=frame_features, mask=mask, features_by_scale=by_scale, status=status.astype(np.uint8),
                    boxes=np.concatenate(state.boxes).astype(np.float32), times_s=times_s.astype(np.float64))
-        counts = np.bincount(status, minlength=3)
+        counts = np.bincount(status, minlength=4)
         found = bool(mask.any())
         if not found:
             log.warning("%s: no face of the %s person in any of the %d frames of %s; saved all-masked",
                         state.track.txtid, state.track.side or "annotated", n_seen, video_path)
         rows.append(dict(txtid=state.track.txtid, videoid=state.track.videoid, video=str(video_path),
-                         frames=n_seen, detected=int(counts[DETECTED]), bridged=int(counts[BRIDGED]),
+                         frames=n_seen, detected=int(counts[DETECTED]), followed=int(counts[FOLLOWED]),
+                         bridged=int(counts[BRIDGED]),
                          missing=int(counts[MISSING]), status="ok" if found else "no face",
                          seconds=round(time.perf_counter() - started, 2)))
     return rows
@@ -156,16 +182,18 @@ def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDe
 def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbone: torch.nn.Module, *,
                             detector: FaceDetector, crop_scales: Sequence[float] = (0.9, 1.2, 1.5),
                             image_size: int, mean: Sequence[float], std: Sequence[float], batch_size: int = 64,
-                            max_gap: int = 15, device: torch.device, dtype: torch.dtype = torch.float32,
-                            decode_batch: int = 128, manifest: dict[str, Any]) -> pd.DataFrame:
+                            max_gap: int = 15, follow: FollowSettings | None = None, device: torch.device,
+                            dtype: torch.dtype = torch.float32, decode_batch: int = 128,
+                            manifest: dict[str, Any]) -> pd.DataFrame:
     """Multi-scale face features (eqs. 6-7) for every track, saved in ``store``; returns the run report.
 
     Tracks of one video (``_left`` / ``_right``) share one decode and one detection pass. Per
     track the store gets ``features`` (N, D) = mean over scales, ``mask`` (N,) face present
-    (detected or bridged), ``features_by_scale`` (N, S, D) float16, ``status`` (N,) uint8 (see
+    (detected, followed or bridged), ``features_by_scale`` (N, S, D) float16, ``status`` (N,) uint8 (see
     ``kitlib.faces``), ``boxes`` (N, 4) float32 and ``times_s`` (N,) float64; frames without a face
     have zero features. ``batch_size`` counts crops per backbone forward, ``decode_batch`` frames
-    per decode/detect step. Tracks already in the store are skipped (resume). A video that fails
+    per decode/detect step. ``follow`` (None: off) follows faces the detector loses at the frame
+    border (``kitlib.faces.FaceTracker``). Tracks already in the store are skipped (resume). A video that fails
     (undecodable, or any other error) gets "error: ..." rows and the run goes on; a track whose
     person is never found is saved all-masked with status "no face". Report columns:
     ``REPORT_COLUMNS``. The store manifest (``manifest`` + crop settings, detector, feature dim)
@@ -173,12 +201,9 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
     """
     device = torch.device(device)
     backbone = backbone.to(device).eval()
-    dim = feature_dim(backbone, image_size=image_size, device=device)
-    use_autocast = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-    def autocast():  # mixed precision only where it pays: bf16/fp16 on CUDA
-        return torch.autocast(device_type=device.type, dtype=dtype) if use_autocast else nullcontext()
-    encode_args = dict(backbone=backbone, crop_scales=tuple(crop_scales), image_size=image_size, mean=mean,
-                       std=std, batch_size=batch_size, dim=dim, autocast=autocast)
+    encode_args = _encoder_args(backbone, crop_scales=crop_scales, image_size=image_size, mean=mean, std=std,
+                                batch_size=batch_size, device=device, dtype=dtype)
+    dim = encode_args["dim"]
 
     by_video: dict[str, list[Track]] = defaultdict(list)
     for track in tracks:
@@ -200,7 +225,7 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
                 continue
             started = time.perf_counter()
             try:
-                rows.extend(_extract_video(todo, store, detector=detector, max_gap=max_gap,
+                rows.extend(_extract_video(todo, store, detector=detector, max_gap=max_gap, follow=follow,
                                            decode_batch=decode_batch, device=device, frames_bar=frames_bar,
                                            **encode_args))
             except Exception as exc:  # one bad video never stops the run; it is reported
@@ -214,17 +239,125 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
     frames_bar.close()
 
     report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-    for col in ("frames", "detected", "bridged", "missing"):
+    for col in ("frames", "detected", "followed", "bridged", "missing"):
         report[col] = report[col].astype("Int64")
     n_ok = int((report["status"] == "ok").sum())
     n_noface = int((report["status"] == "no face").sum())
     n_err = int(report["status"].str.startswith("error").sum())
     log.info("visual features: %d tracks saved (%d of them without any face), %d skipped (done), %d failed; "
              "%d frames, %d with a face", n_ok + n_noface, n_noface, skipped, n_err,
-             int(report["frames"].sum()), int((report["detected"] + report["bridged"]).sum()))
+             int(report["frames"].sum()), int((report["detected"] + report["followed"] + report["bridged"]).sum()))
     store.write_manifest({**manifest, "crop_scales": list(crop_scales), "image_size": image_size,
                           "detector": getattr(detector, "name", type(detector).__name__), "feature_dim": dim,
-                          "max_gap": max_gap, "mean": list(mean), "std": list(std)})
+                          "max_gap": max_gap, "follow": None if follow is None else vars(follow),
+                          "mean": list(mean), "std": list(std)})
+    return report
+
+
+def _read_official_crops(folder: Path, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The crops ``<folder>/<number:05d>.jpg`` that exist: (images (k, H, W, 3) uint8, their numbers, problems).
+
+    An image that cannot be decoded, or whose size differs from the track's first readable
+    crop, is left out and described in ``problems`` (file: reason); the track goes on.
+    """
+    from kitlib.images import load_rgb
+
+    images, kept, problems = [], [], []
+    for number in numbers:  # one JPEG decode per frame; the backbone pass dominates
+        path = folder / f"{int(number):05d}.jpg"
+        try:
+            image = np.asarray(load_rgb(path))
+        except ValueError as err:
+            problems.append(f"{path}: {err.__cause__ or err}")
+            continue
+        if images and image.shape != images[0].shape:
+            problems.append(f"{path}: size {image.shape[1]}x{image.shape[0]}, the track's crops are "
+                            f"{images[0].shape[1]}x{images[0].shape[0]}")
+            continue
+        images.append(image)
+        kept.append(int(number))
+    stacked = np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
+    return stacked, np.asarray(kept, np.int64), problems
+
+
+def extract_official_crop_features(tracks: Sequence[Track], store: FeatureStore, backbone: torch.nn.Module, *,
+                                   crops_root: Path, n_frames: Mapping[str, int], image_size: int,
+                                   mean: Sequence[float], std: Sequence[float], batch_size: int = 64,
+                                   device: torch.device, dtype: torch.dtype = torch.float32,
+                                   frame_stride: int = 1, chunk_frames: int = 512,
+                                   manifest: dict[str, Any]) -> pd.DataFrame:
+    """Backbone features of the organisers' face crops ``<crops_root>/<txtid>/<00001>.jpg`` (Table 1, "official").
+
+    The release's ``cropped_aligned`` layout: one folder per annotation file (``_left`` /
+    ``_right`` included), 5-digit 1-based frame numbers, no file where no face was found. Each
+    image is resized to ``image_size`` and normalised exactly as the re-crops are (``_encode`` with
+    one scale of 1.0 around the whole image). Per track the store gets ``features`` (N, D), zeros
+    where there is no usable image, and ``mask`` (N,) = the image exists and could be read, for
+    frames 1..``n_frames[txtid]`` (the decoded video length, so labels align). Unreadable images
+    are logged and listed in the report's ``problems``; ``frame_stride`` > 1 encodes only frames
+    1, 1 + stride, ... (the others stay masked: a cheaper Table-1 column on a slow machine); a missing track folder gives an
+    "error: ..." row and no file. Tracks already in the store are skipped (resume). Report
+    columns: ``OFFICIAL_REPORT_COLUMNS``. The store manifest is written at the end.
+    """
+    device = torch.device(device)
+    backbone = backbone.to(device).eval()
+    encode_args = _encoder_args(backbone, crop_scales=(1.0,), image_size=image_size, mean=mean, std=std,
+                                batch_size=batch_size, device=device, dtype=dtype)
+    dim = encode_args["dim"]
+    crops_root = Path(crops_root)
+    rows: list[dict[str, Any]] = []
+    if frame_stride < 1:
+        raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
+    log.info("official face crops: %d tracks from %s, every %d frame(s), image %d px, device %s", len(tracks),
+             crops_root, frame_stride, image_size, device)
+    with torch.inference_mode():
+        for track in tqdm(tracks, desc="official crops", unit="track"):
+            started = time.perf_counter()
+            if store.done(track.txtid):
+                rows.append(dict(txtid=track.txtid, status="skipped (done)", seconds=0.0))
+                continue
+            folder = crops_root / track.txtid
+            n = int(n_frames.get(track.txtid, 0))
+            if not folder.is_dir() or n <= 0:
+                reason = f"no crop folder {folder}" if not folder.is_dir() else "video length unknown (undecodable?)"
+                log.warning("%s: %s", track.txtid, reason)
+                rows.append(dict(txtid=track.txtid, frames=n, status=f"error: {reason}", seconds=0.0))
+                continue
+            present = {e.name for e in os.scandir(folder)}
+            numbers = np.arange(1, n + 1)
+            listed = numbers[np.fromiter((f"{i:05d}.jpg" in present for i in numbers), bool, count=n)]
+            images_found = len(listed)
+            listed = listed[(listed - 1) % frame_stride == 0]
+            features = np.zeros((n, dim), np.float16)
+            mask = np.zeros(n, bool)
+            problems: list[str] = []
+            for start in range(0, len(listed), chunk_frames):
+                images, kept, bad = _read_official_crops(folder, listed[start:start + chunk_frames])
+                problems += bad
+                if not len(kept):
+                    continue
+                frames_t = torch.from_numpy(images).to(device).permute(0, 3, 1, 2)
+                whole = np.tile(np.array([[0, 0, images.shape[2], images.shape[1]]], np.float32), (len(kept), 1))
+                features[kept - 1] = _encode(frames_t, whole, **encode_args)[:, 0]
+                mask[kept - 1] = True
+            for problem in problems:
+                log.warning("unreadable official face crop %s", problem)
+            store.save(track.txtid, frame_index=numbers, features=features, mask=mask)
+            rows.append(dict(txtid=track.txtid, frames=n, images=images_found, unreadable=len(problems),
+                             missing=int(n - mask.sum()), status="ok" if mask.any() else "no face",
+                             problems="; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""),
+                             seconds=round(time.perf_counter() - started, 2)))
+    report = pd.DataFrame(rows, columns=list(OFFICIAL_REPORT_COLUMNS))
+    for col in ("frames", "images", "unreadable", "missing"):
+        report[col] = report[col].astype("Int64")
+    log.info("official face crops: %d tracks saved, %d skipped (done), %d failed; %d frames, %d with a crop, "
+             "%d unreadable", int(report["status"].isin(["ok", "no face"]).sum()),
+             int((report["status"] == "skipped (done)").sum()), int(report["status"].str.startswith("error").sum()),
+             int(report["frames"].sum()), int((report["frames"] - report["missing"]).sum()),
+             int(report["unreadable"].sum()))
+    store.write_manifest({**manifest, "crops_root": str(crops_root), "frame_stride": frame_stride,
+                          "image_size": image_size, "feature_dim": dim,
+                          "mean": list(mean), "std": list(std)})
     return report
 
 

@@ -1,12 +1,13 @@
 import json
+import re
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-from kitlib.backbone import (build_backbone, checkpoint_hash, feature_dim, freeze_backbone_blocks, input_mean_std,
-                             load_backbone, save_backbone)
+from kitlib.backbone import (backbone_family, build_backbone, checkpoint_hash, feature_dim, freeze_backbone_blocks,
+                             input_mean_std, load_backbone, save_backbone)
 
 TINY = dict(arch="vit_small_patch14_dinov2", img_size=28, overrides=dict(depth=2, embed_dim=32, num_heads=2))
 
@@ -107,3 +108,220 @@ def test_freeze_flags():
     assert all(p.requires_grad for p in model.blocks[0].parameters()) and not model.cls_token.requires_grad
     with pytest.raises(ValueError, match="3 blocks"):
         freeze_backbone_blocks(model, 4)
+
+
+# ------------------------------------------------------------------ BEiT (seed 004) and CLIP ViT-L/14 (seed 003)
+SMALL = dict(depth=2, embed_dim=32, num_heads=2)
+FAMILY_TINY = {
+    "dinov2": TINY,
+    "beit": dict(arch="beit_large_patch16_224", img_size=32, overrides=SMALL),
+    "clip": dict(arch="vit_large_patch14_clip_224", img_size=28, overrides=SMALL),
+}
+FAMILY_MEAN_STD = {
+    "dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "beit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+}
+
+
+def perturbed(model):
+    """Random weights everywhere (HF zero-inits biases and bias tables, which would hide swapped keys)."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["dinov2", "beit", "clip"])
+def test_family_build_forward_save_load(family, tmp_path):
+    spec = FAMILY_TINY[family]
+    assert backbone_family(spec["arch"]) == family
+    model = tiny(**spec)
+    size = spec["img_size"]
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        u = model(x)
+    assert u.shape == (3, 32) == (3, feature_dim(model)) and torch.isfinite(u).all()
+    mean, std = input_mean_std(model)
+    assert mean == pytest.approx(FAMILY_MEAN_STD[family][0]) and std == pytest.approx(FAMILY_MEAN_STD[family][1])
+    path = save_backbone(model, tmp_path / "backbone.safetensors", record=dict(trained_by="test"))
+    loaded, record = load_backbone(path)
+    assert record["arch"] == spec["arch"] and record["overrides"] == SMALL
+    with torch.no_grad():
+        assert torch.equal(loaded(x), u)
+    assert input_mean_std(loaded) == input_mean_std(model)       # CLIP keeps CLIP's statistics after a reload
+    save_file(model.state_dict(), str(tmp_path / "timm.safetensors"))   # timm's own released format
+    again = build_backbone(**spec, weights=tmp_path / "timm.safetensors").eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), u)
+
+
+def test_unknown_family_names_the_supported_ones():
+    with pytest.raises(ValueError, match="beit_large_patch16_224.*vit_large_patch14_clip_224"):
+        build_backbone(arch="resnet50")
+    with pytest.raises(ValueError, match="pretrained_cfg_overlay"):
+        build_backbone(arch="vit_large_patch14_clip_224", overrides=dict(pretrained_cfg_overlay={}))
+
+
+def test_beit_original_checkpoint_and_rel_pos_resampling(tmp_path):
+    """An original (unilm) BEiT .pth: ``model`` wrapper, relative_position_index buffers, a head."""
+    spec = FAMILY_TINY["beit"]
+    src = perturbed(tiny(**spec))
+    state = {k: v.clone() for k, v in src.state_dict().items()}
+    window = src.blocks[0].attn.window_size
+    original = {**state, "head.weight": torch.zeros(1000, 32), "head.bias": torch.zeros(1000),
+                **{f"blocks.{i}.attn.relative_position_index": torch.zeros((window[0] * window[1] + 1,) * 2,
+                                                                          dtype=torch.long) for i in range(2)}}
+    torch.save({"model": original}, tmp_path / "beit_large_patch16_224_pt22k_ft22kto1k.pth")
+    dst = build_backbone(**spec, weights=tmp_path / "beit_large_patch16_224_pt22k_ft22kto1k.pth").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x))
+    bigger = build_backbone(**{**spec, "img_size": 64}, weights=tmp_path / "beit_large_patch16_224_pt22k_ft22kto1k.pth")
+    table = bigger.blocks[0].attn.relative_position_bias_table
+    assert table.shape == ((2 * 4 - 1) ** 2 + 3, 2) != state["blocks.0.attn.relative_position_bias_table"].shape
+    assert torch.isfinite(bigger(torch.randn(1, 3, 64, 64))).all()
+
+
+def _hf_clip(tmp_path, *, hidden_act="quick_gelu"):
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(projection_dim=8,
+                        text_config=dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, max_position_embeddings=16),
+                        vision_config=dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=28, patch_size=14, hidden_act=hidden_act))
+    model = perturbed(CLIPModel(config))
+    model.save_pretrained(tmp_path / "clip-vit-hf")
+    return model, tmp_path / "clip-vit-hf"
+
+
+def test_hf_clip_folder_matches_transformers(tmp_path):
+    """The openai/clip-vit-large-patch14 folder layout (full CLIPModel, QuickGELU) gives HF's pooled output."""
+    hf, folder = _hf_clip(tmp_path)
+    spec = dict(FAMILY_TINY["clip"], arch="vit_large_patch14_clip_quickgelu_224")
+    model = build_backbone(**spec, weights=folder).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf.vision_model(pixel_values=x).pooler_output, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="vit_large_patch14_clip_quickgelu_224"):
+        build_backbone(**FAMILY_TINY["clip"], weights=folder)   # GELU arch + QuickGELU weights: refused
+
+
+def test_openai_clip_original_layout(tmp_path):
+    """The original OpenAI / open_clip state dict (``visual.*``, ``proj``) loads through timm's converter."""
+    src = perturbed(tiny(**FAMILY_TINY["clip"]))
+    state = src.state_dict()
+    swaps = [("patch_embed.proj", "conv1"), ("pos_embed", "positional_embedding"),
+             ("blocks.", "transformer.resblocks."),
+             ("norm_pre", "ln_pre"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
+             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"), ("norm1", "ln_1"), ("norm2", "ln_2")]
+    original = {}
+    for k, v in state.items():
+        if k == "cls_token":
+            k, v = "class_embedding", v.flatten()
+        elif k == "pos_embed":
+            v = v[0]
+        elif k.startswith("norm."):
+            k = k.replace("norm.", "ln_post.")
+        for a, b in swaps:
+            k = k.replace(a, b)
+        original[f"visual.{k}"] = v
+    original["visual.proj"] = torch.randn(32, 8)
+    original["logit_scale"] = torch.tensor(4.6)
+    torch.save({"state_dict": original}, tmp_path / "ViT-L-14.pt")
+    dst = build_backbone(**FAMILY_TINY["clip"], weights=tmp_path / "ViT-L-14.pt").eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x))
+
+
+def _hf_beit():
+    from transformers import BeitConfig, BeitModel
+
+    config = BeitConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                        image_size=32, patch_size=16, use_relative_position_bias=True, use_mean_pooling=True,
+                        use_absolute_position_embeddings=False, layer_scale_init_value=0.1, layer_norm_eps=1e-6)
+    return perturbed(BeitModel(config))
+
+
+def _released_beit_keys(state):
+    """transformers-5 BEiT names -> the names of the released HF checkpoints (microsoft/beit-large-patch16-224)."""
+    full = dict(q="query", k="key", v="value")
+    renames = [(r"^layers\.", "encoder.layer."),
+               (r"\.attention\.(q|k|v)_proj\.", lambda m: f".attention.attention.{full[m.group(1)]}."),
+               (r"\.attention\.o_proj\.", ".attention.output.dense."), (r"\.mlp\.fc1\.", ".intermediate.dense."),
+               (r"\.mlp\.fc2\.", ".output.dense."),
+               (r"\.relative_position_bias\.", ".attention.attention.relative_position_bias.")]
+    out = {}
+    for k, v in state.items():
+        for pattern, repl in renames:
+            k = re.sub(pattern, repl, k)
+        out[f"beit.{k}"] = v
+    return out
+
+
+def test_hf_beit_layouts_match_transformers(tmp_path):
+    """HF BEiT as transformers 5 saves it, and with the released checkpoints' names, gives HF's pooled output."""
+    from transformers import BeitModel
+
+    hf = _hf_beit()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = hf(pixel_values=x).pooler_output
+    hf.save_pretrained(tmp_path / "beit-v5")
+    released = _released_beit_keys(hf.state_dict())
+    assert "beit.encoder.layer.1.attention.attention.query.weight" in released
+    (tmp_path / "beit-released").mkdir()
+    save_file({**released, "classifier.weight": torch.zeros(8, 32)},
+              str(tmp_path / "beit-released" / "model.safetensors"))
+    hf.config.save_pretrained(tmp_path / "beit-released")
+    # the renamed file is what transformers itself reads as a released BEiT checkpoint
+    with torch.no_grad():
+        torch.testing.assert_close(BeitModel.from_pretrained(tmp_path / "beit-released")(pixel_values=x).pooler_output,
+                                   expected)
+    for folder in ("beit-v5", "beit-released"):
+        model = build_backbone(**FAMILY_TINY["beit"], weights=tmp_path / folder).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_freeze_clip_stem():
+    model = tiny(**FAMILY_TINY["clip"])
+    freeze_backbone_blocks(model, 1)
+    assert not any(p.requires_grad for p in model.norm_pre.parameters()) and not model.pos_embed.requires_grad
+    assert all(p.requires_grad for p in model.blocks[1].parameters())
+    beit = tiny(**FAMILY_TINY["beit"])
+    freeze_backbone_blocks(beit, 2)
+    assert not beit.cls_token.requires_grad and not beit.blocks[1].attn.relative_position_bias_table.requires_grad
+    assert beit.fc_norm.weight.requires_grad
+
+
+@pytest.mark.parametrize("family", ["beit", "clip"])
+def test_stage1_and_visual_calls_accept_the_family(family, tmp_path):
+    """What Stage I (train_stage1) and the feature extraction call on a backbone works for BEiT and CLIP."""
+    import numpy as np
+    from PIL import Image
+
+    from kitlib.padaug import PadAug
+    from kitlib.stage1 import train_stage1
+    from kitlib.visual import feature_dim as probe_feature_dim
+
+    spec = FAMILY_TINY[family]
+    items = []
+    for i in range(8):
+        path = tmp_path / "img" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((32, 32, 3), (200, 30, 30) if i % 2 else (30, 30, 200), np.uint8)).save(path)
+        items.append((path, 4 if i % 2 else 5))
+    out = tmp_path / "stage1" / "backbone.safetensors"
+    result = train_stage1(backbone=tiny(**spec), train_items=items, val_items=items, epochs=1, batch_size=4,
+                          padaug=PadAug(p=0.5), n_frozen_blocks=1, image_size=spec["img_size"], device="cpu",
+                          out_path=out)
+    assert np.isfinite(result["history"][0]["train_loss"])
+    backbone, record = load_backbone(out)
+    assert record["arch"] == spec["arch"]
+    assert probe_feature_dim(backbone, image_size=spec["img_size"], device=torch.device("cpu")) == 32
+    mean, std = input_mean_std(backbone)
+    assert mean == pytest.approx(FAMILY_MEAN_STD[family][0]) and std == pytest.approx(FAMILY_MEAN_STD[family][1])

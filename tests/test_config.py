@@ -68,3 +68,13 @@ def test_no_absolute_paths_in_committed_params():
         for line in path.read_text().splitlines():
             value = line.split("#", 1)[0].split(":", 1)[-1].strip()
             assert not value.startswith(("/", "~")), f"{path.name}: {line}"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (config.repo_root() / "params").glob("recipe_*.yaml")))
+def test_recipe_profiles_load_over_the_data_profiles(recipe):
+    from kitlib.fusion import known_heads
+
+    for data_profile in ("params/abaw10.yaml", "params/demo.yaml"):
+        cfg = config.load(data_profile, f"params/{recipe}")
+        assert cfg.fusion.final_head in known_heads() and set(cfg.fusion.heads) <= set(known_heads())
+        assert cfg.run.name != config.load(data_profile).run.name     # its own run folder

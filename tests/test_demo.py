@@ -282,3 +282,43 @@ def test_each_expression_is_distinct_and_detectable(label):
     canvas[30:210, 30:210] = faces[label].astype(np.uint8)
     found = cascade.detectMultiScale(cv2.cvtColor(canvas, cv2.COLOR_RGB2GRAY), 1.1, 5, minSize=(24, 24))
     assert len(found) >= 1
+
+
+def test_cropped_aligned_layout_like_the_release(tiny):
+    root, manifest = tiny
+    folders = sorted(p.name for p in (root / demo.OFFICIAL_CROPS_DIR).iterdir())
+    assert folders == sorted(t["txtid"] for t in manifest["tracks"])    # _left / _right have their own folders
+    for track in manifest["tracks"]:
+        truth = np.load(root / track["truth"])
+        shown = np.flatnonzero(np.isfinite(truth["boxes"][:, 0])) + 1  # 1-based frames with a face
+        names = sorted(p.name for p in (root / demo.OFFICIAL_CROPS_DIR / track["txtid"]).iterdir())
+        assert names == [f"{i:05d}.jpg" for i in shown] and track["official_crops"] == len(shown)
+        assert len(shown) < track["n_frames"]                             # absent / covered frames have no file
+    # a face crossing the border: the crop is cut, not zero-padded, and shows the face's pixels
+    track = next(t for t in manifest["tracks"] if not np.load(root / t["truth"])["face_visible"][
+        np.isfinite(np.load(root / t["truth"])["boxes"][:, 0])].all())
+    truth = np.load(root / track["truth"])
+    partial = int(np.flatnonzero(np.isfinite(truth["boxes"][:, 0]) & ~truth["face_visible"])[0])
+    crop = cv2.imread(str(root / demo.OFFICIAL_CROPS_DIR / track["txtid"] / f"{partial + 1:05d}.jpg"))
+    assert crop.shape == (demo.OFFICIAL_CROP_SIZE, demo.OFFICIAL_CROP_SIZE, 3)
+    assert min(crop[:, :3].mean(), crop[:, -3:].mean(), crop[:3].mean(), crop[-3:].mean()) > 12  # no black bars
+    frame = _decoded_frames(root / track["video"])[partial]
+    expected = demo.official_crop(frame, truth["boxes"][partial])
+    assert np.abs(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(float) - expected).mean() < 12  # video vs crop
+    # a missing crop makes the demo incomplete, so it is regenerated
+    first = next((root / demo.OFFICIAL_CROPS_DIR / track["txtid"]).iterdir())
+    data = first.read_bytes()
+    first.unlink()
+    try:
+        assert not demo_is_complete(root)
+    finally:
+        first.write_bytes(data)
+    assert demo_is_complete(root)
+
+
+def test_official_crop_is_shifted_inside_the_frame_never_padded():
+    image = np.arange(100 * 80 * 3, dtype=np.uint32).reshape(100, 80, 3).astype(np.uint8)
+    crop = demo.official_crop(image, np.array([60.0, -10.0, 100.0, 30.0]), size=40)  # past the right and top
+    np.testing.assert_array_equal(crop, image[0:40, 40:80])
+    whole = demo.official_crop(image, np.array([-50.0, -50.0, 200.0, 200.0]), size=80)  # larger than the frame
+    np.testing.assert_array_equal(whole, image[20:100, 0:80])     # centred as far as the frame allows

@@ -8,9 +8,9 @@ import pytest
 import torch
 from skimage import data as skdata
 
-from kitlib.faces import (BRIDGED, DETECTED, DETECTORS, MISSING, FaceDetector, FaceTrack,
-                          bridge_gaps, build_detector, crop_faces, face_alignment_weight_paths, normalize,
-                          track_faces)
+from kitlib.faces import (BRIDGED, DETECTED, DETECTORS, FOLLOWED, MISSING, FaceDetector, FaceTrack,
+                          FollowSettings, box_iou, bridge_gaps, build_detector, crop_faces,
+                          face_alignment_weight_paths, masked_ncc, normalize, track_faces)
 
 ASTRONAUT_FACE = (177, 66, 272, 161)  # x1, y1, x2, y2 of the face in skimage's astronaut photo
 
@@ -140,9 +140,104 @@ def test_short_gap_is_bridged_by_interpolation_and_long_gap_is_missing():
     long = track_faces([det(a), empty, empty, empty, det(b), empty], frame_size=(100, 100), side=None, max_gap=2)
     assert long.status.tolist() == [DETECTED, MISSING, MISSING, MISSING, DETECTED, MISSING]
     assert np.isnan(long.boxes[1:4]).all() and np.isnan(long.boxes[5]).all()
-    assert long.summary() == dict(frames=6, detected=2, bridged=0, missing=4)
+    assert long.summary() == dict(frames=6, detected=2, followed=0, bridged=0, missing=4)
     leading = bridge_gaps(np.array([[np.nan] * 4, [1, 2, 3, 4]], np.float32), max_gap=5)
     assert leading.status.tolist() == [MISSING, DETECTED]
+
+
+# --------------------------------------------------------------------------- following at the border
+
+FACE_SIDE = 60
+
+
+def sliding_face(*, n: int = 40, width: int = 200, height: int = 120, cover: range = range(0),
+                 gone: range = range(0), start_x: float = 100.0, step: float = 4.0):
+    """Frames of the astronaut's face (FACE_SIDE px) on a textured scene, sliding right by ``step`` px a frame
+    past the right border; ``cover`` frames hide it under a flat rectangle, ``gone`` frames leave it out.
+    Returns (frames (n, H, W, 3) uint8, truth boxes (n, 4) NaN where hidden or gone)."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    scene = cv2.GaussianBlur(rng.uniform(0, 255, (height, width, 3)).astype(np.float32), (0, 0), 3)
+    scene = np.clip((scene - scene.mean()) * 3 + 128, 0, 255).astype(np.uint8)
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    face = cv2.resize(skdata.astronaut()[y1:y2, x1:x2], (FACE_SIDE, FACE_SIDE), interpolation=cv2.INTER_AREA)
+    frames = np.repeat(scene[None], n, axis=0)
+    truth = np.full((n, 4), np.nan, np.float32)
+    top = 30
+    for t in range(n):
+        left = int(round(start_x + step * t))
+        if t in gone or left >= width:
+            continue
+        right = min(left + FACE_SIDE, width)
+        frames[t, top:top + FACE_SIDE, left:right] = face[:, : right - left]
+        if t in cover:
+            frames[t, top - 10:top + FACE_SIDE + 10, max(left - 10, 0):min(right + 10, width)] = (90, 140, 60)
+            continue
+        truth[t] = (left, top, left + FACE_SIDE, top + FACE_SIDE)
+    return frames, truth
+
+
+def fully_visible_detections(truth: np.ndarray, width: int) -> list[np.ndarray]:
+    """A detector that, like the Haar cascade, finds the face only while it is fully inside the frame."""
+    return [det(tuple(b)) if np.isfinite(b).all() and b[2] <= width else det() for b in truth]
+
+
+def test_face_sliding_out_of_frame_is_followed_not_detected():
+    frames, truth = sliding_face()
+    detections = fully_visible_detections(truth, 200)
+    follow = FollowSettings(max_frames=30, min_visible=0.3, min_similarity=0.6)
+    plain = track_faces(detections, frame_size=(200, 120), side=None, max_gap=2)
+    tracked = track_faces(detections, frame_size=(200, 120), side=None, max_gap=2, frames=frames, follow=follow)
+    crossing = np.isfinite(truth[:, 0]) & (truth[:, 2] > 200)
+    worth = crossing & (np.minimum(truth[:, 2], 200) - truth[:, 0] >= 0.3 * FACE_SIDE)  # >= 30% inside
+    assert worth.sum() >= 8 and (plain.status[crossing] == MISSING).all()
+    assert (tracked.status[worth] == FOLLOWED).all(), tracked.status
+    ious = np.array([box_iou(tracked.boxes[t][None], truth[t])[0] for t in np.flatnonzero(worth)])
+    assert ious.min() > 0.8, ious
+    assert (tracked.status[~crossing & np.isfinite(truth[:, 0])] == DETECTED).all()
+    assert (tracked.status[np.isnan(truth[:, 0])] == MISSING).all()   # gone: no box once too little is inside
+    assert tracked.summary()["followed"] == int((tracked.status == FOLLOWED).sum()) > 0
+
+
+def test_no_followed_boxes_when_the_face_is_covered_or_vanishes_at_the_border():
+    follow = FollowSettings(max_frames=30)
+    for hidden in ("cover", "gone"):
+        stretch = range(8, 30)
+        frames, truth = sliding_face(n=30, start_x=130, step=0.0, **{hidden: stretch})
+        detections = fully_visible_detections(truth, 200)
+        tracked = track_faces(detections, frame_size=(200, 120), side=None, max_gap=2, frames=frames, follow=follow)
+        assert (tracked.status[:8] == DETECTED).all()
+        assert (tracked.status[8:] == MISSING).all(), (hidden, tracked.status)
+
+
+def test_following_starts_only_at_the_border_and_stops_after_max_frames():
+    frames, truth = sliding_face(n=30, start_x=70, step=0.0)      # 70 px from the right border: interior
+    detections = [det(tuple(truth[0]))] * 5 + [det()] * 25          # the detector gives up in mid-frame
+    tracked = track_faces(detections, frame_size=(200, 120), side=None, max_gap=2, frames=frames,
+                          follow=FollowSettings(max_frames=30))
+    assert (tracked.status[5:] == MISSING).all()
+    frames, truth = sliding_face(n=30, start_x=130, step=0.0)     # 10 px from the border
+    detections = [det(tuple(truth[0]))] * 5 + [det()] * 25
+    tracked = track_faces(detections, frame_size=(200, 120), side=None, max_gap=2, frames=frames,
+                          follow=FollowSettings(max_frames=10))
+    assert (tracked.status[5:15] == FOLLOWED).all() and (tracked.status[15:] == MISSING).all()
+    np.testing.assert_allclose(tracked.boxes[5:15], np.tile(truth[0], (10, 1)), atol=2.5)
+
+
+def test_masked_ncc_ignores_the_zero_padding():
+    rng = np.random.default_rng(1)
+    template = rng.uniform(0, 255, (16, 16)).astype(np.float32)
+    image = np.zeros((24, 24), np.float32)
+    image[4:20, 4:20] = template
+    mask = np.ones_like(image)
+    image[:, 14:], mask[:, 14:] = 0, 0                  # right part of the face past the border
+    ncc, overlap = masked_ncc(image, mask, template, np.ones_like(template))
+    assert np.unravel_index(np.argmax(ncc), ncc.shape) == (4, 4)
+    assert ncc[4, 4] > 0.99 and overlap[4, 4] == pytest.approx(10 / 16)
+    flat, _ = masked_ncc(np.full((24, 24), 7, np.float32), np.ones((24, 24), np.float32), template,
+                         np.ones_like(template))
+    assert np.abs(flat).max() == 0
 
 
 # --------------------------------------------------------------------------- cropping

@@ -37,7 +37,7 @@ def test_every_notebook_executed_and_recorded(tiny_run):
     assert config.notebook_config(__import__("yaml").safe_load((run_dir / "params.yaml").read_text())) == cfg
     prov = json.loads((run_dir / "provenance.json").read_text())
     assert prov["packages"]["torch"] == "2.11.0" and prov["seed"] == cfg.run.seed
-    for fig in ("fig3_padaug", "stage1_curves", "table1_crops", "table2_alignment", "table3_val",
+    for fig in ("fig3_padaug", "stage1_curves", "table1_crops", "table2_alignment", "table3_val", "table3_xattn_grid",
                 "confusion_final", "fig4_smoothing", "submission_coverage"):
         assert (run_dir / "figures" / f"{fig}.png").stat().st_size > 5000, fig
 
@@ -76,7 +76,9 @@ def test_ablation_tables(tiny_run):
     cfg, run_dir, _ = tiny_run
     t1 = pd.read_csv(run_dir / "reports" / "table1_crops.csv")
     assert set(t1["backbone"]) == {"fine-tuned + MoE + PadAug", "pretrained"}     # this run's + table1_states
-    assert len(t1) == 2 * (len(cfg.faces.crop_scales) + 1) and t1["val_f1"].between(0, 1).all()
+    crops = ["official crop"] * bool(cfg.data.cropped_aligned_dir) + [f"crop {s}" for s in cfg.faces.crop_scales]
+    assert list(t1["crop"][:len(crops) + 1]) == crops + ["multi-scale mean"]
+    assert len(t1) == 2 * (len(crops) + 1) and t1["val_f1"].between(0, 1).all()
     assert (run_dir / "features" / "visual" / "boxes.csv").is_file()               # states reuse the detections
     t2 = pd.read_csv(run_dir / "reports" / "table2_alignment.csv")
     assert {"nearest", "window mean (0.25 s)"} <= set(t2["alignment"])
@@ -84,6 +86,8 @@ def test_ablation_tables(tiny_run):
     assert list(t3["head"]) == cfg.fusion.heads
     assert {"params", "official_val_f1", "cv_mean_f1", "cv_std_f1"} <= set(t3.columns)
     assert (t3["params"] > 0).all()
+    grid = pd.read_csv(run_dir / "reports" / "table3_xattn_grid.csv")                # seed 004's Table 3
+    assert len(grid) == len(cfg.fusion.xattn_grid) and grid["official_val_f1"].between(0, 1).all()
     t4 = pd.read_csv(run_dir / "reports" / "table4_smoothing.csv")
     assert {"single-frame", *cfg.smoothing.strategies} <= set(t4["strategy"])
 

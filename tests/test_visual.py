@@ -14,7 +14,8 @@ from skimage import data as skdata
 from kitlib.data import Track
 from kitlib.faces import BRIDGED, DETECTED, MISSING, build_detector
 from kitlib.store import FeatureStore
-from kitlib.visual import REPORT_COLUMNS, extract_visual_features, linear_probe_f1
+from kitlib.visual import (OFFICIAL_REPORT_COLUMNS, REPORT_COLUMNS, extract_official_crop_features,
+                          extract_visual_features, linear_probe_f1)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SCALES = (0.9, 1.2, 1.5)
@@ -91,6 +92,7 @@ def test_extract_writes_features_mask_and_report(tmp_path, videos):
     assert (status == DETECTED).sum() >= N_FRAMES - 4
     np.testing.assert_array_equal(saved["mask"], status != MISSING)
     summary = rows.loc["face", ["frames", "detected", "bridged", "missing"]].tolist()
+    assert rows.loc["face", "followed"] == 0   # a face that never reaches the border is never followed
     assert summary == [N_FRAMES, (status == DETECTED).sum(), (status == BRIDGED).sum(), (status == MISSING).sum()]
     # eq. 7: the frame feature is the mean over the scales; the scales see different crops
     mean = saved["features_by_scale"].astype(np.float32).mean(axis=1)
@@ -169,3 +171,90 @@ def test_linear_probe_separates_synthetic_classes(rng):
     assert score > 0.9
     noise = linear_probe_f1(rng.normal(size=(600, 16)), y[:600], rng.normal(size=(200, 16)), y[600:])
     assert noise < 0.4
+
+
+# --------------------------------------------------------------------------- Table 1's official face crops
+
+def write_crops(folder: Path, numbers: list[int]) -> np.ndarray:
+    """The astronaut's face as 112 x 112 JPEGs ``<folder>/<number:05d>.jpg``; returns the image (RGB)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    face = cv2.resize(skdata.astronaut()[66:161, 177:272], (112, 112), interpolation=cv2.INTER_AREA)
+    for number in numbers:
+        cv2.imwrite(str(folder / f"{number:05d}.jpg"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    return face
+
+
+def test_official_crops_with_a_missing_and_a_corrupt_jpeg(tmp_path, caplog):
+    root = tmp_path / "cropped_aligned"
+    write_crops(root / "v1", [1, 2, 4, 5, 6])                   # frame 3: no face, no file
+    (root / "v1" / "00005.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")  # corrupt
+    good = (root / "v1" / "00006.jpg").read_bytes()
+    (root / "v1" / "00004.jpg").write_bytes(good[: len(good) // 3])        # truncated
+    write_crops(root / "v1", [9])                                # past the video's 7 frames: ignored
+    store = FeatureStore(tmp_path / "features", "visual_official")
+    tracks = [track("v1", tmp_path / "v1.mp4"), track("gone", tmp_path / "gone.mp4")]
+    with caplog.at_level("WARNING", logger="kitlib.visual"):
+        report = extract_official_crop_features(
+            tracks, store, tiny_backbone(), crops_root=root, n_frames={"v1": 7, "gone": 5}, image_size=28,
+            mean=MEAN, std=STD, batch_size=4, device=torch.device("cpu"), chunk_frames=2, manifest={"run": "test"})
+    assert list(report.columns) == list(OFFICIAL_REPORT_COLUMNS)
+    rows = report.set_index("txtid")
+    assert rows.loc["v1", "status"] == "ok" and rows.loc["v1", "images"] == 5 and rows.loc["v1", "unreadable"] == 2
+    assert "00005.jpg" in rows.loc["v1", "problems"] and "00004.jpg" in rows.loc["v1", "problems"]
+    assert "00005.jpg" in caplog.text
+    assert rows.loc["gone", "status"].startswith("error: no crop folder") and not store.done("gone")
+    saved = store.load("v1")
+    assert saved["frame_index"].tolist() == list(range(1, 8))
+    assert saved["mask"].tolist() == [True, True, False, False, False, True, False]
+    features = saved["features"].astype(np.float32)
+    assert np.abs(features[~saved["mask"]]).max() == 0 and np.abs(features[saved["mask"]]).min(axis=1).max() > 0
+    np.testing.assert_allclose(features[0], features[5], atol=1e-3)   # the same image, wherever in the chunks
+    assert store.read_manifest()["image_size"] == 28
+    again = extract_official_crop_features(
+        tracks[:1], store, tiny_backbone(), crops_root=root, n_frames={"v1": 7}, image_size=28, mean=MEAN,
+        std=STD, device=torch.device("cpu"), manifest={})
+    assert again["status"].tolist() == ["skipped (done)"]
+
+
+def test_official_crop_features_match_the_recrop_encoder(tmp_path):
+    """One way to encode: an official crop goes through the same resize + normalise + backbone as a re-crop."""
+    from kitlib.faces import crop_faces, normalize
+
+    face = write_crops(tmp_path / "crops" / "v1", [1])
+    store = FeatureStore(tmp_path / "features", "visual_official")
+    backbone = tiny_backbone()
+    extract_official_crop_features([track("v1", tmp_path / "v1.mp4")], store, backbone, crops_root=tmp_path / "crops",
+                                   n_frames={"v1": 1}, image_size=28, mean=MEAN, std=STD, device=torch.device("cpu"),
+                                   manifest={})
+    decoded = cv2.cvtColor(cv2.imread(str(tmp_path / "crops" / "v1" / "00001.jpg")), cv2.COLOR_BGR2RGB)
+    image = torch.from_numpy(decoded).permute(2, 0, 1)[None]
+    crops = crop_faces(image, torch.tensor([[0.0, 0.0, 112.0, 112.0]]), scales=(1.0,), out_size=28)
+    with torch.inference_mode():
+        expected = backbone(normalize(crops, MEAN, STD).flatten(0, 1))[0].numpy()
+    np.testing.assert_allclose(store.load("v1")["features"][0].astype(np.float32), expected, atol=2e-3)
+    assert face.shape == (112, 112, 3)
+
+
+def test_official_crop_stride_encodes_every_nth_frame(tmp_path):
+    write_crops(tmp_path / "crops" / "v1", [1, 2, 3, 4, 5])
+    store = FeatureStore(tmp_path / "features", "visual_official")
+    report = extract_official_crop_features(
+        [track("v1", tmp_path / "v1.mp4")], store, tiny_backbone(), crops_root=tmp_path / "crops", n_frames={"v1": 5},
+        image_size=28, mean=MEAN, std=STD, device=torch.device("cpu"), frame_stride=2, manifest={})
+    assert store.load("v1")["mask"].tolist() == [True, False, True, False, True]
+    assert report.loc[0, "images"] == 5 and report.loc[0, "missing"] == 2
+    assert store.read_manifest()["frame_stride"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_official_crops_on_cuda_match_cpu(tmp_path):
+    write_crops(tmp_path / "crops" / "v1", [1, 3])
+    features = {}
+    for name in ("cpu", "cuda"):
+        store = FeatureStore(tmp_path / name, "visual_official")
+        extract_official_crop_features([track("v1", tmp_path / "v1.mp4")], store, tiny_backbone(),
+                                       crops_root=tmp_path / "crops", n_frames={"v1": 3}, image_size=28, mean=MEAN,
+                                       std=STD, device=torch.device(name), manifest={})
+        features[name] = store.load("v1")["features"].astype(np.float32)
+    np.testing.assert_allclose(features["cuda"], features["cpu"], atol=5e-3)
