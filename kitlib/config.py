@@ -80,9 +80,9 @@ class FacesParams:
 
 @dataclass
 class Stage1Params:
-    arch: str               # timm DINOv2 name: vit_{small,base,large,giant}_patch14_dinov2
+    arch: str               # timm name: vit_{small,base,large,giant}_patch14_dinov2, beit_large_patch16_224, vit_large_patch14_clip_224
     arch_overrides: dict[str, Any]  # timm.create_model kwargs (the CPU demo shrinks depth/width)
-    weights: str | None     # local pretrained DINOv2 weights (file or folder); null = random init
+    weights: str | None     # local pretrained weights of that arch (file or folder); null = random init
     image_size: int         # backbone input size in pixels
     train: bool             # run Stage-I adaptation (false: use `checkpoint` or `weights` as they are)
     checkpoint: str | None  # an adapted backbone (.safetensors) made elsewhere

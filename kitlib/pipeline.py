@@ -164,7 +164,7 @@ def backbone_path(cfg: Config) -> Path:
 
 
 def pretrained_backbone(cfg: Config) -> torch.nn.Module:
-    """The DINOv2 backbone before adaptation (local ``stage1.weights``, or random init when null)."""
+    """The ``stage1.arch`` backbone before adaptation (local ``stage1.weights``, or random init when null)."""
     from kitlib.backbone import build_backbone
 
     weights = cfg.path(cfg.stage1.weights) if cfg.stage1.weights else None

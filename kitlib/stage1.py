@@ -293,7 +293,7 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
                 save_backbone(bare.backbone, Path(out_path), record=record)
                 sha = checkpoint_hash(Path(out_path))
         log.info("epoch %d/%d: train loss %.4f, val macro F1 %.4f%s, %.0f s, %.1f img/s", epoch, epochs,
-                 row["train_loss"], val_f1, " (best, saved)" if improved else "", row["seconds"], row["images_per_s"])
+                 row["train_loss"], val_f1, (" (best, saved)" if main else " (best)") if improved else "", row["seconds"], row["images_per_s"])
     if ddp:
         dist.barrier()
     log.info("stage I done: best epoch %d, val macro F1 %.4f, backbone %s", best_epoch, best_f1, out_path)

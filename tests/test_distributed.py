@@ -135,3 +135,32 @@ def test_two_gloo_ranks_extract_each_track_once_rerun_skips_and_partial_files_ar
     # what notebook 03 shows afterwards: every row with its frame counts, none lost to the skips
     assert table["frames"].notna().all() and (table["frames"] > 0).all()
     np.testing.assert_array_equal(store.load(victim)["frame_index"], np.arange(1, int(table.loc[victim, "frames"]) + 1))
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_stage1_and_only_rank0_saves(tmp_path):
+    """``python -m kitlib.distributed stage1`` as torchrun would start it: one DDP run over two ranks."""
+    from kitlib.backbone import read_record
+
+    port = 29900 + os.getpid() % 90
+    overrides = [f"data.root={tmp_path / 'data'}", f"run.outputs_root={tmp_path / 'out'}", "stage1.epochs=1",
+                 "stage1.batch_size=8", "stage1.max_steps_per_epoch=2", "demo.n_train=2", "demo.n_val=1",
+                 "demo.n_test=1", "demo.seconds=[2.0, 3.0]"]
+    cfg = config.load("params/demo.yaml", "params/tiny.yaml", overrides=overrides)
+    pipeline.ensure_demo(cfg)                      # as a job script would, before the ranks start
+    args = [sys.executable, "-m", "kitlib.distributed", "stage1", "params/demo.yaml", "params/tiny.yaml", *overrides]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for rank, (proc, out) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
+    backbone = pipeline.backbone_path(cfg)
+    record = read_record(backbone)
+    assert record["params"]["world_size"] == 2 and record["best_epoch"] == 1
+    assert sorted(p.name for p in backbone.parent.iterdir()) == ["backbone.safetensors", "backbone.safetensors.json"]
+    assert "saved" in outputs[0] and "saved" not in outputs[1]                  # rank 0 alone writes
+    assert (cfg.run_dir / "params.yaml").is_file()                              # the run folder is recorded
