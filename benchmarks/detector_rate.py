@@ -2,7 +2,7 @@
 
 Justifies the kit's default offline detector (``kitlib.faces.build_detector("opencv-haar")``, used
 by the re-cropping of seed 000 sec. 3.2.1) with measured numbers. The demo dataset
-(``kitlib.demo``) stores per-track truth in ``<root>/truth/<txtid>.npz``: ``boxes`` (N, 4) x1, y1,
+(``kitlib.data.demo``) stores per-track truth in ``<root>/truth/<txtid>.npz``: ``boxes`` (N, 4) x1, y1,
 x2, y2 (NaN where the face is absent or covered) and ``face_visible`` (N,) (box fully inside the
 frame). Frames with a truth box are split into "visible" (fully inside) and "partial" (crossing the
 border, where the kit's zero-padded crops matter), and frames with no face of anyone are "absent".
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FollowSettings, build_detector,  # noqa: E402
                           track_faces)
-from kitlib.video import iter_frames  # noqa: E402
+from kitlib.faces.video import iter_frames  # noqa: E402
 
 # (label, detector name, options): the kit's default first, then the variants worth comparing.
 HAAR_VARIANTS: list[tuple[str, dict]] = [
@@ -238,7 +238,7 @@ def main() -> None:
 
     root = args.root
     if root is None:
-        from kitlib.demo import generate_demo
+        from kitlib.data.demo import generate_demo
 
         root = Path(tempfile.mkdtemp(prefix="detector_rate_")) / "demo"
         generate_demo(root, n_train=3, n_val=1, n_test=1, seconds=(8.0, 10.0), images_per_class=1)

@@ -1,6 +1,6 @@
 """Stage I training throughput: images/s per device for DINOv2 + MoE head with the first blocks frozen.
 
-Seed 000 sec. 3.1.2-3.1.3 (eqs. 2-5): the step of ``kitlib.stage1.train_stage1`` (mixup, label
+Seed 000 sec. 3.1.2-3.1.3 (eqs. 2-5): the step of ``kitlib.visual.stage1.train_stage1`` (mixup, label
 smoothing, class-weighted soft-target cross-entropy, AdamW), random-init backbone (speed does not
 depend on the weights). Rows, each with peak host memory and, on CUDA, peak GPU memory:
 
@@ -37,10 +37,10 @@ from common import PeakMemory, machine_line  # noqa: E402
 from visual_extraction import vit_flops_per_image  # noqa: E402
 
 from kitlib import NUM_CLASSES  # noqa: E402
-from kitlib.backbone import build_backbone, feature_dim, freeze_backbone_blocks  # noqa: E402
-from kitlib.padaug import PadAug  # noqa: E402
+from kitlib.visual.backbones import build_backbone, feature_dim, freeze_backbone_blocks  # noqa: E402
+from kitlib.visual.padaug import PadAug  # noqa: E402
 from kitlib.runtime import pick_device, seed_everything  # noqa: E402
-from kitlib.stage1 import Stage1Model, build_head, mixup, smooth_targets, soft_target_cross_entropy, train_stage1  # noqa: E402
+from kitlib.visual.stage1 import Stage1Model, build_head, mixup, smooth_targets, soft_target_cross_entropy, train_stage1  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

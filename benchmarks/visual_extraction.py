@@ -2,13 +2,13 @@
 
 Prints, with the settings used, on ``--device`` (CPU by default; ``--device cuda`` on a GPU):
 
-* decoded frames/s            ``kitlib.video.iter_frames`` over the whole video
+* decoded frames/s            ``kitlib.faces.video.iter_frames`` over the whole video
 * detected frames/s           ``build_detector("opencv-haar")`` on the decoded frames
 * crop_faces crops/s          ``kitlib.faces.crop_faces`` (3 scales, zero padding) on the decoded frames
 * backbone crops/s            ``build_backbone(arch=--arch)`` random init at ``--image-size``, batches of
                               ``--batch-size`` crops under ``torch.inference_mode`` (bf16 autocast on CUDA;
                               timm's attention uses ``F.scaled_dot_product_attention``)
-* end to end ms/frame         ``kitlib.visual.extract_visual_features`` on the video (``--e2e-arch``)
+* end to end ms/frame         ``kitlib.visual.extract.extract_visual_features`` on the video (``--e2e-arch``)
 
 Each row also has a "straightforward baseline" where it is cheap to run: fp32, batch 1, one frame
 (or one crop) at a time, and the speed-up of the kit's setting over it (end to end only on CUDA or
@@ -16,7 +16,7 @@ with ``--e2e-baseline``: on 2 CPU cores it takes ~1 s per frame). On CUDA the ba
 adds the model FLOPs per crop (analytic count, formula printed), achieved TFLOP/s, the fraction of
 ``--peak-tflops`` (989 = H100/H200 SXM dense bf16), and peak GPU memory per stage.
 
-The input video is generated with ``kitlib.demo`` (one single-person 256x192 video, 6-7 s at
+The input video is generated with ``kitlib.data.demo`` (one single-person 256x192 video, 6-7 s at
 30 fps) unless ``--video PATH`` is given. Weights are random: speed does not depend on them.
 
     .venv/bin/python benchmarks/visual_extraction.py                       # CPU, ~2-3 min on 2 cores
@@ -39,13 +39,13 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kitlib.backbone import build_backbone, input_mean_std  # noqa: E402
+from kitlib.visual.backbones import build_backbone, input_mean_std  # noqa: E402
 from kitlib.data import Track  # noqa: E402
 from kitlib.faces import build_detector, crop_faces, normalize, track_faces  # noqa: E402
 from kitlib.runtime import pick_device, seed_everything  # noqa: E402
 from kitlib.store import FeatureStore  # noqa: E402
-from kitlib.video import iter_frames, probe  # noqa: E402
-from kitlib.visual import extract_visual_features  # noqa: E402
+from kitlib.faces.video import iter_frames, probe  # noqa: E402
+from kitlib.visual.extract import extract_visual_features  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import GpuBusy, PeakMemory, machine_line  # noqa: E402
@@ -109,8 +109,8 @@ def row(name: str, kit: float, unit: str, settings: str, baseline: float | None 
 
 
 def default_video(workdir: Path) -> Path:
-    """A single-person demo video (256x192, 6-7 s at 30 fps) written by ``kitlib.demo``."""
-    from kitlib.demo import generate_demo
+    """A single-person demo video (256x192, 6-7 s at 30 fps) written by ``kitlib.data.demo``."""
+    from kitlib.data.demo import generate_demo
 
     manifest = generate_demo(workdir / "demo", n_train=0, n_val=1, n_test=0, seconds=(6.0, 7.0),
                              images_per_class=1)

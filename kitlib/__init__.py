@@ -3,7 +3,9 @@
 The pipeline follows Sun & Gao, "A Two-Stage Dual-Modality Model for Facial Emotional Expression
 Recognition" (arXiv:2603.12221): Stage I adapts a DINOv2 backbone on face images, Stage II fuses
 multi-scale face features with frame-aligned wav2vec 2.0 features and smooths the logits in time.
-One module per pipeline stage; the numbered notebooks in ``notebooks/`` call into them.
+The numbered notebooks in ``notebooks/`` call ``kitlib.stages`` (one wiring module per notebook, the
+only place that reads the params), which calls the domain packages (``data``, ``faces``, ``visual``,
+``audio``, ``fusion``, ``smoothing``); see the README's "Architecture".
 """
 
 __version__ = "0.1.0"

@@ -7,9 +7,14 @@ organisers' scoring uses.
 """
 from __future__ import annotations
 
+import logging
+import warnings
+
 import numpy as np
 
 from kitlib import NUM_CLASSES
+
+log = logging.getLogger(__name__)
 
 
 def _valid(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,3 +52,44 @@ def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
     """The challenge score: the mean of the per-class F1 over all ``num_classes`` classes (eq. 17)."""
     return float(per_class_f1(y_true, y_pred, num_classes).mean())
+
+
+def linear_probe_f1(train_X: np.ndarray, train_y: np.ndarray, val_X: np.ndarray, val_y: np.ndarray, *,
+                    seed: int = 0, max_iter: int = 300, max_train_frames: int | None = None,
+                    num_classes: int = NUM_CLASSES) -> float:
+    """Macro F1 of a linear classifier on frozen features (Table 1's "+ Linear" columns).
+
+    Standardised features, multinomial logistic regression with balanced class weights. Frames
+    with label < 0 or a non-finite feature are left out of both sets. ``max_train_frames``
+    subsamples the training frames (seeded) to bound the fit time on ~1M Aff-Wild2 frames.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def valid(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X = np.asarray(X, np.float32).reshape(len(X), -1)
+        y = np.asarray(y).ravel()
+        if len(X) != len(y):
+            raise ValueError(f"{len(X)} feature rows but {len(y)} labels")
+        keep = (y >= 0) & np.isfinite(X).all(axis=1)
+        return X[keep], y[keep].astype(np.int64)
+
+    train_X, train_y = valid(train_X, train_y)
+    val_X, val_y = valid(val_X, val_y)
+    if max_train_frames is not None and len(train_y) > max_train_frames:
+        pick = np.random.default_rng(seed).choice(len(train_y), max_train_frames, replace=False)
+        train_X, train_y = train_X[pick], train_y[pick]
+    if len(np.unique(train_y)) < 2:
+        raise ValueError(f"the linear probe needs at least two classes in training, got {np.unique(train_y)}")
+    probe_model = make_pipeline(StandardScaler(),
+                                LogisticRegression(class_weight="balanced", max_iter=max_iter, random_state=seed))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        probe_model.fit(train_X, train_y)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    score = macro_f1(val_y, probe_model.predict(val_X), num_classes)
+    log.info("linear probe: %d train / %d val frames, dim %d, macro F1 %.4f%s", len(train_y), len(val_y),
+             train_X.shape[1], score, "" if converged else f" (stopped at max_iter={max_iter} before converging)")
+    return score

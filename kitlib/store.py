@@ -5,7 +5,7 @@ Every extractor (visual crops, audio) stores one ``.npz`` per annotation file un
 (written to a temporary name in the same folder, then renamed), so a run that was killed leaves
 no file that a re-run could mistake for a finished one.
 
-Sharded extraction (``kitlib.distributed``) runs one process per shard of videos against the same
+Sharded extraction (``kitlib.tools.distributed``) runs one process per shard of videos against the same
 store: each writes only its own tracks and its own manifest (``manifest_name``); the launcher
 merges the per-rank manifests into ``manifest.json`` once every rank has finished.
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from kitlib.audio import (AudioError, AudioTrack, FrameGeometry, NoAudioError, align_to_frames, chunk_plan,
-                          encode, extract_audio_features, load_audio, load_audio_encoder, make_tiny_encoder)
+from kitlib.audio import (AudioError, AudioTrack, FrameGeometry, NoAudioError, align_to_frames, chunk_plan, encode,
+                          extract_audio_features, load_audio, load_audio_encoder, make_tiny_encoder)
 from kitlib.data import Track
 from kitlib.store import FeatureStore
-from kitlib.video import VideoError
+from kitlib.faces.video import VideoError
 
 FPS = 25
 TONE_HZ = 440.0

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-from kitlib.backbone import (backbone_family, build_backbone, checkpoint_hash, feature_dim, freeze_backbone_blocks,
-                             input_mean_std, load_backbone, save_backbone)
+from kitlib.visual.backbones import (backbone_family, build_backbone, checkpoint_hash, feature_dim,
+                                     freeze_backbone_blocks, input_mean_std, load_backbone, save_backbone)
 
 TINY = dict(arch="vit_small_patch14_dinov2", img_size=28, overrides=dict(depth=2, embed_dim=32, num_heads=2))
 
@@ -304,9 +304,9 @@ def test_stage1_and_visual_calls_accept_the_family(family, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from kitlib.padaug import PadAug
-    from kitlib.stage1 import train_stage1
-    from kitlib.visual import feature_dim as probe_feature_dim
+    from kitlib.visual.padaug import PadAug
+    from kitlib.visual.stage1 import train_stage1
+    from kitlib.visual.extract import feature_dim as probe_feature_dim
 
     spec = FAMILY_TINY[family]
     items = []

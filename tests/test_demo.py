@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from kitlib import CLASSES, NUM_CLASSES
-from kitlib import demo
-from kitlib.demo import CLASS_F0_HZ, MANIFEST_NAME, demo_is_complete, generate_demo
+from kitlib.data import demo
+from kitlib.data.demo import generate
+from kitlib.data.demo import CLASS_F0_HZ, MANIFEST_NAME, demo_is_complete, generate_demo
 
 TINY = dict(seed=3, n_train=2, n_val=1, n_test=1, seconds=(3.0, 4.0), images_per_class=3)
 HEADER = ",".join(CLASSES)
@@ -221,9 +222,9 @@ def test_same_seed_same_dataset_other_seed_differs(tiny, tmp_path):
     video = manifest["tracks"][0]["video"]
     np.testing.assert_array_equal(_decoded_frames(root / video)[:5], _decoded_frames(tmp_path / "twin" / video)[:5])
     # planning alone shows that another seed gives other videos
-    params = demo._params(**{**TINY, "seed": 4}, fps=30.0, size=[256, 192], sample_rate=44100)
+    params = generate._params(**{**TINY, "seed": 4}, fps=30.0, size=[256, 192], sample_rate=44100)
     seeds = np.random.SeedSequence(4).spawn(2 + 4)
-    other = demo._plan(params, np.random.default_rng(seeds[0]), seeds[2:])
+    other = generate._plan(params, np.random.default_rng(seeds[0]), seeds[2:])
     assert [v.videoid for v in other] != [t["videoid"] for t in manifest["tracks"] if t["side"] != "right"]
 
 
@@ -231,7 +232,7 @@ def test_interrupted_generation_leaves_nothing_finished(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "_render_images", crash)
+    monkeypatch.setattr(generate, "_render_images", crash)
     with pytest.raises(KeyboardInterrupt):
         generate_demo(tmp_path / "aw2", **{**TINY, "n_train": 1, "n_val": 0, "seconds": (1.0, 1.0)})
     assert not (tmp_path / "aw2").exists()
@@ -249,10 +250,10 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_demo(tmp_path):
 
 def test_default_plan_statistics():
     """The default-size plan (labels only, nothing rendered) has the promised proportions."""
-    params = demo._params(seed=0, n_train=7, n_val=3, n_test=3, seconds=[14.0, 24.0], fps=30.0,
+    params = generate._params(seed=0, n_train=7, n_val=3, n_test=3, seconds=[14.0, 24.0], fps=30.0,
                           size=[256, 192], sample_rate=44100, images_per_class=60)
     seeds = np.random.SeedSequence(0).spawn(2 + 13)
-    plans = demo._plan(params, np.random.default_rng(seeds[0]), seeds[2:])
+    plans = generate._plan(params, np.random.default_rng(seeds[0]), seeds[2:])
     people = [(v.split, p) for v in plans for p in v.people]
     assert sum(len(v.people) for v in plans) == 14 and sum(v.extra_label_line for v in plans) == 1
     for split in ("Train_Set", "Validation_Set"):

@@ -1,4 +1,4 @@
-"""Sharded extraction (kitlib.distributed): shard assignment, manifest merging, and two gloo ranks
+"""Sharded extraction (kitlib.tools.distributed): shard assignment, manifest merging, and two gloo ranks
 extracting the tiny demo into one store, re-run, resumed after a killed writer."""
 import os
 import subprocess
@@ -9,8 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitlib import config, data, distributed, pipeline
-from kitlib.distributed import RankInfo, merge_manifests, rank_from_env, shard_videos
+from kitlib import config, data
+from kitlib.stages import common
+from kitlib.stages.s02_stage1_train import backbone_path
+from kitlib.tools import distributed
+from kitlib.tools.distributed import RankInfo, merge_manifests, rank_from_env, shard_videos
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +69,7 @@ def _overrides(tmp_path: Path) -> list[str]:
 
 def _demo_with_boxes(cfg: config.Config, tmp_path: Path) -> None:
     """Generate the demo and write its true face boxes in the ``boxes`` detector's CSV format."""
-    pipeline.ensure_demo(cfg)
+    common.ensure_demo(cfg)
     parts = []
     for path in sorted(cfg.data_path("truth").glob("*.npz")):
         with np.load(path) as truth:
@@ -78,8 +81,8 @@ def _demo_with_boxes(cfg: config.Config, tmp_path: Path) -> None:
 
 
 def _launch_two_ranks(tmp_path: Path, port: int) -> None:
-    """Two ranks of ``python -m kitlib.distributed extract`` with the variables any launcher sets."""
-    args = [sys.executable, "-m", "kitlib.distributed", "extract", "params/demo.yaml", "params/tiny.yaml",
+    """Two ranks of ``python -m kitlib.tools.distributed extract`` with the variables any launcher sets."""
+    args = [sys.executable, "-m", "kitlib.tools.distributed", "extract", "params/demo.yaml", "params/tiny.yaml",
             *_overrides(tmp_path), "--kind", "visual", "audio"]
     procs = []
     for rank in range(2):
@@ -103,16 +106,16 @@ def test_two_gloo_ranks_extract_each_track_once_rerun_skips_and_partial_files_ar
     txtids = sorted(t.txtid for t in index.tracks)
     assert any(t.side for t in index.tracks)                              # the two-person video is in there
     for kind in ("visual", "audio"):
-        store = pipeline.feature_store(cfg, kind)
+        store = common.feature_store(cfg, kind)
         assert store.keys() == txtids
         merged = pd.read_csv(cfg.run_dir / "reports" / f"{kind}_extraction.csv")
         assert sorted(merged["txtid"]) == txtids                          # each track done exactly once
         assert not merged["status"].str.startswith("error").any()
-        assert not merged["status"].isin(pipeline.RESUMED_STATUSES).any()
+        assert not merged["status"].isin(common.RESUMED_STATUSES).any()
         manifest = store.read_manifest()
         assert manifest["shards"] == 2 and manifest["params_digest"] == cfg.digest()
         assert not list(store.root.glob("manifest.rank*")) and not list(cfg.run_dir.glob("reports/*.rank*"))
-    audio_manifest = pipeline.feature_store(cfg, "audio").read_manifest()
+    audio_manifest = common.feature_store(cfg, "audio").read_manifest()
     assert sum(audio_manifest["audio_status_counts"].values()) == len(txtids)
 
     stamps = {p: p.stat().st_mtime_ns for p in (cfg.run_dir / "features").rglob("*.npz")}
@@ -121,7 +124,7 @@ def test_two_gloo_ranks_extract_each_track_once_rerun_skips_and_partial_files_ar
 
     # a rank killed while writing leaves only a partial file: not done, redone by the next run
     # (here a single process: re-sharding to another world size resumes the same store)
-    store = pipeline.feature_store(cfg, "visual")
+    store = common.feature_store(cfg, "visual")
     victim = txtids[0]
     store.path(victim).unlink()
     (store.root / f".{victim}.npz.k1ll3d.partial").write_bytes(b"PK\x03\x04 truncated")
@@ -139,16 +142,16 @@ def test_two_gloo_ranks_extract_each_track_once_rerun_skips_and_partial_files_ar
 
 @pytest.mark.slow
 def test_two_gloo_ranks_train_stage1_and_only_rank0_saves(tmp_path):
-    """``python -m kitlib.distributed stage1`` as torchrun would start it: one DDP run over two ranks."""
-    from kitlib.backbone import read_record
+    """``python -m kitlib.tools.distributed stage1`` as torchrun would start it: one DDP run over two ranks."""
+    from kitlib.visual.backbones import read_record
 
     port = 29900 + os.getpid() % 90
     overrides = [f"data.root={tmp_path / 'data'}", f"run.outputs_root={tmp_path / 'out'}", "stage1.epochs=1",
                  "stage1.batch_size=8", "stage1.max_steps_per_epoch=2", "demo.n_train=2", "demo.n_val=1",
                  "demo.n_test=1", "demo.seconds=[2.0, 3.0]"]
     cfg = config.load("params/demo.yaml", "params/tiny.yaml", overrides=overrides)
-    pipeline.ensure_demo(cfg)                      # as a job script would, before the ranks start
-    args = [sys.executable, "-m", "kitlib.distributed", "stage1", "params/demo.yaml", "params/tiny.yaml", *overrides]
+    common.ensure_demo(cfg)                      # as a job script would, before the ranks start
+    args = [sys.executable, "-m", "kitlib.tools.distributed", "stage1", "params/demo.yaml", "params/tiny.yaml", *overrides]
     procs = []
     for rank in range(2):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
@@ -158,7 +161,7 @@ def test_two_gloo_ranks_train_stage1_and_only_rank0_saves(tmp_path):
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for rank, (proc, out) in enumerate(zip(procs, outputs)):
         assert proc.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
-    backbone = pipeline.backbone_path(cfg)
+    backbone = backbone_path(cfg)
     record = read_record(backbone)
     assert record["params"]["world_size"] == 2 and record["best_epoch"] == 1
     assert sorted(p.name for p in backbone.parent.iterdir()) == ["backbone.safetensors", "backbone.safetensors.json"]

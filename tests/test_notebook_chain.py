@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitlib import config, data, pipeline, run, submission
+from kitlib import config, data, run
+from kitlib.stages import common
+from kitlib.data import submission
 from kitlib.store import FeatureStore
 
 pytestmark = pytest.mark.slow
@@ -20,7 +22,7 @@ def tiny_run(tmp_path_factory):
              f"data.root={root / 'data'}", f"audio.encoder={root / 'models' / 'wav2vec2-tiny'}"]
     cfg = config.load(*items[:2], overrides=items[2:])
     # bad input beside the demo: a corrupt video with its annotation; the run must report it and go on
-    pipeline.ensure_demo(cfg)
+    common.ensure_demo(cfg)
     (root / "data" / "videos" / "batch1" / f"{CORRUPT}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(5000))
     (root / "data" / "annotations" / "Train_Set" / f"{CORRUPT}.txt").write_text(data.HEADER + "\n" + "0\n" * 50)
     assert run.main(items) == 0

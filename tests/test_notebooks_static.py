@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from kitlib import config, pipeline, plots, run
+import importlib
+
+from kitlib import config, plots, run
 
 NOTEBOOKS = sorted((config.repo_root() / "notebooks").glob("*.ipynb"))
 
@@ -29,6 +31,24 @@ def test_notebook_is_clean(path):
         loops = [n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While))]
         assert not loops, f"{path.name}: loops belong in kitlib"
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("pipeline", "plots"):
-                module = {"pipeline": pipeline, "plots": plots}[node.value.id]
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("stage", "plots"):
+                module = {"stage": _stage_module(path), "plots": plots}[node.value.id]
                 assert hasattr(module, node.attr), f"{path.name} calls {node.value.id}.{node.attr}, which does not exist"
+
+
+def _stage_module(path: Path):
+    """The wiring module of a notebook: ``kitlib.stages.sNN_<name>`` for ``NN_<name>.ipynb``."""
+    return importlib.import_module(f"kitlib.stages.s{path.stem}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_imports_its_own_stage_module_and_plots_only(path):
+    nb = json.loads(path.read_text())
+    imported = set()
+    for cell in (c for c in nb["cells"] if c["cell_type"] == "code"):
+        for node in ast.walk(ast.parse("".join(cell["source"]))):
+            if isinstance(node, ast.ImportFrom):
+                imported |= {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+    assert imported == {"kitlib.plots", f"kitlib.stages.s{path.stem}"}, imported

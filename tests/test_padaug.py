@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kitlib.padaug import PAD_MODES, PadAug, bar_fraction, preview_grid
+from kitlib.visual.padaug import PAD_MODES, PadAug, bar_fraction, preview_grid
 
 
 def images(n=8, h=20, w=30, dtype=torch.uint8):

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from kitlib import config, pipeline
-from kitlib.fusion import (FrameTable, build_head, class_weights_for, evaluate_heads, is_sequence_head,
-                           known_heads, predict_logits, train_head)
+from kitlib import config
+from kitlib.stages import s05_fusion_ablation, s07_submission
+from kitlib.fusion import (FrameTable, build_head, class_weights_for, evaluate_heads, is_sequence_head, known_heads,
+                           predict_logits, train_head)
 from kitlib.metrics import macro_f1
-from kitlib.sequence import (ModalityDropout, SafeCrossAttention, SafeXAttnTransformer, SequenceHead, focal_loss,
-                             frame_criterion, sliding_windows, soft_vote, training_windows)
+from kitlib.fusion.sequence import (ModalityDropout, SafeCrossAttention, SafeXAttnTransformer, SequenceHead,
+                                    focal_loss, frame_criterion, sliding_windows, soft_vote, training_windows)
 
 DV, DA = 12, 6
 
@@ -249,12 +250,12 @@ def test_evaluate_heads_with_a_sequence_head_and_folds():
     assert result.trained["concat_linear"].config["batch_size"] == 128
 
 
-# ----------------------------------------------------------------------------- params and pipeline
+# ----------------------------------------------------------------------------- params and stages
 
 
 def test_sequence_params_and_grid_checks(tmp_path):
     cfg = config.load("params/tiny.yaml", overrides=[f"run.outputs_root={tmp_path}"])
-    kwargs = pipeline._head_kwargs(cfg, ["gated", "safe_xattn"])
+    kwargs = s05_fusion_ablation.head_kwargs(cfg, ["gated", "safe_xattn"])
     assert list(kwargs) == ["safe_xattn"]
     s = cfg.fusion.sequence
     assert kwargs["safe_xattn"]["window"] == s.window and kwargs["safe_xattn"]["loss"] == s.loss
@@ -262,7 +263,7 @@ def test_sequence_params_and_grid_checks(tmp_path):
     bad = config.load("params/tiny.yaml", overrides=[f"run.outputs_root={tmp_path}",
                                                      "fusion.xattn_grid=[{d_model: 8, layres: 2}]"])
     with pytest.raises(config.ConfigError, match=r"xattn_grid\[0\].*layres.*valid: d_model"):
-        pipeline.xattn_grid(bad, None, {}, {})
+        s05_fusion_ablation.xattn_grid(bad, None, {}, {})
     with pytest.raises(config.ConfigError, match="did you mean 'fusion.head_options.safe_xattn.layers'"):
         config.load("params/tiny.yaml", overrides=["fusion.head_options.safe_xattn.layer=2"])
 
@@ -291,9 +292,9 @@ def test_final_sequence_head_is_rebuilt_with_its_options(tmp_path):
     path.parent.mkdir(parents=True)
     torch.save({"name": "safe_xattn", "config": trained.config, "state_dict": trained.module.state_dict(),
                 "best_epoch": 1, "best_val_f1": 0.5, "visual_dim": DV, "audio_dim": DA}, path)
-    head, saved = pipeline._load_final_head(cfg)
+    head, saved = s07_submission._load_final_head(cfg)
     assert isinstance(head, SafeXAttnTransformer) and head.d_model == 8
-    got = pipeline.predict_test_logits(cfg, None, table)
+    got = s07_submission.predict_test_logits(cfg, None, table)
     np.testing.assert_allclose(got, trained.predict(table), rtol=1e-5, atol=1e-5)
 
 

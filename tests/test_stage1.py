@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from kitlib.backbone import build_backbone, load_backbone
-from kitlib.images import (FaceImageDataset, affectnet_items, affwild2_frame_items, class_folder_items, rafdb_items)
-from kitlib.padaug import PadAug
-from kitlib.stage1 import (MLPHead, MoEHead, build_head, class_weights_from_counts, mixup, smooth_targets,
-                           soft_target_cross_entropy, train_stage1)
+from kitlib.visual.backbones import build_backbone, load_backbone
+from kitlib.visual.images import (FaceImageDataset, affectnet_items, affwild2_frame_items, class_folder_items,
+                                  rafdb_items)
+from kitlib.visual.padaug import PadAug
+from kitlib.visual.stage1 import (MLPHead, MoEHead, build_head, class_weights_from_counts, mixup, smooth_targets,
+                                  soft_target_cross_entropy, train_stage1)
 
 TINY = dict(arch="vit_small_patch14_dinov2", img_size=28, overrides=dict(depth=2, embed_dim=32, num_heads=2))
 

@@ -8,8 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from kitlib.backbone import build_backbone, load_backbone
-from kitlib.stage1 import train_stage1
+from kitlib.visual.backbones import build_backbone, load_backbone
+from kitlib.visual.stage1 import train_stage1
 
 TINY = dict(arch="vit_small_patch14_dinov2", img_size=28, overrides=dict(depth=2, embed_dim=32, num_heads=2))
 

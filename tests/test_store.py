@@ -62,7 +62,8 @@ def _two_stores(root, rng, lengths=(5, 3, 7)):
 
 
 def test_memmap_frame_table_equals_in_ram_and_subsets_without_copies(tmp_path, rng):
-    from kitlib.fusion import _batch, load_frame_table, train_head
+    from kitlib.fusion.table import load_frame_table
+    from kitlib.fusion.train import _batch, train_head
     from kitlib.store import RowView
 
     vis, aud, tracks, labels = _two_stores(tmp_path, rng)

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitlib import config, submission as sub
+from kitlib import config
+from kitlib.data import submission as sub
 
 METADATA = config.repo_root().parent / "shared" / "abaw10-metadata"
 

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from kitlib import CLASSES
-from kitlib.tcn_prompt import (TCNPromptHead, TemporalBlock, TemporalConvNet, majority_labels,
-                               make_tiny_text_encoder, prompt_contrastive_loss, prompt_embeddings, prompt_texts)
+from kitlib.fusion.tcn_prompt import (TCNPromptHead, TemporalBlock, TemporalConvNet, majority_labels,
+                                      make_tiny_text_encoder, prompt_contrastive_loss, prompt_embeddings, prompt_texts)
 
 DIMS = dict(visual_dim=12, audio_dim=10, hidden=16, num_classes=8, tcn_levels=3, tcn_kernel=3, n_heads=2)
 

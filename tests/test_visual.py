@@ -13,9 +13,10 @@ from skimage import data as skdata
 
 from kitlib.data import Track
 from kitlib.faces import BRIDGED, DETECTED, MISSING, build_detector
+from kitlib.metrics import linear_probe_f1
 from kitlib.store import FeatureStore
-from kitlib.visual import (OFFICIAL_REPORT_COLUMNS, REPORT_COLUMNS, extract_official_crop_features,
-                          extract_visual_features, linear_probe_f1)
+from kitlib.visual.extract import (OFFICIAL_REPORT_COLUMNS, REPORT_COLUMNS, extract_official_crop_features,
+                                   extract_visual_features)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SCALES = (0.9, 1.2, 1.5)
@@ -123,7 +124,7 @@ def test_resume_skips_done_tracks(tmp_path, videos):
 
 
 def test_two_person_video_is_decoded_once_for_both_sides(tmp_path, videos, monkeypatch):
-    import kitlib.visual as visual
+    import kitlib.visual.extract as visual
 
     opened = []
     real = visual.iter_frames

@@ -6,11 +6,14 @@ nominal fps, because real Aff-Wild2 files have variable frame rates and odd dura
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class VideoError(RuntimeError):

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger("kitlib.padaug")
+log = logging.getLogger(__name__)
+
 
 PAD_MODES: tuple[str, ...] = ("left", "right", "top", "bottom", "corner")
 _CORNERS: tuple[str, ...] = ("top-left", "top-right", "bottom-left", "bottom-right")

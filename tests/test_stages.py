@@ -1,10 +1,11 @@
-"""Params -> calls: the wiring the notebooks rely on, on tiny fake layouts."""
+"""Params -> calls: the wiring the notebooks rely on (kitlib.stages), on tiny fake layouts."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from kitlib import config, data, pipeline
+from kitlib import config, data
+from kitlib.stages import common, s02_stage1_train
 
 
 def _cfg(tmp_path, *overrides):
@@ -22,23 +23,23 @@ def test_stage1_items_from_affwild2_cropped_frames(tmp_path):
             frame.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(frame)
     cfg = _cfg(tmp_path, "stage1.dataset=affwild2", "stage1.images_root=cropped_aligned")
-    train, val = pipeline.stage1_items(cfg)
+    train, val = common.stage1_items(cfg)
     assert [label for _, label in train] == [3, 4] and [label for _, label in val] == [0, 5]
     with pytest.raises(config.ConfigError, match="affwild2"):
-        pipeline.stage1_items(_cfg(tmp_path, "stage1.dataset=fer2013"))
+        common.stage1_items(_cfg(tmp_path, "stage1.dataset=fer2013"))
 
 
 def test_amp_dtype_only_on_cuda():
-    assert pipeline.amp_dtype("bf16", torch.device("cpu")) is None
-    assert pipeline.amp_dtype("bf16", torch.device("cuda")) is torch.bfloat16
+    assert common.amp_dtype("bf16", torch.device("cpu")) is None
+    assert common.amp_dtype("bf16", torch.device("cuda")) is torch.bfloat16
     with pytest.raises(config.ConfigError, match="bf16"):
-        pipeline.amp_dtype("bfloat", torch.device("cpu"))
+        common.amp_dtype("bfloat", torch.device("cpu"))
 
 
 def test_table1_states(tmp_path):
     cfg = _cfg(tmp_path)
-    assert pipeline.table1_states(cfg)[0] == "moe_padaug"
-    assert [pipeline.state_label(s) for s in ("pretrained", "mlp", "moe_padaug")] == \
+    assert s02_stage1_train.table1_states(cfg)[0] == "moe_padaug"
+    assert [s02_stage1_train.state_label(s) for s in ("pretrained", "mlp", "moe_padaug")] == \
         ["pretrained", "fine-tuned + MLP", "fine-tuned + MoE + PadAug"]
     with pytest.raises(config.ConfigError, match="unknown state"):
-        pipeline.table1_states(_cfg(tmp_path, "stage1.table1_states=[moe_cutmix]"))
+        s02_stage1_train.table1_states(_cfg(tmp_path, "stage1.table1_states=[moe_cutmix]"))

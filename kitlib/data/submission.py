@@ -12,6 +12,7 @@ silent row.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ import pandas as pd
 
 from kitlib import CLASSES
 from kitlib.store import atomic_path
+
+log = logging.getLogger(__name__)
+
 
 HEADER = "image_location," + ",".join(CLASSES)
 FILL_POLICIES = ("nearest",)

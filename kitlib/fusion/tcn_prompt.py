@@ -4,7 +4,7 @@ The window-level head of seed 003 (Byeon et al., 10th ABAW EXPR, 4th place): fro
 face features go through a temporal convolutional network, frozen wav2vec 2.0 features through a
 bottleneck adapter, the two streams query each other (bi-directional cross-attention,
 ``softmax(Q K^T / sqrt(d_k)) V``), and the fused per-frame representation is classified frame by
-frame (the task is frame-level, so the head returns ``(B, W, C)`` logits, see ``kitlib.sequence``).
+frame (the task is frame-level, so the head returns ``(B, W, C)`` logits, see ``kitlib.fusion.sequence``).
 During training, the window's temporally pooled representation is aligned with CLIP-encoded label
 prompts ("A face expressing {emotion}") by a contrastive (InfoNCE) loss, added to the frame loss
 with weight ``contrastive_weight``.
@@ -35,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from kitlib.sequence import FrameCriterion, SafeCrossAttention, SequenceHead
+from kitlib.fusion.sequence import FrameCriterion, SafeCrossAttention, SequenceHead
 
-log = logging.getLogger("kitlib.tcn_prompt")
+log = logging.getLogger(__name__)
+
 
 PROMPT_TEMPLATE = "A face expressing {emotion}"
 # Words put into the prompt for each class: the lower-cased class name, except "Other", which is

@@ -30,6 +30,7 @@ What else lives here (seed 004):
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -37,6 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
+
 
 FrameCriterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -47,7 +47,8 @@ from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoin
 
 from kitlib.store import atomic_path, write_json_atomic
 
-log = logging.getLogger("kitlib.backbone")
+log = logging.getLogger(__name__)
+
 
 DINOV2_ARCHS: tuple[str, ...] = tuple(
     f"vit_{size}_patch14{reg}_dinov2" for size in ("small", "base", "large", "giant") for reg in ("", "_reg4"))

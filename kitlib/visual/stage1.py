@@ -27,13 +27,14 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from kitlib import NUM_CLASSES
-from kitlib.backbone import checkpoint_hash, feature_dim, freeze_backbone_blocks, input_mean_std, save_backbone, unwrap
-from kitlib.images import FaceImageDataset, Item, label_counts
 from kitlib.metrics import macro_f1
-from kitlib.padaug import PadAug
 from kitlib.runtime import seed_everything
+from kitlib.visual.backbones import checkpoint_hash, feature_dim, freeze_backbone_blocks, input_mean_std, save_backbone, unwrap
+from kitlib.visual.images import FaceImageDataset, Item, label_counts
+from kitlib.visual.padaug import PadAug
 
-log = logging.getLogger("kitlib.stage1")
+log = logging.getLogger(__name__)
+
 
 HEAD_KINDS: tuple[str, ...] = ("moe", "mlp")
 

@@ -8,19 +8,17 @@ image to disk, with a bounded buffer of frames, so a 10-minute video fits in mem
 
 ``extract_official_crop_features`` encodes the organisers' aligned face crops instead (Table 1's
 "official face crop" column, sec. 4.4), with the same backbone batching and normalisation.
-``linear_probe_f1`` is the frozen-feature linear classifier of Table 1 (sec. 4.4).
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,15 +26,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from kitlib import NUM_CLASSES
 from kitlib.data import Track
 from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FaceDetector, FaceTracker, FollowSettings, bridge_gaps,
                           crop_faces, normalize)
-from kitlib.metrics import macro_f1
+from kitlib.faces.video import FrameBatch, VideoError, iter_frames, probe
 from kitlib.store import FeatureStore
-from kitlib.video import FrameBatch, VideoError, iter_frames, probe
 
-log = logging.getLogger("kitlib.visual")
+log = logging.getLogger(__name__)
+
 
 REPORT_COLUMNS: tuple[str, ...] = ("txtid", "videoid", "video", "frames", "detected", "followed", "bridged",
                                    "missing", "status", "seconds")
@@ -260,7 +257,7 @@ def _read_official_crops(folder: Path, numbers: np.ndarray) -> tuple[np.ndarray,
     An image that cannot be decoded, or whose size differs from the track's first readable
     crop, is left out and described in ``problems`` (file: reason); the track goes on.
     """
-    from kitlib.images import load_rgb
+    from kitlib.visual.images import load_rgb
 
     images, kept, problems = [], [], []
     for number in numbers:  # one JPEG decode per frame; the backbone pass dominates
@@ -361,42 +358,3 @@ def extract_official_crop_features(tracks: Sequence[Track], store: FeatureStore,
     return report
 
 
-def linear_probe_f1(train_X: np.ndarray, train_y: np.ndarray, val_X: np.ndarray, val_y: np.ndarray, *,
-                    seed: int = 0, max_iter: int = 300, max_train_frames: int | None = None,
-                    num_classes: int = NUM_CLASSES) -> float:
-    """Macro F1 of a linear classifier on frozen features (Table 1's "+ Linear" columns).
-
-    Standardised features, multinomial logistic regression with balanced class weights. Frames
-    with label < 0 or a non-finite feature are left out of both sets. ``max_train_frames``
-    subsamples the training frames (seeded) to bound the fit time on ~1M Aff-Wild2 frames.
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    def valid(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        X = np.asarray(X, np.float32).reshape(len(X), -1)
-        y = np.asarray(y).ravel()
-        if len(X) != len(y):
-            raise ValueError(f"{len(X)} feature rows but {len(y)} labels")
-        keep = (y >= 0) & np.isfinite(X).all(axis=1)
-        return X[keep], y[keep].astype(np.int64)
-
-    train_X, train_y = valid(train_X, train_y)
-    val_X, val_y = valid(val_X, val_y)
-    if max_train_frames is not None and len(train_y) > max_train_frames:
-        pick = np.random.default_rng(seed).choice(len(train_y), max_train_frames, replace=False)
-        train_X, train_y = train_X[pick], train_y[pick]
-    if len(np.unique(train_y)) < 2:
-        raise ValueError(f"the linear probe needs at least two classes in training, got {np.unique(train_y)}")
-    probe_model = make_pipeline(StandardScaler(),
-                                LogisticRegression(class_weight="balanced", max_iter=max_iter, random_state=seed))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        probe_model.fit(train_X, train_y)
-    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    score = macro_f1(val_y, probe_model.predict(val_X), num_classes)
-    log.info("linear probe: %d train / %d val frames, dim %d, macro F1 %.4f%s", len(train_y), len(val_y),
-             train_X.shape[1], score, "" if converged else f" (stopped at max_iter={max_iter} before converging)")
-    return score

@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 
 from kitlib import CLASSES, NUM_CLASSES
 from kitlib.data import read_labels
-from kitlib.padaug import PadAug
+from kitlib.visual.padaug import PadAug
 
-log = logging.getLogger("kitlib.images")
+log = logging.getLogger(__name__)
+
 
 Item = tuple[Path, int]
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -1,0 +1,81 @@
+"""Audio features to video frames (seed 000 sec. 3.2.2, eq. 8; Table 2).
+
+``align_to_frames``: ``f_t = mean_{tau in Omega_t} z_tau`` with ``Omega_t`` the audio frames whose
+centre lies in a window of total length ``align_window_s`` centred on video frame ``t`` (0.50 s in
+the final system, 0.25 / 0.75 s and nearest-neighbour in Table 2).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _range_means(features: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, block: int = 128) -> np.ndarray:
+    """Mean of ``features[lo[i]:hi[i]]`` for every i (zeros where empty), from float64 prefix sums."""
+    count = (hi - lo).astype(np.float64)[:, None]
+    out = np.zeros((len(lo), features.shape[1]), dtype=np.float32)
+    for col in range(0, features.shape[1], block):  # column blocks bound the float64 prefix's memory
+        prefix = np.zeros((len(features) + 1, min(block, features.shape[1] - col)), dtype=np.float64)
+        np.cumsum(features[:, col:col + block], axis=0, dtype=np.float64, out=prefix[1:])
+        out[:, col:col + block] = (prefix[hi] - prefix[lo]) / np.maximum(count, 1.0)
+    return out
+
+
+def align_to_frames(features: np.ndarray, feature_times: np.ndarray, frame_times: np.ndarray, *,
+                    method: str = "window", align_window_s: float = 0.5,
+                    nearest_max_gap_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One audio feature per video frame: ``(aligned (N, D) float32, mask (N,) bool)``.
+
+    ``window`` (eq. 8): the mean of the audio frames whose time lies in
+    ``[t - align_window_s/2, t + align_window_s/2]`` (both ends included): ``align_window_s`` is
+    the TOTAL window length centred on the frame time ``t``, so 0.5 s averages the frames within
+    +-0.25 s (about 25 wav2vec2 frames). Near the ends of the audio the window holds fewer frames
+    and the mean is over those.
+
+    ``nearest``: the audio frame whose time is closest to ``t``, provided it is within
+    ``nearest_max_gap_s`` (default: one audio hop, the median spacing of ``feature_times``, i.e.
+    20 ms). Inside the audio every frame time is within half a hop of a feature; the full hop
+    keeps the frames at the very edges of the audio and masks those beyond it.
+
+    Frames with no audio (window empty, or no feature near enough) get zeros and ``mask`` False:
+    audio shorter than the video, starting late, or missing.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    feature_times = np.asarray(feature_times, dtype=np.float64)
+    frame_times = np.asarray(frame_times, dtype=np.float64)
+    if features.ndim != 2 or feature_times.shape != (len(features),):
+        raise ValueError(f"features {features.shape} and feature_times {feature_times.shape} must be (T, D) and (T,)")
+    if frame_times.ndim != 1:
+        raise ValueError(f"frame_times must be 1-D, got shape {frame_times.shape}")
+    if len(feature_times) > 1 and np.any(np.diff(feature_times) < 0):
+        raise ValueError("feature_times must be sorted in increasing order")
+    n, dim = len(frame_times), features.shape[1]
+    if len(features) == 0:
+        return np.zeros((n, dim), dtype=np.float32), np.zeros(n, dtype=bool)
+
+    if method == "window":
+        if align_window_s <= 0:
+            raise ValueError(f"align_window_s must be > 0, got {align_window_s}")
+        half = align_window_s / 2
+        lo = np.searchsorted(feature_times, frame_times - half, side="left")
+        hi = np.searchsorted(feature_times, frame_times + half, side="right")
+        return _range_means(features, lo, hi), hi > lo
+
+    if method == "nearest":
+        if nearest_max_gap_s is None:
+            nearest_max_gap_s = float(np.median(np.diff(feature_times))) if len(feature_times) > 1 else np.inf
+        right = np.clip(np.searchsorted(feature_times, frame_times), 1, len(feature_times) - 1) \
+            if len(feature_times) > 1 else np.zeros(n, dtype=np.int64)
+        left = np.maximum(right - 1, 0)
+        take_left = np.abs(frame_times - feature_times[left]) <= np.abs(feature_times[right] - frame_times)
+        idx = np.where(take_left, left, right)
+        mask = np.abs(feature_times[idx] - frame_times) <= nearest_max_gap_s + 1e-9
+        aligned = np.where(mask[:, None], features[idx], 0.0).astype(np.float32)
+        return aligned, mask
+
+    raise ValueError(f"method must be 'window' or 'nearest', got {method!r}")
+
+

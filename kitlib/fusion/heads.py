@@ -1,0 +1,225 @@
+"""Stage II: frame-level audio-visual fusion heads, their training and evaluation (seed 000).
+
+Implements sec. 3.2.3 (gated fusion, eqs. 9-12), sec. 3.2.4 (class-weighted cross-entropy over
+valid frames, eq. 13) and the fusion comparison of sec. 4.6 / Table 3: every head maps a frame's
+visual feature ``f_v`` (B, Dv), audio feature ``f_a`` (B, Da) and face mask (B,) to 8 logits.
+Frames without a face have their visual feature zeroed before the head (audio is still used);
+frames whose audio is filled have their audio zeroed the same way.
+
+Heads (``HEADS``; hidden size ``H``, default 512):
+
+- ``a_only`` / ``v_only``: one modality, ``W Drop(LN(P f)) + b``.
+- ``concat_linear``: ``W [f_v; f_a] + b`` (16K parameters at Dv = Da = 1024).
+- ``concat_mlp``: ``W2 Drop(GELU(W1 [f_v; f_a]))``.
+- ``bilinear``: low-rank bilinear pooling, ``h = tanh(P_v f_v) * tanh(P_a f_a)``, then LN-Drop-linear.
+- ``dynamic_weighting``: per-frame scalar modality weights, ``h = w_v z_v + w_a z_a`` with
+  ``(w_v, w_a) = softmax(W_w [z_v; z_a])`` and ``z = GELU(P f)``.
+- ``gated`` (eqs. 9-12): ``z_v = P_v f_v``, ``z_a = P_a f_a`` (linear), ``g = sigmoid(G [f_v; f_a])``
+  from the concatenated RAW features, ``h = g * z_v + (1 - g) * z_a``, ``logits = W_o Drop(LN(h)) + b_o``.
+- ``cross_attention``: each modality projected to ``n_tokens`` tokens of size H; visual tokens
+  attend to audio tokens and vice versa (multi-head, residual + LN), both token sets mean-pooled
+  and concatenated, then LN-Drop-linear.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from kitlib import NUM_CLASSES
+from kitlib.fusion.sequence import SafeXAttnTransformer, SequenceHead
+
+log = logging.getLogger(__name__)
+
+
+class FusionHead(nn.Module):
+    """Base: zeroes the visual feature of frames without a face, then ``fuse`` gives the logits."""
+
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
+        visual = visual * visual_mask.to(visual.dtype).unsqueeze(-1)
+        return self.fuse(visual, audio)
+
+    def fuse(self, visual: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _classifier(width: int, dropout: float, num_classes: int) -> nn.Sequential:
+    """The normalisation-dropout-linear output layer of eq. 12."""
+    return nn.Sequential(nn.LayerNorm(width), nn.Dropout(dropout), nn.Linear(width, num_classes))
+
+
+class SingleModalityHead(FusionHead):
+    """``W Drop(LN(P f)) + b`` on one modality (the A-only / V-only rows of Table 3)."""
+
+    def __init__(self, *, modality: str, visual_dim: int, audio_dim: int, hidden: int, dropout: float,
+                 num_classes: int):
+        super().__init__()
+        self.modality = modality
+        self.proj = nn.Linear(visual_dim if modality == "visual" else audio_dim, hidden)
+        self.classifier = _classifier(hidden, dropout, num_classes)
+
+    def fuse(self, visual, audio):
+        return self.classifier(self.proj(visual if self.modality == "visual" else audio))
+
+
+class ConcatLinearHead(FusionHead):
+    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
+        super().__init__()
+        self.linear = nn.Linear(visual_dim + audio_dim, num_classes)
+
+    def fuse(self, visual, audio):
+        return self.linear(torch.cat([visual, audio], dim=-1))
+
+
+class ConcatMLPHead(FusionHead):
+    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(visual_dim + audio_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, num_classes))
+
+    def fuse(self, visual, audio):
+        return self.mlp(torch.cat([visual, audio], dim=-1))
+
+
+class BilinearHead(FusionHead):
+    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
+        super().__init__()
+        self.proj_v = nn.Linear(visual_dim, hidden)
+        self.proj_a = nn.Linear(audio_dim, hidden)
+        self.classifier = _classifier(hidden, dropout, num_classes)
+
+    def fuse(self, visual, audio):
+        return self.classifier(torch.tanh(self.proj_v(visual)) * torch.tanh(self.proj_a(audio)))
+
+
+class DynamicWeightingHead(FusionHead):
+    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
+        super().__init__()
+        self.proj_v = nn.Sequential(nn.Linear(visual_dim, hidden), nn.GELU())
+        self.proj_a = nn.Sequential(nn.Linear(audio_dim, hidden), nn.GELU())
+        self.weigher = nn.Linear(2 * hidden, 2)
+        self.classifier = _classifier(hidden, dropout, num_classes)
+
+    def fuse(self, visual, audio):
+        z_v, z_a = self.proj_v(visual), self.proj_a(audio)
+        w = torch.softmax(self.weigher(torch.cat([z_v, z_a], dim=-1)), dim=-1)
+        return self.classifier(w[:, :1] * z_v + w[:, 1:] * z_a)
+
+
+class GatedFusionHead(FusionHead):
+    """Gated audio-visual fusion, exactly eqs. 9-12."""
+
+    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
+        super().__init__()
+        self.proj_v = nn.Linear(visual_dim, hidden)              # P_v, eq. 9
+        self.proj_a = nn.Linear(audio_dim, hidden)               # P_a, eq. 9
+        self.gate = nn.Linear(visual_dim + audio_dim, hidden)    # G, eq. 10
+        self.norm = nn.LayerNorm(hidden)                         # eq. 12
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, num_classes)                # W_o, b_o
+
+    def fuse(self, visual, audio):
+        z_v, z_a = self.proj_v(visual), self.proj_a(audio)
+        g = torch.sigmoid(self.gate(torch.cat([visual, audio], dim=-1)))
+        h = g * z_v + (1.0 - g) * z_a                            # eq. 11
+        return self.out(self.dropout(self.norm(h)))
+
+
+class CrossAttentionHead(FusionHead):
+    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes, n_tokens: int = 4,
+                 n_heads: int = 8):
+        super().__init__()
+        self.n_tokens, self.hidden = n_tokens, hidden
+        self.proj_v = nn.Linear(visual_dim, n_tokens * hidden)
+        self.proj_a = nn.Linear(audio_dim, n_tokens * hidden)
+        self.v_from_a = nn.MultiheadAttention(hidden, n_heads, dropout=dropout, batch_first=True)
+        self.a_from_v = nn.MultiheadAttention(hidden, n_heads, dropout=dropout, batch_first=True)
+        self.norm_v, self.norm_a = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.classifier = _classifier(2 * hidden, dropout, num_classes)
+
+    def fuse(self, visual, audio):
+        tv = self.proj_v(visual).view(-1, self.n_tokens, self.hidden)
+        ta = self.proj_a(audio).view(-1, self.n_tokens, self.hidden)
+        v = self.norm_v(tv + self.v_from_a(tv, ta, ta, need_weights=False)[0])
+        a = self.norm_a(ta + self.a_from_v(ta, tv, tv, need_weights=False)[0])
+        return self.classifier(torch.cat([v.mean(1), a.mean(1)], dim=-1))
+
+
+def _single(modality: str) -> Callable[..., FusionHead]:
+    def build(**kwargs) -> FusionHead:
+        return SingleModalityHead(modality=modality, **kwargs)
+    return build
+
+
+HEADS: dict[str, Callable[..., FusionHead]] = {
+    "a_only": _single("audio"),
+    "v_only": _single("visual"),
+    "concat_linear": ConcatLinearHead,
+    "concat_mlp": ConcatMLPHead,
+    "bilinear": BilinearHead,
+    "dynamic_weighting": DynamicWeightingHead,
+    "gated": GatedFusionHead,
+    "cross_attention": CrossAttentionHead,
+}
+
+
+def _tcn_prompt(**kwargs: Any) -> SequenceHead:
+    """Seed 003's TCN + cross-attention + label-prompt head, imported only when it is built."""
+    from kitlib.fusion.tcn_prompt import TCNPromptHead
+
+    return TCNPromptHead(**kwargs)
+
+
+# window-level heads: (B, W, D) windows in, (B, W, C) logits out (kitlib.fusion.sequence)
+SEQUENCE_HEADS: dict[str, Callable[..., SequenceHead]] = {
+    "safe_xattn": SafeXAttnTransformer,
+    "tcn_prompt": _tcn_prompt,
+}
+
+# the keyword options each sequence head takes beyond (visual_dim, audio_dim, hidden, dropout, num_classes)
+SEQUENCE_HEAD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "safe_xattn": ("d_model", "layers", "n_heads", "modality_dropout"),
+    "tcn_prompt": ("tcn_levels", "tcn_kernel", "n_heads", "prompt_embeddings", "contrastive_weight", "temperature"),
+}
+
+
+def known_heads() -> list[str]:
+    """Every head ``build_head`` knows: the frame heads, then the sequence heads."""
+    return [*HEADS, *SEQUENCE_HEADS]
+
+
+def is_sequence_head(name_or_module: str | nn.Module) -> bool:
+    """Whether a head (by name or instance) works on windows rather than single frames."""
+    if isinstance(name_or_module, nn.Module):
+        return isinstance(name_or_module, SequenceHead)
+    return name_or_module in SEQUENCE_HEADS
+
+
+def build_head(name: str, *, visual_dim: int, audio_dim: int, hidden: int = 512, dropout: float = 0.2,
+               num_classes: int = NUM_CLASSES, options: Mapping[str, Any] | None = None) -> nn.Module:
+    """A fresh (randomly initialised) head from ``HEADS`` or ``SEQUENCE_HEADS``.
+
+    ``options`` are a sequence head's own keywords (``SEQUENCE_HEAD_OPTIONS``, e.g. ``d_model``); a
+    frame head takes none. An unknown option is an error naming the valid ones.
+    """
+    options = dict(options or {})
+    if name not in HEADS and name not in SEQUENCE_HEADS:
+        raise ValueError(f"unknown fusion head {name!r}; choose one of {', '.join(known_heads())}")
+    valid = SEQUENCE_HEAD_OPTIONS.get(name, ())
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"fusion head {name!r} has no option(s) {unknown}; "
+                         + (f"valid: {', '.join(valid)}" if valid else "it takes none"))
+    builder = HEADS.get(name) or SEQUENCE_HEADS[name]
+    return builder(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
+                   num_classes=num_classes, **options)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters (the Params column of Table 3)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+

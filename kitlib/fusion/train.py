@@ -1,0 +1,318 @@
+"""One training loop for every fusion head (frame heads and window heads), prediction, cross-validation
+and the head comparison of Table 3 (seed 000 sec. 3.2.4, eq. 13; sec. 4.6).
+
+A frame head's batch is a set of labelled frames; a sequence head's batch a set of windows
+(``sequence.training_windows``), and sequence-head logits come back frame-aligned (N, C) by soft
+voting over windows of stride ``S``.
+
+Evaluation: ``evaluate_heads`` trains every head on the official split (early stopping on the
+validation macro F1) and, given folds, runs the K-fold cross-validation of Table 3 over the
+train+val pool; a fold's model is trained for the official run's best epoch count WITHOUT looking
+at the held-out fold (no early stopping on the data it is scored on).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kitlib import NUM_CLASSES
+from kitlib.fusion.heads import HEADS, SEQUENCE_HEADS, build_head, count_parameters, known_heads
+from kitlib.fusion.sequence import (SequenceHead, add_votes, frame_criterion, sliding_windows, training_windows,
+                                    vote_buffers)
+from kitlib.fusion.table import FrameTable
+from kitlib.metrics import macro_f1
+from kitlib.runtime import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedHead:
+    """A trained head with its training record."""
+
+    name: str
+    module: nn.Module          # a FusionHead or a sequence.SequenceHead
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_f1: float
+    n_params: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, table: FrameTable, *, device: torch.device | str = "cpu") -> np.ndarray:
+        """Frame logits (N, C) of ``table`` with the batch size, window and stride it was trained with."""
+        c = self.config
+        return predict_logits(self.module, table, batch_size=4 * c.get("batch_size", 1024), device=device,
+                              window=c.get("window", 64), stride=c.get("stride", 8))
+
+
+CLASS_WEIGHTS = ("inverse", "inverse_sqrt", "effective_number")
+
+
+def class_weights_for(labels: np.ndarray, scheme: str | None, num_classes: int = NUM_CLASSES, *,
+                      beta: float = 0.999) -> np.ndarray:
+    """Per-class weights ``w_c`` of eq. 13 from the training label counts ``n_c`` (valid frames).
+
+    ``inverse``: ``w_c ~ 1 / n_c``; ``inverse_sqrt``: ``w_c ~ 1 / sqrt(n_c)``; ``effective_number``
+    (Cui et al. 2019, seed 004 sec. 4.4): ``w_c ~ (1 - beta) / (1 - beta^n_c)``, the inverse of the
+    effective number of samples; None: all 1. Normalised to mean 1 over the classes present; absent
+    classes get 0.
+    """
+    if scheme is None:
+        return np.ones(num_classes, dtype=np.float32)
+    if scheme not in CLASS_WEIGHTS:
+        raise ValueError(f"unknown class_weights {scheme!r}; choose one of {', '.join(CLASS_WEIGHTS)} or None")
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    if scheme == "effective_number":
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"effective-number class weights need 0 < beta < 1, got {beta}")
+        w = np.divide(1.0 - beta, 1.0 - beta**counts, out=np.zeros(num_classes), where=present)
+    else:
+        power = 1.0 if scheme == "inverse" else 0.5
+        w = np.divide(1.0, counts**power, out=np.zeros(num_classes), where=present)
+    return (w / w[present].mean()).astype(np.float32)
+
+
+def _batch(table: FrameTable, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Rows of ``table`` as float32 tensors on ``device``; filled audio is zeroed like missing faces."""
+    def move(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True)
+    visual = move(table.visual[rows]).float()
+    audio = move(table.audio[rows]).float()
+    vmask = move(table.visual_mask[rows])
+    audio = audio * move(table.audio_mask[rows]).to(audio.dtype).unsqueeze(-1)
+    return visual, audio, vmask
+
+
+def _labelled_batch(table: FrameTable, rows: np.ndarray,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_batch`` plus labels, for frame rows (B,) or window rows (B, W) with -1 = padding.
+
+    Padded positions get no face, silent audio and label -1, so heads and losses ignore them.
+    """
+    padded = rows < 0
+    safe = np.where(padded, 0, rows).reshape(-1)
+    visual, audio, vmask = _batch(table, safe, device)
+    labels = np.where(padded.reshape(-1), -1, table.labels[safe])
+    if padded.any():
+        keep = torch.from_numpy(~padded.reshape(-1)).to(device)
+        vmask = vmask & keep
+        audio = audio * keep.to(audio.dtype).unsqueeze(-1)
+    shape = rows.shape
+    return (visual.view(*shape, -1), audio.view(*shape, -1), vmask.view(shape),
+            torch.from_numpy(labels).to(device).view(shape))
+
+
+@torch.inference_mode()
+def predict_logits(module: nn.Module, table: FrameTable, *, batch_size: int = 4096,
+                   device: torch.device | str = "cpu", window: int = 64, stride: int = 8) -> np.ndarray:
+    """Logits (N, C) float32 of every row of ``table`` (eval mode).
+
+    A frame head scores ``batch_size`` rows at a time. A sequence head scores every window of
+    ``window`` frames, stride ``stride`` (``sequence.sliding_windows``), ``batch_size`` windows at a
+    time, and a frame's logits are the mean over the windows covering it (soft voting, seed 004 sec. 3.6).
+    """
+    device = torch.device(device)
+    module.eval().to(device)
+    if isinstance(module, SequenceHead):
+        windows = sliding_windows(table.offsets, window=window, stride=stride)
+        total, count = vote_buffers(len(table), NUM_CLASSES, device=device)
+        starts = range(0, len(windows), batch_size)
+        for start in tqdm(starts, desc="predict windows", unit="batch", leave=False, disable=len(starts) < 20):
+            rows = windows[start:start + batch_size]
+            visual, audio, vmask, _ = _labelled_batch(table, rows, device)
+            add_votes(total, count, torch.from_numpy(rows).to(device), module(visual, audio, vmask))
+        return (total / count.clamp(min=1).unsqueeze(1)).cpu().numpy()
+    chunks = []
+    starts = range(0, len(table), batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", leave=False, disable=len(starts) < 20):
+        rows = np.arange(start, min(start + batch_size, len(table)))
+        chunks.append(module(*_batch(table, rows, device)).float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, NUM_CLASSES), dtype=np.float32)
+
+
+def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hidden: int = 512,
+               dropout: float = 0.2, epochs: int = 30, batch_size: int = 1024, lr: float = 1e-3,
+               weight_decay: float = 1e-4, patience: int = 5, seed: int = 0, device: torch.device | str = "cpu",
+               class_weights: str | None = "inverse_sqrt", effective_beta: float = 0.999, loss: str = "ce",
+               focal_gamma: float = 2.0, options: Mapping[str, Any] | None = None, window: int = 64,
+               stride: int = 8, max_invalid: float = 0.25) -> TrainedHead:
+    """Train one head (frame or sequence) with AdamW and a class-weighted frame criterion over valid frames.
+
+    ``loss``: ``ce`` (eq. 13 of seed 000) or ``focal`` (eq. 5 of seed 004, ``focal_gamma``), both with
+    the ``class_weights`` scheme (``effective_beta`` for ``effective_number``). A frame head trains on
+    batches of ``batch_size`` labelled frames; a sequence head (``options`` = its own keywords) on
+    batches of ``batch_size`` windows of ``window`` frames, stride ``stride``, without those whose
+    share of -1 labels exceeds ``max_invalid``, through its ``training_loss``; it is validated by
+    soft voting over windows of the same stride. With ``val``: early stopping on the validation macro
+    F1 (``patience`` epochs without a gain) and the best epoch's weights are kept. With ``val=None``:
+    exactly ``epochs`` epochs, last weights.
+    """
+    device = torch.device(device)
+    seed_everything(seed)
+    if not (train.labels >= 0).any():
+        raise ValueError("train_head: the training table has no labelled frames")
+    if val is not None and not (val.labels >= 0).any():
+        raise ValueError("train_head: the validation table has no labelled frames")
+    module = build_head(head_name, visual_dim=train.visual_dim, audio_dim=train.audio_dim, hidden=hidden,
+                        dropout=dropout, options=options).to(device)
+    sequence = isinstance(module, SequenceHead)
+    if sequence:   # the training units: windows (n, W) of row indices, else labelled frames (n,)
+        units = training_windows(train.labels, train.offsets, window=window, stride=stride, max_invalid=max_invalid)
+        if len(units) == 0:
+            raise ValueError(f"train_head {head_name}: no training window of {window} frames has at most "
+                             f"{max_invalid:.0%} invalid labels")
+    else:
+        units = np.flatnonzero(train.labels >= 0)
+    weights = torch.from_numpy(class_weights_for(train.labels, class_weights, beta=effective_beta)).to(device)
+    criterion = frame_criterion(loss, weight=weights, gamma=focal_gamma)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    generator = np.random.default_rng(seed)
+    n_params = count_parameters(module)
+    predict_kwargs = dict(batch_size=4 * batch_size, device=device, window=window, stride=stride)
+    log.info("train %s (%d params): %d labelled train frames%s, %s val frames, up to %d epochs on %s",
+             head_name, n_params, int((train.labels >= 0).sum()),
+             f" in {len(units)} windows of {window} (stride {stride})" if sequence else "",
+             "no" if val is None else int((val.labels >= 0).sum()), epochs, device)
+
+    history: list[dict[str, float]] = []
+    best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
+    bar = tqdm(range(1, epochs + 1), desc=f"train {head_name}", unit="epoch", leave=False)
+    for epoch in bar:
+        start = time.perf_counter()
+        module.train()
+        order = generator.permutation(len(units))
+        total, seen = 0.0, 0
+        for first in range(0, len(order), batch_size):
+            batch = units[np.sort(order[first:first + batch_size])]  # sorted rows: faster gathers, same batch
+            visual, audio, vmask, labels = _labelled_batch(train, batch, device)
+            if sequence:
+                batch_loss = module.training_loss(visual, audio, vmask, labels, criterion)
+            else:
+                batch_loss = criterion(module(visual, audio, vmask), labels)
+            optimizer.zero_grad(set_to_none=True)
+            batch_loss.backward()
+            optimizer.step()
+            n_valid = len(batch) if not sequence else int((labels >= 0).sum())
+            total += float(batch_loss.detach()) * n_valid
+            seen += n_valid
+        record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
+        if val is not None:
+            pred = predict_logits(module, val, **predict_kwargs).argmax(1)
+            record["val_f1"] = macro_f1(val.labels, pred)
+        record["seconds"] = time.perf_counter() - start
+        history.append(record)
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_f1")})
+        if val is None:
+            continue
+        if record["val_f1"] > best_f1:
+            best_f1, best_epoch, stale = record["val_f1"], epoch, 0
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in module.state_dict().items()})
+        else:
+            stale += 1
+            if stale >= patience:
+                log.info("train %s: early stop at epoch %d (best %d, val F1 %.4f)", head_name, epoch,
+                         best_epoch, best_f1)
+                break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    else:
+        best_epoch, best_f1 = len(history), float("nan")
+    module.eval()
+    log.info("train %s done: %d epochs, best epoch %d, val F1 %.4f", head_name, len(history), best_epoch, best_f1)
+    config = dict(head=head_name, hidden=hidden, dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr,
+                  weight_decay=weight_decay, patience=patience, seed=seed, class_weights=class_weights,
+                  effective_beta=effective_beta, loss=loss, focal_gamma=focal_gamma, options=dict(options or {}),
+                  window=window, stride=stride, max_invalid=max_invalid,
+                  visual_dim=train.visual_dim, audio_dim=train.audio_dim)
+    return TrainedHead(name=head_name, module=module, history=history, best_epoch=best_epoch,
+                       best_val_f1=float(best_f1), n_params=n_params, config=config)
+
+
+# ----------------------------------------------------------------------------- Table 3
+
+
+@dataclass
+class FusionComparison:
+    """What ``evaluate_heads`` produces: Table 3 and the logits later stages (smoothing) reuse."""
+
+    table: pd.DataFrame                       # one row per head
+    trained: dict[str, TrainedHead]           # official-split models
+    val_logits: dict[str, np.ndarray]         # head -> (N_val, C), rows of the ``val`` table
+    fold_logits: dict[str, np.ndarray] = field(default_factory=dict)  # head -> out-of-fold (N_all, C)
+
+
+def cross_validate(head_name: str, table_all: FrameTable, folds: Mapping[str, int], *, epochs: int,
+                   batch_size: int = 1024, device: torch.device | str = "cpu",
+                   **train_kwargs: Any) -> tuple[dict[int, float], np.ndarray]:
+    """K-fold CV over the tracks of ``table_all``: fold k's model is trained on the other folds for
+    ``epochs`` epochs (no early stopping) and scored on fold k. Returns per-fold macro F1 and the
+    out-of-fold logits (N_all, C)."""
+    missing = [t for t in table_all.txtids if t not in folds]
+    if missing:
+        raise KeyError(f"no fold given for {len(missing)} tracks, e.g. {missing[:5]}")
+    track_fold = np.array([int(folds[t]) for t in table_all.txtids])
+    row_fold = track_fold[table_all.track_rows()]
+    oof = np.zeros((len(table_all), NUM_CLASSES), dtype=np.float32)
+    scores: dict[int, float] = {}
+    for fold in sorted(set(track_fold.tolist())):
+        train = table_all.subset([t for t, f in zip(table_all.txtids, track_fold) if f != fold])
+        held = table_all.subset([t for t, f in zip(table_all.txtids, track_fold) if f == fold])
+        trained = train_head(head_name, train, None, epochs=epochs, batch_size=batch_size, device=device,
+                             **train_kwargs)
+        logits = trained.predict(held, device=device)
+        oof[row_fold == fold] = logits  # subset keeps the original track order, so rows line up
+        scores[fold] = macro_f1(held.labels, logits.argmax(1))
+        log.info("CV %s fold %d: %d tracks, %d frames, F1 %.4f", head_name, fold, len(held.txtids), len(held),
+                 scores[fold])
+    return scores, oof
+
+
+def evaluate_heads(head_names: Sequence[str], *, train: FrameTable, val: FrameTable,
+                   folds: Mapping[str, int] | None = None, table_all: FrameTable | None = None,
+                   head_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+                   **train_kwargs: Any) -> FusionComparison:
+    """Table 3: per head its parameter count, official validation F1 and (with ``folds`` and
+    ``table_all``, the train+val pool) per-fold / mean / std (sample, ddof=1) cross-validated F1.
+
+    ``train_kwargs`` go to ``train_head`` (hidden, dropout, epochs, lr, device, ...) for every head;
+    ``head_kwargs[name]`` override them for one head (a sequence head's options, window, batch
+    size, loss). The CV models train for the official run's best epoch count.
+    """
+    unknown = [h for h in head_names if h not in HEADS and h not in SEQUENCE_HEADS]
+    if unknown:
+        raise ValueError(f"unknown fusion heads {unknown}; choose from {', '.join(known_heads())}")
+    if (folds is None) != (table_all is None):
+        raise ValueError("cross-validation needs both folds and table_all (or neither)")
+    head_kwargs = head_kwargs or {}
+    rows, trained, val_logits, fold_logits = [], {}, {}, {}
+    for name in head_names:
+        kwargs = {**train_kwargs, **head_kwargs.get(name, {})}
+        head = train_head(name, train, val, **kwargs)
+        logits = head.predict(val, device=kwargs.get("device", "cpu"))
+        trained[name], val_logits[name] = head, logits
+        row: dict[str, Any] = {"head": name, "params": head.n_params, "official_val_f1": head.best_val_f1,
+                               "best_epoch": head.best_epoch}
+        if folds is not None:
+            cv_kwargs = {k: v for k, v in kwargs.items() if k not in ("epochs", "patience")}
+            scores, fold_logits[name] = cross_validate(name, table_all, folds, epochs=max(head.best_epoch, 1),
+                                                       **cv_kwargs)
+            values = np.array(list(scores.values()))
+            row["cv_mean_f1"] = float(values.mean())
+            row["cv_std_f1"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+            row.update({f"fold_{k}": v for k, v in scores.items()})
+        rows.append(row)
+        log.info("fusion %s: %d params, official val F1 %.4f%s", name, head.n_params, head.best_val_f1,
+                 f", CV {row['cv_mean_f1']:.4f} +- {row['cv_std_f1']:.4f}" if folds is not None else "")
+    return FusionComparison(table=pd.DataFrame(rows), trained=trained, val_logits=val_logits,
+                            fold_logits=fold_logits)

@@ -1,0 +1,77 @@
+"""Notebook 06: temporal smoothing of the final head's logits (seed 000 sec. 3.2.5): Fig. 4 and Table 4.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from kitlib import config, data
+from kitlib.config import Config, notebook_config
+from kitlib.stages.common import data_index, folds, frame_labels, load_logits, read_report, report, start
+
+log = logging.getLogger(__name__)
+
+# what the notebook calls: the shared first steps, then this stage's own functions
+__all__ = ['notebook_config', 'start', 'data_index', 'read_report', 'smoothing_sweep', 'smoothing_table',
+           'smoothing_example']
+
+
+def _sweep_windows(cfg: Config) -> range:
+    s = cfg.smoothing
+    if s.window_min % 2 == 0 or s.window_step % 2 == 1:
+        raise config.ConfigError("smoothing.window_min must be odd and smoothing.window_step even (odd windows only)")
+    return range(s.window_min, s.window_max + 1, s.window_step)
+
+
+def smoothing_sweep(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
+    """Fig. 4: macro F1 per strategy and window on the official validation split and on each fold."""
+    from kitlib import smoothing
+
+    labels = frame_labels(cfg, index)
+    windows = sorted({*_sweep_windows(cfg), cfg.smoothing.final_window})
+    sets = {"official val": load_logits(cfg, "val")}
+    oof_path = cfg.run_dir / "fusion" / "oof_logits.npz"
+    if oof_path.is_file():
+        oof = load_logits(cfg, "oof")
+        assignment = folds(cfg, index)
+        for k in sorted({assignment[t] for t in oof}):
+            sets[f"fold {k}"] = {t: x for t, x in oof.items() if assignment[t] == k}
+    tables = []
+    for name, logits in sets.items():
+        table = smoothing.sweep(logits, {t: labels[t][: len(x)] for t, x in logits.items()}, windows=windows,
+                                strategies=cfg.smoothing.strategies)
+        tables.append(table.assign(split=name))
+    sweep = pd.concat(tables, ignore_index=True)
+    report(cfg, "smoothing_sweep", sweep)
+    return sweep
+
+
+def smoothing_table(cfg: Config, sweep: pd.DataFrame) -> pd.DataFrame:
+    """Table 4: single frame and each strategy at ``smoothing.final_window``: official val F1, fold mean ± std."""
+    w = cfg.smoothing.final_window
+    rows = sweep[(sweep["window"] == w) | (sweep["strategy"] == "none")].copy()
+    rows["strategy"] = rows["strategy"].replace({"none": "single-frame"})
+    official = rows[rows["split"] == "official val"].set_index("strategy")["f1"]
+    table = pd.DataFrame({"official_val_f1": official})
+    on_folds = rows[rows["split"].str.startswith("fold")]
+    if len(on_folds):
+        table["cv_mean_f1"] = on_folds.groupby("strategy")["f1"].mean()
+        table["cv_std_f1"] = on_folds.groupby("strategy")["f1"].std(ddof=1)
+    table = table.reset_index().assign(window=lambda t: np.where(t["strategy"] == "single-frame", 1, w))
+    report(cfg, "table4_smoothing", table)
+    return table
+
+
+def smoothing_example(cfg: Config, index: data.DataIndex) -> dict:
+    """The longest validation track: truth, single-frame and final-smoothing predictions."""
+    from kitlib.smoothing import smooth_logits
+
+    logits = load_logits(cfg, "val")
+    txtid = max(logits, key=lambda t: len(logits[t]))
+    x = logits[txtid]
+    s = cfg.smoothing
+    return {"txtid": txtid, "truth": frame_labels(cfg, index)[txtid][: len(x)],
+            "rows": {"single frame": x.argmax(1),
+                     f"{s.final_strategy} {s.final_window}": smooth_logits(x, s.final_window, s.final_strategy).argmax(1)}}

@@ -1,0 +1,6 @@
+"""The visual branch: backbones (``backbones``: timm loading, key remapping), Stage I (``stage1``: heads,
+loss, training), PadAug (``padaug``), image datasets (``images``) and frame-feature extraction (``extract``).
+"""
+from kitlib.visual.extract import REPORT_COLUMNS, OFFICIAL_REPORT_COLUMNS, feature_dim, extract_visual_features, extract_official_crop_features
+
+__all__ = ['REPORT_COLUMNS', 'OFFICIAL_REPORT_COLUMNS', 'feature_dim', 'extract_visual_features', 'extract_official_crop_features']
