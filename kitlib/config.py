@@ -68,8 +68,14 @@ class DemoParams:
 
 @dataclass
 class FacesParams:
-    detector: str           # opencv-haar | face-alignment | boxes
+    detector: str           # centerface | scrfd | face-alignment | opencv-haar | boxes
     boxes_file: str | None  # CSV videoid,frame,x1,y1,x2,y2,score for detector=boxes
+    detector_weights: str | None  # weights file (centerface, scrfd) or folder (face-alignment); null = backend default
+    detector_options: dict[str, Any]  # further keyword options of the backend (threshold, box_scale, ...)
+    detect_max_side: int    # detect on a copy whose long side is at most this many pixels
+    detect_every: int       # run the detector on every k-th frame; the frames between are interpolated
+    selection: str | None   # CSV txtid,strategy: which face is each track's person (null = default_strategy)
+    default_strategy: str   # for tracks the selection table does not list: largest | left | right | top | ...
     max_gap: int            # bridge detection gaps up to this many frames; longer = face missing
     follow_max_frames: int  # follow a face lost at the frame border for up to this many frames (0 = off)
     follow_min_visible: float     # stop following when less of the box than this lies inside the frame

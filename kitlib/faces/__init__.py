@@ -1,11 +1,17 @@
-"""Faces from raw video: decoding (``video``), detectors behind one registry (``detectors``), one face
-track per annotated person (``tracking``) and multi-scale crops (``crops``).
+"""Faces from raw video: decoding (``video``), detectors behind one registry (``detectors``), which face
+is each track's person (``selection``), all tracks of a video assigned jointly (``assign``) on top of
+one face track per annotated person (``tracking``), and multi-scale crops (``crops``).
 """
 from kitlib.faces.crops import crop_faces, normalize
-from kitlib.faces.detectors import FaceDetector, DETECTORS, register_detector, build_detector
+from kitlib.faces.detectors import FaceDetector, DETECTORS, register_detector, build_detector, detector_record
 from kitlib.faces.detectors.boxes import BOX_COLUMNS, BoxesDetector
 from kitlib.faces.detectors.facealignment import FACE_ALIGNMENT_WEIGHTS, face_alignment_weight_paths, FaceAlignmentDetector
 from kitlib.faces.detectors.haar import HaarDetector
-from kitlib.faces.tracking import MISSING, DETECTED, BRIDGED, FOLLOWED, STATUS_NAMES, FaceTrack, box_iou, FollowSettings, masked_ncc, visible_fraction, FaceTracker, bridge_gaps, track_faces
+from kitlib.faces.detectors.centerface import CenterFaceDetector, centerface_weights
+from kitlib.faces.selection import STRATEGIES, preference, read_selection, release_selection, strategies_of
+from kitlib.faces.assign import AssignSettings, JointTracker, overlap_frames, track_video
+from kitlib.faces.tracking import MISSING, DETECTED, BRIDGED, FOLLOWED, INTERPOLATED, STATUS_NAMES, FaceTrack, box_iou, FollowSettings, masked_ncc, visible_fraction, FaceTracker, bridge_gaps, track_faces
 
-__all__ = ['FaceDetector', 'DETECTORS', 'register_detector', 'build_detector', 'HaarDetector', 'FACE_ALIGNMENT_WEIGHTS', 'face_alignment_weight_paths', 'FaceAlignmentDetector', 'BOX_COLUMNS', 'BoxesDetector', 'MISSING', 'DETECTED', 'BRIDGED', 'FOLLOWED', 'STATUS_NAMES', 'FaceTrack', 'box_iou', 'FollowSettings', 'masked_ncc', 'visible_fraction', 'FaceTracker', 'bridge_gaps', 'track_faces', 'crop_faces', 'normalize']
+__all__ = ['FaceDetector', 'DETECTORS', 'register_detector', 'build_detector', 'detector_record', 'CenterFaceDetector',
+           'centerface_weights', 'STRATEGIES', 'preference', 'read_selection', 'release_selection', 'strategies_of',
+           'AssignSettings', 'JointTracker', 'overlap_frames', 'track_video', 'INTERPOLATED', 'HaarDetector', 'FACE_ALIGNMENT_WEIGHTS', 'face_alignment_weight_paths', 'FaceAlignmentDetector', 'BOX_COLUMNS', 'BoxesDetector', 'MISSING', 'DETECTED', 'BRIDGED', 'FOLLOWED', 'STATUS_NAMES', 'FaceTrack', 'box_iou', 'FollowSettings', 'masked_ncc', 'visible_fraction', 'FaceTracker', 'bridge_gaps', 'track_faces', 'crop_faces', 'normalize']

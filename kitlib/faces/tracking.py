@@ -23,7 +23,9 @@ MISSING: int = 0   # no face for this frame: zero features, mask False
 DETECTED: int = 1  # the detector found the person's face in this frame
 BRIDGED: int = 2   # a short detection gap, box interpolated linearly between its neighbours
 FOLLOWED: int = 3  # not detected: followed by appearance from the last detection (face crossing the border)
-STATUS_NAMES: dict[int, str] = {MISSING: "missing", DETECTED: "detected", BRIDGED: "bridged", FOLLOWED: "followed"}
+INTERPOLATED: int = 4  # not looked at (detection every k-th frame only), box interpolated between detections
+STATUS_NAMES: dict[int, str] = {MISSING: "missing", DETECTED: "detected", BRIDGED: "bridged", FOLLOWED: "followed",
+                                INTERPOLATED: "interpolated"}
 
 
 
@@ -33,7 +35,7 @@ class FaceTrack:
     """One face box per frame for one annotated person."""
 
     boxes: np.ndarray   # (N, 4) float32 x1, y1, x2, y2 in pixels, NaN where MISSING
-    status: np.ndarray  # (N,) uint8: DETECTED, FOLLOWED, BRIDGED or MISSING
+    status: np.ndarray  # (N,) uint8: DETECTED, FOLLOWED, BRIDGED, INTERPOLATED or MISSING
 
     @property
     def present(self) -> np.ndarray:
@@ -44,7 +46,7 @@ class FaceTrack:
         """Frame counts per status (the per-video face report's columns)."""
         counts = np.bincount(self.status, minlength=len(STATUS_NAMES))
         return dict(frames=int(len(self.status)), **{STATUS_NAMES[k]: int(counts[k])
-                                                     for k in (DETECTED, FOLLOWED, BRIDGED, MISSING)})
+                                                     for k in (DETECTED, FOLLOWED, BRIDGED, INTERPOLATED, MISSING)})
 
 
 def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -240,25 +242,38 @@ class FaceTracker:
             faces = np.asarray(faces, np.float32).reshape(-1, 5) if len(faces) else _no_faces()
             frame = frames[i] if frames is not None else None
             pick = self._pick(faces) if len(faces) else None
-            if pick is not None:
-                picks[i] = pick[:4]
-                self._remember(pick[:4], frame=frame, detected=True)
-                continue
-            found = self._follow(frame) if self.follow is not None and frame is not None else None
-            if found is None:
-                self._previous_live = False
-                continue
-            picks[i], followed[i] = found, True
-            self._n_followed += 1
-            self._remember(found, frame=frame, detected=False)
+            box, followed[i] = self.advance(pick, frame)
+            if box is not None:
+                picks[i] = box
         return picks, followed
 
+    @property
+    def live_box(self) -> np.ndarray | None:
+        """The previous frame's box (4,) when that frame had a pick (detected or followed), else None."""
+        return self._previous if self._previous_live else None
 
-def bridge_gaps(picks: np.ndarray, *, max_gap: int, followed: np.ndarray | None = None) -> FaceTrack:
+    def advance(self, pick: np.ndarray | None, frame: np.ndarray | None) -> tuple[np.ndarray | None, bool]:
+        """Take ``pick`` (the face chosen for this frame, or None) as this frame's box, or follow the lost
+        face in ``frame``; returns (box (4,) or None, followed)."""
+        if pick is not None:
+            self._remember(np.asarray(pick[:4], np.float32), frame=frame, detected=True)
+            return np.asarray(pick[:4], np.float32), False
+        found = self._follow(frame) if self.follow is not None and frame is not None else None
+        if found is None:
+            self._previous_live = False
+            return None, False
+        self._n_followed += 1
+        self._remember(found, frame=frame, detected=False)
+        return found, True
+
+
+def bridge_gaps(picks: np.ndarray, *, max_gap: int, followed: np.ndarray | None = None,
+                skipped: np.ndarray | None = None) -> FaceTrack:
     """Interpolate picked boxes linearly over gaps of at most ``max_gap`` frames.
 
     ``picks`` (N, 4) with NaN rows where nothing was picked; ``followed`` (N,) marks picks that
-    were followed, not detected (status FOLLOWED). Frames before the first or after the last
+    were followed, not detected (status FOLLOWED); ``skipped`` (N,) marks frames the detector did not
+    look at (detection every k-th frame), bridged as INTERPOLATED. Frames before the first or after the last
     pick are MISSING (no extrapolation). On a stream whose later frames are not known yet, the
     status and box of frame i are final once picks up to frame i + max_gap are in.
     """
@@ -281,6 +296,8 @@ def bridge_gaps(picks: np.ndarray, *, max_gap: int, followed: np.ndarray | None 
             for c in range(4):
                 boxes[bridged, c] = np.interp(frames[bridged], hits, picks[hits, c])
             status[bridged] = BRIDGED
+            if skipped is not None:  # frames the detector never saw: interpolated, not a detection gap
+                status[bridged & np.asarray(skipped, bool)] = INTERPOLATED
     return FaceTrack(boxes=boxes, status=status)
 
 

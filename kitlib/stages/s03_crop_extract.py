@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
 __all__ = ['notebook_config', 'start', 'data_index', 'frame_labels', 'read_report', 'follow_settings',
+           'face_detector', 'face_selection',
            'extract_visual', 'export_boxes', 'state_store', 'official_crop_store', 'crop_scale_probe',
            'OFFICIAL_CROP']
 
@@ -36,6 +37,45 @@ def follow_settings(cfg: Config):
                           min_similarity=f.follow_min_similarity)
 
 
+def face_detector(cfg: Config, dev: torch.device | None = None):
+    """The ``faces.detector`` backend built from ``faces.*`` (weights checked here, before any video is decoded)."""
+    from kitlib.faces import build_detector
+
+    f = cfg.faces
+    weights = cfg.path(f.detector_weights) if f.detector_weights else None
+    dev = dev or device(cfg)
+    if f.detector == "boxes":
+        if not f.boxes_file:
+            raise ValueError("faces.detector is 'boxes' but faces.boxes_file is null")
+        options = {"path": cfg.path(f.boxes_file)}
+    elif f.detector in ("centerface", "scrfd"):
+        options = {"weights": weights, "device": dev, "max_side": f.detect_max_side}
+    elif f.detector == "face-alignment":
+        options = {"weights_dir": weights, "device": dev, "max_side": f.detect_max_side}
+    else:
+        options = {"max_side": f.detect_max_side}
+    return build_detector(f.detector, **{**options, **f.detector_options})
+
+
+def face_selection(cfg: Config) -> dict[str, str]:
+    """``faces.selection`` (txtid -> strategy); empty when null (every track: its side or ``faces.default_strategy``)."""
+    from kitlib.faces.selection import check_strategy, read_selection
+
+    check_strategy(cfg.faces.default_strategy)
+    if cfg.faces.selection is None:
+        return {}
+    return read_selection(cfg.path(cfg.faces.selection))
+
+
+def _face_args(cfg: Config) -> dict:
+    """The face-tracking keyword arguments of ``extract_visual_features`` from ``faces.*``."""
+    if cfg.faces.detect_every < 1:
+        raise ValueError(f"faces.detect_every must be >= 1, got {cfg.faces.detect_every}")
+    return dict(crop_scales=cfg.faces.crop_scales, max_gap=cfg.faces.max_gap, follow=follow_settings(cfg),
+                decode_batch=cfg.faces.decode_batch, selection=face_selection(cfg),
+                default_strategy=cfg.faces.default_strategy)
+
+
 def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Track] | None = None,
                    rank: int | None = None, dev: torch.device | None = None) -> pd.DataFrame:
     """Faces -> multi-scale crops -> backbone features for every track (resumable).
@@ -43,22 +83,18 @@ def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Trac
     ``tracks`` / ``rank`` / ``dev``: one shard of a sharded extraction (``kitlib.tools.distributed``):
     only these tracks, on this device, with the rank's own manifest and report (merged later).
     """
-    from kitlib.faces import build_detector
     from kitlib.visual.backbones import input_mean_std
     from kitlib.visual.extract import extract_visual_features
 
     dev = dev or device(cfg)
+    detector = face_detector(cfg, dev)   # first: missing weights fail before any decoding or training
     backbone, record = adapted_backbone(cfg)
     mean, std = input_mean_std(backbone)
-    options = {"path": cfg.path(cfg.faces.boxes_file)} if cfg.faces.detector == "boxes" else {}
-    detector = build_detector(cfg.faces.detector, **options)
     table = extract_visual_features(
         index.tracks if tracks is None else tracks, feature_store(cfg, "visual", rank=rank), backbone,
-        detector=detector, crop_scales=cfg.faces.crop_scales,
-        image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size,
-        max_gap=cfg.faces.max_gap, follow=follow_settings(cfg), device=dev,
-        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
-        manifest={"backbone": record, "params_digest": cfg.digest()})
+        detector=detector, image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size,
+        device=dev, dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, detect_every=cfg.faces.detect_every,
+        manifest={"backbone": record, "params_digest": cfg.digest()}, **_face_args(cfg))
     return extraction_report(cfg, "visual_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)
 
 
@@ -123,10 +159,9 @@ def state_store(cfg: Config, index: data.DataIndex, state: str) -> FeatureStore 
     # the detections this run found, tracked again with the same settings: the same boxes, followed frames included
     table = extract_visual_features(
         _table1_tracks(index), store, backbone, detector=build_detector("boxes", path=export_boxes(cfg)),
-        crop_scales=cfg.faces.crop_scales, image_size=cfg.stage1.image_size, mean=mean, std=std,
-        batch_size=cfg.visual.batch_size, max_gap=cfg.faces.max_gap, follow=follow_settings(cfg), device=dev,
-        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
-        manifest={"backbone": record, "params_digest": cfg.digest()})
+        image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size, device=dev,
+        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, detect_every=cfg.faces.detect_every,
+        manifest={"backbone": record, "params_digest": cfg.digest()}, **_face_args(cfg))
     report(cfg, f"visual_extraction_{state}", table)
     return store
 

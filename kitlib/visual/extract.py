@@ -27,16 +27,21 @@ import torch
 from tqdm.auto import tqdm
 
 from kitlib.data import Track
-from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FaceDetector, FaceTracker, FollowSettings, bridge_gaps,
+from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FaceDetector, FaceTrack, FollowSettings, bridge_gaps,
                           crop_faces, normalize)
+from kitlib.faces.assign import AssignSettings, JointTracker, overlap_frames
+from kitlib.faces.detectors import detector_record
+from kitlib.faces.selection import strategies_of
+from kitlib.faces.tracking import INTERPOLATED
 from kitlib.faces.video import FrameBatch, VideoError, iter_frames, probe
 from kitlib.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
 
-REPORT_COLUMNS: tuple[str, ...] = ("txtid", "videoid", "video", "frames", "detected", "followed", "bridged",
-                                   "missing", "status", "seconds")
+REPORT_COLUMNS: tuple[str, ...] = ("txtid", "videoid", "video", "strategy", "frames", "detected", "followed",
+                                   "bridged", "interpolated", "missing", "identity_switches", "overlap", "status",
+                                   "seconds")
 OFFICIAL_REPORT_COLUMNS: tuple[str, ...] = ("txtid", "frames", "images", "unreadable", "missing", "status",
                                             "problems", "seconds")
 
@@ -56,7 +61,7 @@ class _TrackFeatures:
     """What is gathered for one annotation file while its video streams by."""
 
     track: Track
-    tracker: FaceTracker
+    strategy: str                                              # which face is this track's person (faces.selection)
     picks: list[np.ndarray] = field(default_factory=list)      # per decode batch (B, 4), NaN = no pick
     followed: list[np.ndarray] = field(default_factory=list)   # per decode batch (B,) bool, pick was followed
     by_scale: list[np.ndarray] = field(default_factory=list)   # per processed chunk (n, S, D) float16
@@ -98,7 +103,7 @@ def _encoder_args(backbone: torch.nn.Module, *, crop_scales: Sequence[float], im
 
 
 def _process_ready(buffer: list[FrameBatch], states: list[_TrackFeatures], *, n_ready: int, n_done: int,
-                   max_gap: int, device: torch.device, **encode_args) -> list[FrameBatch]:
+                   max_gap: int, skipped: list[np.ndarray], device: torch.device, **encode_args) -> list[FrameBatch]:
     """Encode the buffered frames whose face boxes are final (frame numbers <= ``n_ready``)."""
     if not buffer or n_ready <= n_done:
         return buffer
@@ -107,7 +112,8 @@ def _process_ready(buffer: list[FrameBatch], states: list[_TrackFeatures], *, n_
     take = int(np.searchsorted(index, n_ready, side="right"))
     frames_t = torch.from_numpy(frames[:take]).to(device).permute(0, 3, 1, 2)
     for state in states:
-        track = bridge_gaps(np.concatenate(state.picks), max_gap=max_gap, followed=np.concatenate(state.followed))
+        track = bridge_gaps(np.concatenate(state.picks), max_gap=max_gap, followed=np.concatenate(state.followed),
+                            skipped=np.concatenate(skipped))
         sl = slice(int(index[0]) - 1, int(index[0]) - 1 + take)
         boxes, status = track.boxes[sl], track.status[sl]
         state.by_scale.append(_encode(frames_t, boxes, **encode_args))
@@ -120,59 +126,79 @@ def _process_ready(buffer: list[FrameBatch], states: list[_TrackFeatures], *, n_
     return [FrameBatch(index=index[take:], times_s=times[take:], frames=rest)]
 
 
+def _detect(detector: FaceDetector, batch: FrameBatch, detect_every: int) -> list[np.ndarray | None]:
+    """Detections of a decoded batch; None on frames skipped by ``detect_every`` (frame n is looked at when
+    (n - 1) % detect_every == 0, so the choice does not depend on the decode chunking)."""
+    look = (batch.index - 1) % detect_every == 0
+    found = iter(detector.detect(batch.frames[look], frame_index=batch.index[look]) if look.any() else [])
+    return [next(found) if hit else None for hit in look]
+
+
 def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDetector, max_gap: int,
                    follow: FollowSettings | None, decode_batch: int, device: torch.device, frames_bar: tqdm,
+                   strategies: list[str], assign: AssignSettings | None = None, detect_every: int = 1,
                    **encode_args) -> list[dict[str, Any]]:
-    """Decode one video once and save the features of each of its ``tracks``; one report row per track."""
+    """Decode one video once and save the features of each of its ``tracks``; one report row per track.
+
+    All tracks of the video are assigned jointly (``JointTracker``): no two take one face on a frame."""
     started = time.perf_counter()
     video_path = tracks[0].video_path
     info = probe(video_path)
     video_detector = detector.for_video(tracks[0].videoid)
-    states = [_TrackFeatures(track=t, tracker=FaceTracker(frame_size=(info.width, info.height), side=t.side,
-                                                          follow=follow))
-              for t in tracks]
+    states = [_TrackFeatures(track=t, strategy=s) for t, s in zip(tracks, strategies)]
+    joint = JointTracker(frame_size=(info.width, info.height), strategies=strategies, settings=assign, follow=follow)
     frames_bar.reset(total=info.n_frames)
     frames_bar.set_description(tracks[0].videoid)
     buffer: list[FrameBatch] = []
     times: list[np.ndarray] = []
+    skipped: list[np.ndarray] = []
     n_seen = n_done = 0
     for batch in iter_frames(video_path, batch_size=decode_batch):
-        detections = video_detector.detect(batch.frames, frame_index=batch.index)
-        for state in states:
-            picks, followed = state.tracker.update(detections, batch.frames)
-            state.picks.append(picks)
-            state.followed.append(followed)
+        detections = _detect(video_detector, batch, detect_every)
+        picks, followed = joint.update(detections, batch.frames)
+        for i, state in enumerate(states):
+            state.picks.append(picks[i])
+            state.followed.append(followed[i])
+        skipped.append(np.array([d is None for d in detections], bool))
         buffer.append(batch)
         times.append(batch.times_s)
         n_seen = int(batch.index[-1])
         n_ready = n_seen - max_gap  # boxes of frames up to here no longer depend on frames to come
-        buffer = _process_ready(buffer, states, n_ready=n_ready, n_done=n_done, max_gap=max_gap,
+        buffer = _process_ready(buffer, states, n_ready=n_ready, n_done=n_done, max_gap=max_gap, skipped=skipped,
                                 device=device, **encode_args)
         n_done = max(n_done, n_ready)
         frames_bar.update(len(batch.index))
     if n_seen == 0:
         raise VideoError(video_path, "no frames could be decoded")
-    _process_ready(buffer, states, n_ready=n_seen, n_done=n_done, max_gap=max_gap, device=device, **encode_args)
+    _process_ready(buffer, states, n_ready=n_seen, n_done=n_done, max_gap=max_gap, skipped=skipped, device=device,
+                   **encode_args)
 
     rows = []
     times_s = np.concatenate(times)
-    for state in states:
+    final = [FaceTrack(boxes=np.concatenate(st.boxes), status=np.concatenate(st.status)) for st in states]
+    overlap = overlap_frames(final, min_iou=joint.settings.overlap_iou)
+    for i, (state, track) in enumerate(zip(states, final)):
         by_scale = np.concatenate(state.by_scale)
-        status = np.concatenate(state.status)
+        status = track.status
         mask = status != MISSING
         frame_features = by_scale.astype(np.float32).mean(axis=1)  # eq. 7; zeros where no face
-        store.save(state.track.txtid, frame_index=np.arange(1, n_seen + 1), features=frame_features, mask=mask, features_by_scale=by_scale, status=status.astype(np.uint8),
-                   boxes=np.concatenate(state.boxes).astype(np.float32), times_s=times_s.astype(np.float64))
-        counts = np.bincount(status, minlength=4)
+        store.save(state.track.txtid, frame_index=np.arange(1, n_seen + 1), features=frame_features, mask=mask,
+                   features_by_scale=by_scale, status=status.astype(np.uint8), boxes=track.boxes.astype(np.float32),
+                   times_s=times_s.astype(np.float64))
+        counts = np.bincount(status, minlength=INTERPOLATED + 1)
         found = bool(mask.any())
         if not found:
             log.warning("%s: no face of the %s person in any of the %d frames of %s; saved all-masked",
-                        state.track.txtid, state.track.side or "annotated", n_seen, video_path)
+                        state.track.txtid, state.strategy, n_seen, video_path)
+        if overlap[i]:
+            log.warning("%s: its face box overlaps another track's of the same video on %d frames",
+                        state.track.txtid, int(overlap[i]))
         rows.append(dict(txtid=state.track.txtid, videoid=state.track.videoid, video=str(video_path),
-                         frames=n_seen, detected=int(counts[DETECTED]), followed=int(counts[FOLLOWED]),
-                         bridged=int(counts[BRIDGED]),
-                         missing=int(counts[MISSING]), status="ok" if found else "no face",
-                         seconds=round(time.perf_counter() - started, 2)))
+                         strategy=state.strategy, frames=n_seen, detected=int(counts[DETECTED]),
+                         followed=int(counts[FOLLOWED]), bridged=int(counts[BRIDGED]),
+                         interpolated=int(counts[INTERPOLATED]), missing=int(counts[MISSING]),
+                         identity_switches=int(joint.identity_switches[i]), overlap=int(overlap[i]),
+                         status="ok" if found else "no face", seconds=round(time.perf_counter() - started, 2)))
     return rows
 
 
@@ -181,6 +207,8 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
                             image_size: int, mean: Sequence[float], std: Sequence[float], batch_size: int = 64,
                             max_gap: int = 15, follow: FollowSettings | None = None, device: torch.device,
                             dtype: torch.dtype = torch.float32, decode_batch: int = 128,
+                            selection: Mapping[str, str] | None = None, default_strategy: str = "largest",
+                            assign: AssignSettings | None = None, detect_every: int = 1,
                             manifest: dict[str, Any]) -> pd.DataFrame:
     """Multi-scale face features (eqs. 6-7) for every track, saved in ``store``; returns the run report.
 
@@ -190,7 +218,11 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
     ``kitlib.faces``), ``boxes`` (N, 4) float32 and ``times_s`` (N,) float64; frames without a face
     have zero features. ``batch_size`` counts crops per backbone forward, ``decode_batch`` frames
     per decode/detect step. ``follow`` (None: off) follows faces the detector loses at the frame
-    border (``kitlib.faces.FaceTracker``). Tracks already in the store are skipped (resume). A video that fails
+    border (``kitlib.faces.FaceTracker``). ``selection`` (txtid -> strategy, ``kitlib.faces.selection``)
+    says which face is each track's person (unlisted: the ``_left`` / ``_right`` side, else
+    ``default_strategy``); all tracks of a video are assigned jointly (``assign``). The detector runs
+    on every ``detect_every``-th frame; frames between are INTERPOLATED (bridged within ``max_gap``).
+    Tracks already in the store are skipped (resume). A video that fails
     (undecodable, or any other error) gets "error: ..." rows and the run goes on; a track whose
     person is never found is saved all-masked with status "no face". Report columns:
     ``REPORT_COLUMNS``. The store manifest (``manifest`` + crop settings, detector, feature dim)
@@ -222,8 +254,12 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
                 continue
             started = time.perf_counter()
             try:
+                strategy_of = dict(zip((t.txtid for t in group),
+                                       strategies_of(group, selection or {}, default=default_strategy)))
+                strategies = [strategy_of[t.txtid] for t in todo]
                 rows.extend(_extract_video(todo, store, detector=detector, max_gap=max_gap, follow=follow,
                                            decode_batch=decode_batch, device=device, frames_bar=frames_bar,
+                                           strategies=strategies, assign=assign, detect_every=detect_every,
                                            **encode_args))
             except Exception as exc:  # one bad video never stops the run; it is reported
                 reason = exc.reason if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
@@ -236,16 +272,20 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
     frames_bar.close()
 
     report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-    for col in ("frames", "detected", "followed", "bridged", "missing"):
+    for col in ("frames", "detected", "followed", "bridged", "interpolated", "missing", "identity_switches", "overlap"):
         report[col] = report[col].astype("Int64")
     n_ok = int((report["status"] == "ok").sum())
     n_noface = int((report["status"] == "no face").sum())
     n_err = int(report["status"].str.startswith("error").sum())
     log.info("visual features: %d tracks saved (%d of them without any face), %d skipped (done), %d failed; "
              "%d frames, %d with a face", n_ok + n_noface, n_noface, skipped, n_err,
-             int(report["frames"].sum()), int((report["detected"] + report["followed"] + report["bridged"]).sum()))
+             int(report["frames"].sum()),
+             int((report["detected"] + report["followed"] + report["bridged"] + report["interpolated"]).sum()))
     store.write_manifest({**manifest, "crop_scales": list(crop_scales), "image_size": image_size,
                           "detector": getattr(detector, "name", type(detector).__name__), "feature_dim": dim,
+                          "detector_settings": detector_record(detector), "detect_every": detect_every,
+                          "default_strategy": default_strategy,
+                          "assign": vars(assign) if assign is not None else vars(AssignSettings()),
                           "max_gap": max_gap, "follow": None if follow is None else vars(follow),
                           "mean": list(mean), "std": list(std)})
     return report

