@@ -101,4 +101,4 @@ def detector_record(detector: FaceDetector) -> dict:
 
 
 # the backends register themselves on import (after the registry above exists)
-from kitlib.faces.detectors import boxes, centerface, facealignment, haar  # noqa: E402,F401
+from kitlib.faces.detectors import boxes, centerface, facealignment, haar, scrfd  # noqa: E402,F401
