@@ -306,10 +306,14 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+# mappings whose keys are free (keyword options passed through): replaced whole, never checked key by key
+FREE_FORM_KEYS: frozenset[str] = frozenset({"arch_overrides", "detector_options"})
+
+
 def _merge(base: dict, update: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "arch_overrides":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in FREE_FORM_KEYS:
             out[key] = _merge(out[key], value, f"{where}{key}.")
         else:
             out[key] = copy.deepcopy(value)
@@ -373,7 +377,7 @@ def _check_keys(layer: dict, reference: dict, where: str, prefix: str = "") -> N
             raise ConfigError(f"{where}: unknown key {prefix + key!r}"
                               + (f" (did you mean {prefix + near[0]!r}?)" if near else "")
                               + f". Valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(reference)}")
-        if isinstance(value, dict) and isinstance(reference[key], dict) and key != "arch_overrides":
+        if isinstance(value, dict) and isinstance(reference[key], dict) and key not in FREE_FORM_KEYS:
             _check_keys(value, reference[key], where, f"{prefix}{key}.")
 
 

