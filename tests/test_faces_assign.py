@@ -166,3 +166,13 @@ def test_centerface_finds_half_visible_border_faces_that_haar_misses(clip):
         recall[name] = np.mean([len(f) > 0 and box_iou(f, clip.boxes[r, p]).max() >= 0.5
                                 for f, r, p in zip(found, rows, people)])
     assert recall["centerface"] >= 0.6 > 0.3 >= recall["opencv-haar"], recall
+
+
+def test_a_track_keeps_its_person_across_a_detector_miss():
+    before, after = (270, 150, 330, 210), (300, 150, 360, 210)     # crossed the middle (x = 320) while missed
+    detections = [det(before)] * 5 + [det(), det()] + [det(after)] * 4
+    tracks, _ = track_video(detections, frame_size=(640, 360), strategies=["left", "right"], max_gap=2)
+    assert (tracks[0].status != MISSING).all() and (tracks[1].status == MISSING).all()
+    too_late = [det(before)] * 5 + [det()] * 40 + [det(after)]     # beyond reacquire_frames: position rules again
+    tracks, _ = track_video(too_late, frame_size=(640, 360), strategies=["left", "right"], max_gap=2)
+    assert tracks[1].status[-1] == DETECTED and tracks[0].status[-1] == MISSING

@@ -129,13 +129,14 @@ def test_two_person_video_is_decoded_once_for_both_sides(tmp_path, videos, monke
     opened = []
     real = visual.iter_frames
     monkeypatch.setattr(visual, "iter_frames", lambda path, **kw: (opened.append(path), real(path, **kw))[1])
-    # the video id "face" with _left / _right annotations: the one face is on the right half late on
+    # the video id "face" with _left / _right annotations: the one face starts on the left and drifts right
     store = FeatureStore(tmp_path, "visual")
     report = run([track("face_left", videos["face"]), track("face_right", videos["face"])], store)
     assert len(opened) == 1
     assert set(report["txtid"]) == {"face_left", "face_right"}
-    right = store.load("face_right")
-    assert right["mask"][-1] and right["features"].shape == (N_FRAMES, 32)
+    left, right = store.load("face_left"), store.load("face_right")
+    # joint tracks: the face stays the left person's after it crosses the middle (no longer also the right's)
+    assert left["mask"][-1] and not right["mask"][-1] and right["features"].shape == (N_FRAMES, 32)
 
 
 def test_results_do_not_depend_on_the_decode_chunking(tmp_path, videos):
@@ -259,3 +260,45 @@ def test_official_crops_on_cuda_match_cpu(tmp_path):
                                        std=STD, device=torch.device(name), manifest={})
         features[name] = store.load("v1")["features"].astype(np.float32)
     np.testing.assert_allclose(features["cuda"], features["cpu"], atol=5e-3)
+
+
+def test_detect_every_kth_frame_interpolates_between_and_reports_it(tmp_path, videos):
+    from kitlib.faces import INTERPOLATED
+
+    calls = []
+    haar = build_detector("opencv-haar")
+
+    class Counting:
+        name = "counting-haar"
+
+        def for_video(self, videoid):
+            return self
+
+        def detect(self, frames, *, frame_index=None):
+            calls.extend(np.asarray(frame_index).tolist())
+            return haar.detect(frames, frame_index=frame_index)
+
+    store = FeatureStore(tmp_path, "visual")
+    report = run([track("face", videos["face"])], store, detector=Counting(), detect_every=3, decode_batch=4, max_gap=6)
+    assert calls == list(range(1, N_FRAMES + 1, 3))   # frames 1, 4, 7, ...: independent of the decode chunking
+    saved = store.load("face")
+    row = report.iloc[0]
+    assert row["interpolated"] == int((saved["status"] == INTERPOLATED).sum()) > 8
+    assert row["strategy"] == "largest" and row["identity_switches"] == 0 and row["overlap"] == 0
+    assert saved["mask"].sum() >= N_FRAMES - 3
+
+
+def test_two_person_tracks_never_share_the_face_and_manifest_records_the_detector(tmp_path, videos):
+    store = FeatureStore(tmp_path, "visual")
+    report = run([track("face_left", videos["face"]), track("face_right", videos["face"])], store).set_index("txtid")
+    left, right = store.load("face_left"), store.load("face_right")
+    # one face on screen, starting on the left: the left track holds it through the 2-frame detector miss and
+    # after it crosses the middle; the right track at most takes Haar's one false box (a second "face", frame 6)
+    assert (left["status"] != MISSING).all() and (right["status"] != MISSING).sum() <= 1
+    assert report.loc["face_left", "strategy"] == "left" and report["overlap"].tolist() == [0, 0]
+    manifest = store.read_manifest()
+    assert manifest["detector_settings"]["name"] == "opencv-haar" and manifest["detect_every"] == 1
+    selection = {"face_left": "right", "face_right": "left"}   # a selection table overrides the sides
+    swapped = FeatureStore(tmp_path / "swapped", "visual")
+    out = run([track("face_left", videos["face"]), track("face_right", videos["face"])], swapped, selection=selection)
+    assert out.set_index("txtid").loc["face_left", "strategy"] == "right"

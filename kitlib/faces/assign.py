@@ -6,11 +6,12 @@ and walks left is kept by ``_right`` by continuity and taken by ``_left`` by pos
 frame's faces are assigned to the video's tracks at once (``scipy.optimize.linear_sum_assignment``
 on a score per track and face), so two tracks never share a face on a frame:
 
-- continuity first: a face overlapping the track's previous box (IoU >= ``iou_keep``) scores
-  ``2 + IoU``, unless the strategy gives it up (``largest``: another face ``switch_ratio`` times
+- continuity first: a face overlapping the track's previous box (IoU >= ``iou_keep``; after a
+  detector miss, its last box of at most ``reacquire_frames`` frames ago) scores ``2 + IoU``, unless the strategy gives it up (``largest``: another face ``switch_ratio`` times
   larger; ``left`` / ``right`` / ``top``: the face became the opposite extreme of two or more);
 - else the track's selection strategy (``kitlib.faces.selection``) ranks the faces, ``1 - rank/k``;
-  faces the strategy rules out (a lone face on the other half for ``left``) are never taken;
+  faces the strategy rules out (a lone face on the other half for ``left``) are taken only when
+  their appearance matches the track's person at ``reid_min`` or more;
 - appearance: ``appearance_weight`` x the cosine match of the face's colour thumbnail with the
   track's person (``appearance``: an 8x8 RGB thumbnail, zero-mean, unit norm, averaged over the
   track's detections; 0.04 ms a face on 2 CPU cores), so after a miss, an occlusion or a shot cut the face that
@@ -47,6 +48,8 @@ class AssignSettings:
     same_person: float = 0.6         # a non-continuing pick matching the person below this is an identity switch (photo clip: same person 0.999, Collins vs Hopper 0.45)
     appearance_momentum: float = 0.9  # the person's thumbnail: running mean over detections with this momentum
     overlap_iou: float = 0.3         # two tracks' boxes at this IoU or more on one frame count as overlapping
+    reacquire_frames: int = 30       # after a miss, a face overlapping the track's last box this recently still continues it
+    reid_min: float = 0.9            # a face the strategy rules out is still the track's person at this appearance match
 
 
 THUMB = 8  # side of the appearance thumbnail, pixels
@@ -90,6 +93,15 @@ class JointTracker:
                                      min_rel_area=s.min_rel_area, follow=follow) for _ in self.strategies]
         self.person: list[np.ndarray | None] = [None] * len(self.strategies)  # appearance of each track's person
         self.identity_switches = np.zeros(len(self.strategies), np.int64)
+        self._last_box: list[np.ndarray | None] = [None] * len(self.strategies)   # last box, kept across misses
+        self._age = np.zeros(len(self.strategies), np.int64)                     # frames since that box
+
+    def _previous(self, t: int) -> np.ndarray | None:
+        """Track ``t``'s box on the previous frame, else its last box if at most ``reacquire_frames`` old."""
+        live = self.trackers[t].live_box
+        if live is not None:
+            return live
+        return self._last_box[t] if self._age[t] <= self.settings.reacquire_frames else None
 
     def _scores(self, faces: np.ndarray, looks: np.ndarray | None) -> np.ndarray:
         """(T, k) score of giving face f to track t; -inf where the track may not take it."""
@@ -100,7 +112,7 @@ class JointTracker:
         for t, (strategy, tracker) in enumerate(zip(self.strategies, self.trackers)):
             ranked = preference(faces, strategy, frame_size=self.frame_size)
             scores[t, ranked] = 1.0 - np.arange(len(ranked)) / k
-            previous = tracker.live_box
+            previous = self._previous(t)
             if previous is not None:
                 iou = box_iou(faces, previous)
                 dropped = opposite(faces, strategy) if strategy in OPPOSITE_DROPS else None
@@ -111,7 +123,10 @@ class JointTracker:
                         continue
                     scores[t, f] = 2.0 + iou[f]
             if looks is not None and self.person[t] is not None:
-                scores[t] += s.appearance_weight * (looks @ self.person[t])
+                match = looks @ self.person[t]
+                reid = ~np.isfinite(scores[t]) & (match >= s.reid_min)   # ruled out by position, but it is the person
+                scores[t, reid] = 1.0 - len(ranked) / k
+                scores[t] += s.appearance_weight * match
         return scores
 
     def _step(self, faces: np.ndarray | None, frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +153,7 @@ class JointTracker:
         for t, tracker in enumerate(self.trackers):
             f = picks[t]
             if f is not None and looks is not None:
-                previous = tracker.live_box
+                previous = self._previous(t)
                 continuing = previous is not None and box_iou(faces[f:f + 1], previous)[0] >= s.iou_keep
                 match = float(looks[f] @ self.person[t]) if self.person[t] is not None else 1.0
                 if not continuing and match < s.same_person:
@@ -147,8 +162,10 @@ class JointTracker:
                     s.appearance_momentum * self.person[t] + (1 - s.appearance_momentum) * looks[f])
                 self.person[t] = person / max(float(np.linalg.norm(person)), 1e-6)
             box, followed[t] = tracker.advance(faces[f] if f is not None else None, frame)
+            self._age[t] += 1
             if box is not None:
                 boxes[t] = box
+                self._last_box[t], self._age[t] = box, 0
         return boxes, followed
 
     def update(self, detections: Sequence[np.ndarray | None],
