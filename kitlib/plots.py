@@ -127,8 +127,8 @@ def image(array: np.ndarray, *, title: str = "") -> plt.Figure:
 
 
 def face_coverage(extraction: pd.DataFrame) -> plt.Figure:
-    """Per track: frames with a detected, followed or bridged face, and frames with no face (stacked bars)."""
-    parts = [c for c in ("detected", "followed", "bridged", "missing") if c in extraction]
+    """Per track: frames with a detected, followed, bridged or interpolated face, and frames with no face (stacked bars)."""
+    parts = [c for c in ("detected", "followed", "bridged", "interpolated", "missing") if c in extraction]
     table = extraction.set_index("txtid")[parts].astype(float)
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(table)), 3.4))
     bottom = np.zeros(len(table))
