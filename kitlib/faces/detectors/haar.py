@@ -16,8 +16,11 @@ log = logging.getLogger(__name__)
 class HaarDetector:
     """OpenCV's frontal-face Haar cascade, shipped inside the opencv-python wheel (no download).
 
-    Fast on CPU and weight-free, so it is the default; it misses profile and strongly rotated
-    faces, which ``track_faces`` bridges when the gap is short. Score = the cascade's neighbour
+    Fast on CPU and weight-free; it misses profile and strongly rotated faces and faces crossing the
+    frame border (1 of 13 half-visible border faces on the real-photo clip, CenterFace 10 of 13:
+    ``benchmarks/photo_clip_faces.py``), so CenterFace is the default. Box convention: its square
+    box's side is 1.01x the height of the WIDER FACE box on that clip's faces, so the crop scales
+    mean the same with either backend (no calibration factor needed). Score = the cascade's neighbour
     count (how many overlapping windows voted for the face). Speed on 2 CPU cores, 720p frames:
     ~4-7 frames/s with the defaults (~10 with scale_factor=1.2 or min_size_frac=0.15), so for the
     whole Aff-Wild2 release prefer ``face-alignment`` on a GPU or precomputed ``boxes``.
