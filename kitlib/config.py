@@ -181,6 +181,14 @@ class FusionParams:
     loss: str               # frame heads: ce | focal
     focal_gamma: float      # focal loss gamma (seed 004 eq. 5), both head kinds
     cross_validation: bool  # also report the K video-level folds
+    cv_protocol: str        # kit (CV epochs = official best epoch, sample std) | authors (best epoch per held-out fold, population std)
+    head_structure: str     # kit | authors: frame heads' layer structure (authors = the reference code, Table 3 counts)
+    input_norm: str         # none | l2_zscore: frame heads' inputs L2-normalised, z-scored with train statistics
+    input_dropout: list[float]  # [visual p, audio p]: element dropout of frame heads' inputs while training
+    lr_schedule: str        # constant | cosine (per epoch, lr -> lr_min), frame heads
+    lr_min: float           # end of the cosine schedule
+    frame_head_overrides: dict[str, Any]  # per frame head: {lr, weight_decay, dropout} replacing the fusion.* values
+    missing_frames: str     # mask (zero a faceless frame's visual) | impute (val/test: nearest frame with it)
     memmap_features: bool   # frame tables read features through a memory-mapped cache (store.consolidate)
     sequence: SequenceParams
     head_options: HeadOptions
@@ -199,6 +207,9 @@ class SmoothingParams:
     window_step: int
     final_strategy: str     # used for the submission (paper: median)
     final_window: int       # paper: 101
+    final_edge: str         # the submission's smoothing edges: truncate | replicate
+    edge: str               # Table 4 / Fig. 4 sweep: truncate (windows shrink at a track's ends) | replicate (edge frames repeated)
+    gaussian_sigma_divisor: float  # gaussian strategy's sigma = window / this (6: +-3 sigma; reference code: 4)
 
 
 @dataclass
@@ -300,10 +311,13 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+FREE_MAPPINGS = ("arch_overrides", "frame_head_overrides")  # mappings whose keys the schema does not fix
+
+
 def _merge(base: dict, update: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "arch_overrides":
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in FREE_MAPPINGS:
             out[key] = _merge(out[key], value, f"{where}{key}.")
         else:
             out[key] = copy.deepcopy(value)
@@ -367,7 +381,7 @@ def _check_keys(layer: dict, reference: dict, where: str, prefix: str = "") -> N
             raise ConfigError(f"{where}: unknown key {prefix + key!r}"
                               + (f" (did you mean {prefix + near[0]!r}?)" if near else "")
                               + f". Valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(reference)}")
-        if isinstance(value, dict) and isinstance(reference[key], dict) and key != "arch_overrides":
+        if isinstance(value, dict) and isinstance(reference[key], dict) and key not in FREE_MAPPINGS:
             _check_keys(value, reference[key], where, f"{prefix}{key}.")
 
 

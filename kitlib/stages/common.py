@@ -129,8 +129,10 @@ def frame_labels(cfg: Config, index: data.DataIndex) -> dict[str, np.ndarray]:
 
 def folds(cfg: Config, index: data.DataIndex) -> dict[str, int]:
     """Video-level folds over Train+Validation (``data.folds_file`` if given, else computed)."""
-    if cfg.data.folds_file:
-        return data.read_folds(cfg.data_path(cfg.data.folds_file))
+    if cfg.data.folds_file:   # under data.root, else a file shipped with the profile (params/abaw10_folds.csv)
+        path = cfg.data_path(cfg.data.folds_file)
+        shipped = cfg.path(cfg.data.folds_file)
+        return data.read_folds(path if path.is_file() or not shipped.is_file() else shipped)
     annotated = [t for t in index.tracks if t.labels_path is not None]
     return data.make_folds(data.label_histograms(annotated), n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
                            trials=cfg.data.fold_trials)
