@@ -119,10 +119,15 @@ class AudioParams:
     sample_rate: int
     chunk_s: float          # long audio is encoded in overlapping chunks of this length
     overlap_s: float
-    layers: str             # "last", or k = mean of the last k hidden layers
+    layers: str             # "last" | k or "lastk" (mean of the last k layers) | "a-b" / "a,b" (1-based layers: hidden_states[i])
+    normalize_waveform: bool | None  # zero-mean unit-variance per chunk; null = the encoder folder's preprocessor config
     align: str              # window | nearest
     align_window_total_s: float   # TOTAL length of the centred window (half-width = align_window_total_s / 2)
     ablation_windows_total_s: list[float]  # further total window lengths stored for Table 2
+    align_window_half_s: float | None  # HALF-WIDTH: window = frame +- this (reference WIN_SEC); set: replaces align_window_total_s
+    ablation_windows_half_s: list[float]  # further half-widths stored for Table 2 (reference convention)
+    align_empty: str        # mask (an empty window has no audio) | nearest (it takes the nearest encoder step)
+    frame_time: str         # container (frame start times) | centre ((i + 0.5) / fps, the reference code)
     amp: str
 
 
