@@ -75,6 +75,7 @@ class FacesParams:
     follow_min_visible: float     # stop following when less of the box than this lies inside the frame
     follow_min_similarity: float  # stop following when the appearance match (NCC) falls below this
     crop_scales: list[float]  # square crops of scale x face box (paper: 0.9, 1.2, 1.5)
+    crop_centre_fraction: float  # the crop actually used is this centre part of each scale's square (reference: 224/256)
     decode_batch: int       # frames decoded and detected per batch
 
 
@@ -86,9 +87,12 @@ class Stage1Params:
     image_size: int         # backbone input size in pixels
     train: bool             # run Stage-I adaptation (false: use `checkpoint` or `weights` as they are)
     checkpoint: str | None  # an adapted backbone (.safetensors) made elsewhere
-    dataset: str            # class_folder | affectnet | rafdb | affwild2 (cropped frames <txtid>/<00001>.jpg)
-    images_root: str        # image FER set for Stage I, relative to data.root unless absolute
+    dataset: str            # class_folder | affectnet | rafdb | affectnet_rafdb (merged) | affwild2 (cropped frames <txtid>/<00001>.jpg)
+    images_root: str        # image FER set for Stage I, relative to data.root unless absolute (affectnet_rafdb: AffectNet)
+    rafdb_root: str         # RAF-DB for dataset affectnet_rafdb, relative to data.root unless absolute
     head: str               # moe | mlp (training-only head, discarded after Stage I)
+    moe_structure: str      # kit (one-layer router and MLP experts) | authors (deep router, 3 SwiGLU blocks per expert)
+    head_dropout: float     # dropout of the Stage-I head (authors: 0.6, inside the SwiGLU blocks too)
     num_experts: int        # M in eqs. 2-3
     n_frozen_blocks: int    # patch embedding + the first N blocks stay frozen (paper: 8)
     epochs: int
@@ -96,9 +100,18 @@ class Stage1Params:
     lr_backbone: float
     lr_head: float
     weight_decay: float
+    layer_decay: float | None  # LLRD: block i of n at lr_backbone * layer_decay^(n-1-i); null = one backbone lr
+    no_decay_bias_norm: bool   # no weight decay on biases, 1-D weights and norms
+    grad_clip: float | None    # max gradient norm; null = no clipping
+    lr_schedule: str        # step_cosine (warm-up + cosine to 0 per step) | epoch_cosine (to lr_min, per epoch)
+    lr_min: float           # end of epoch_cosine
+    trainable_tokens: bool  # class / register tokens and position embedding trained (else frozen with the stem)
+    augment: str            # kit | authors: the Stage-I image augmentation list and eval transform
+    class_weight_norm: str  # samples (mean weight over images = 1) | classes (mean over the 8 classes = 1, reference)
     mixup_alpha: float
     label_smoothing: float
     padaug: bool            # padding-aware augmentation (paper 3.1.1)
+    padaug_style: str       # kit (bars up to max_frac of a side, content jitter) | authors (area <= max_frac, 1-4 px shift)
     padaug_p: float
     padaug_max_frac: float
     amp: str                # bf16 | fp16 | none (autocast on CUDA only)

@@ -238,9 +238,11 @@ def with_features(cfg: Config, tracks: list[data.Track], what: str) -> list[data
     return kept
 
 def padaug(cfg: Config):
-    from kitlib.visual.padaug import PadAug
+    """The Stage-I PadAug of ``stage1.padaug_style`` (None without ``stage1.padaug``)."""
+    from kitlib.visual.padaug import build_padaug
 
-    return PadAug(p=cfg.stage1.padaug_p, max_frac=cfg.stage1.padaug_max_frac) if cfg.stage1.padaug else None
+    s = cfg.stage1
+    return build_padaug(s.padaug_style, p=s.padaug_p, max_frac=s.padaug_max_frac) if s.padaug else None
 
 def stage1_items(cfg: Config) -> tuple[list, list]:
     """(train, val) image items of the Stage-I dataset named by ``stage1.dataset``."""
@@ -251,7 +253,9 @@ def stage1_items(cfg: Config) -> tuple[list, list]:
     annotations = cfg.data_path(cfg.data.annotations_dir)
     readers = {"class_folder": lambda split: images.class_folder_items(root / split),
                "affectnet": lambda split: images.affectnet_items(root, split),
-               "rafdb": lambda split: images.rafdb_items(root, split),
+               "rafdb": lambda split: images.rafdb_items(root, "test" if split == "val" else split),
+               "affectnet_rafdb": lambda split: images.affectnet_rafdb_items(
+                   root, cfg.data_path(cfg.stage1.rafdb_root), split),
                "affwild2": lambda split: images.affwild2_frame_items(root, annotations / splits[split])}
     if cfg.stage1.dataset not in readers:
         raise config.ConfigError(f"stage1.dataset {cfg.stage1.dataset!r} unknown; valid: {', '.join(readers)}")

@@ -54,7 +54,7 @@ def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Trac
     detector = build_detector(cfg.faces.detector, **options)
     table = extract_visual_features(
         index.tracks if tracks is None else tracks, feature_store(cfg, "visual", rank=rank), backbone,
-        detector=detector, crop_scales=cfg.faces.crop_scales,
+        detector=detector, crop_scales=[s * cfg.faces.crop_centre_fraction for s in cfg.faces.crop_scales],
         image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size,
         max_gap=cfg.faces.max_gap, follow=follow_settings(cfg), device=dev,
         dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
@@ -123,7 +123,7 @@ def state_store(cfg: Config, index: data.DataIndex, state: str) -> FeatureStore 
     # the detections this run found, tracked again with the same settings: the same boxes, followed frames included
     table = extract_visual_features(
         _table1_tracks(index), store, backbone, detector=build_detector("boxes", path=export_boxes(cfg)),
-        crop_scales=cfg.faces.crop_scales, image_size=cfg.stage1.image_size, mean=mean, std=std,
+        crop_scales=[s * cfg.faces.crop_centre_fraction for s in cfg.faces.crop_scales], image_size=cfg.stage1.image_size, mean=mean, std=std,
         batch_size=cfg.visual.batch_size, max_gap=cfg.faces.max_gap, follow=follow_settings(cfg), device=dev,
         dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
         manifest={"backbone": record, "params_digest": cfg.digest()})
