@@ -123,6 +123,7 @@ class Stage1Params:
 class VisualParams:
     batch_size: int         # crops per backbone batch
     amp: str                # bf16 | fp16 | none
+    probe: str              # Table 1's linear probe: sklearn (logistic regression) | torch (reference: AdamW 20 epochs, best)
 
 
 @dataclass
@@ -137,6 +138,7 @@ class AudioParams:
     align: str              # window | nearest
     align_window_total_s: float   # TOTAL length of the centred window (half-width = align_window_total_s / 2)
     ablation_windows_total_s: list[float]  # further total window lengths stored for Table 2
+    probe: str              # Table 2's linear probe: sklearn | torch
     align_window_half_s: float | None  # HALF-WIDTH: window = frame +- this (reference WIN_SEC); set: replaces align_window_total_s
     ablation_windows_half_s: list[float]  # further half-widths stored for Table 2 (reference convention)
     align_empty: str        # mask (an empty window has no audio) | nearest (it takes the nearest encoder step)

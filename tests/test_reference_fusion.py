@@ -215,3 +215,19 @@ def test_sweep_with_replicated_edges_and_quarter_sigma_matches_direct_smoothing(
         assert got == pytest.approx(macro_f1(y, pred))
     with pytest.raises(ValueError, match="replicate"):
         smooth_logits(logits["v0"], 5, "mean", edge="wrap")
+
+
+def test_torch_linear_probe_option():
+    from kitlib.metrics import linear_probe_f1, torch_linear_probe_f1
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 600)
+    X = rng.normal(size=(600, 10)).astype(np.float32) + np.eye(10)[y] * 3
+    torch_f1 = linear_probe_f1(X[:400], y[:400], X[400:], y[400:], kind="torch", l2=True, class_weighted=False)
+    assert torch_f1 == pytest.approx(torch_linear_probe_f1(X[:400], y[:400], X[400:], y[400:], l2=True,
+                                                           class_weighted=False))
+    assert torch_f1 > 0.4   # four separable classes of eight: macro F1 over 8 classes is at most 0.5
+    short = torch_linear_probe_f1(X[:400], y[:400], X[400:], y[400:], epochs=1, lr=1e-6)
+    assert short <= torch_f1
+    with pytest.raises(ValueError, match="probe kind"):
+        linear_probe_f1(X, y, X, y, kind="svm")

@@ -190,13 +190,19 @@ def _probe_sets(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray
 
 def probe_table(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray], kind: str,
                  settings: dict[str, tuple[str, int | None]], column: str) -> pd.DataFrame:
-    """Linear-probe macro F1 (train on Train_Set, score on Validation_Set) of each feature setting."""
+    """Linear-probe macro F1 (train on Train_Set, score on Validation_Set) of each feature setting, with
+    the probe ``visual.probe`` / ``audio.probe`` names (the reference code's torch probe: visual
+    features z-scored then L2-normalised, audio z-scored, inverse class weights for audio only)."""
     from kitlib.metrics import linear_probe_f1
 
+    audio = kind == "audio"
+    probe = cfg.audio.probe if audio else cfg.visual.probe
     train = _probe_sets(cfg, index, labels, kind, settings, "Train_Set")
     val = _probe_sets(cfg, index, labels, kind, settings, "Validation_Set")
-    return pd.DataFrame([{column: name, "val_f1": linear_probe_f1(*train[name], *val[name], seed=cfg.run.seed),
-                          "train_frames": len(train[name][1]), "val_frames": len(val[name][1])} for name in settings])
+    return pd.DataFrame([{column: name, "val_f1": linear_probe_f1(*train[name], *val[name], seed=cfg.run.seed,
+                                                                  kind=probe, l2=not audio, class_weighted=audio),
+                          "train_frames": len(train[name][1]), "val_frames": len(val[name][1]), "probe": probe}
+                         for name in settings])
 
 
 def load_logits(cfg: Config, name: str) -> dict[str, np.ndarray]:
