@@ -43,3 +43,20 @@ def test_every_recipe_knob_of_abaw10_is_in_the_table():
     machine = {"run.name", "run.device", "data.root", "data.annotations_dir", "stage1.images_root"}
     missing = {f"{s}.{k}" for s, keys in profile.items() for k in keys} - listed - machine
     assert not missing, f"abaw10.yaml knobs missing from docs/abaw10_knobs.md: {sorted(missing)}"
+
+
+def test_abaw10_ships_the_authors_folds():
+    import pandas as pd
+    import pytest
+
+    from kitlib.stages.common import folds
+
+    cfg = config.load("params/abaw10.yaml")
+    assignment = folds(cfg, None)   # data.folds_file: not under data.root, so the file shipped in params/
+    assert len(assignment) == 317 and set(assignment.values()) == {1, 2, 3, 4, 5}
+    assert sorted(pd.Series(assignment).value_counts().tolist()) == [63, 63, 63, 64, 64]
+    published = config.repo_root().parent / "shared" / "abaw10-metadata" / "expr_cv5_folds.csv"
+    if not published.is_file():
+        pytest.skip("the release metadata is not next to this checkout")
+    table = pd.read_csv(published)
+    assert assignment == dict(zip(table["txtid"].astype(str), table["fold"].astype(int)))
