@@ -81,6 +81,7 @@ class FacesParams:
     follow_min_visible: float     # stop following when less of the box than this lies inside the frame
     follow_min_similarity: float  # stop following when the appearance match (NCC) falls below this
     crop_scales: list[float]  # square crops of scale x face box (paper: 0.9, 1.2, 1.5)
+    crop_centre_fraction: float  # the crop actually used is this centre part of each scale's square (reference: 224/256)
     decode_batch: int       # frames decoded and detected per batch
 
 
@@ -92,9 +93,12 @@ class Stage1Params:
     image_size: int         # backbone input size in pixels
     train: bool             # run Stage-I adaptation (false: use `checkpoint` or `weights` as they are)
     checkpoint: str | None  # an adapted backbone (.safetensors) made elsewhere
-    dataset: str            # class_folder | affectnet | rafdb | affwild2 (cropped frames <txtid>/<00001>.jpg)
-    images_root: str        # image FER set for Stage I, relative to data.root unless absolute
+    dataset: str            # class_folder | affectnet | rafdb | affectnet_rafdb (merged) | affwild2 (cropped frames <txtid>/<00001>.jpg)
+    images_root: str        # image FER set for Stage I, relative to data.root unless absolute (affectnet_rafdb: AffectNet)
+    rafdb_root: str         # RAF-DB for dataset affectnet_rafdb, relative to data.root unless absolute
     head: str               # moe | mlp (training-only head, discarded after Stage I)
+    moe_structure: str      # kit (one-layer router and MLP experts) | authors (deep router, 3 SwiGLU blocks per expert)
+    head_dropout: float     # dropout of the Stage-I head (authors: 0.6, inside the SwiGLU blocks too)
     num_experts: int        # M in eqs. 2-3
     n_frozen_blocks: int    # patch embedding + the first N blocks stay frozen (paper: 8)
     epochs: int
@@ -102,9 +106,18 @@ class Stage1Params:
     lr_backbone: float
     lr_head: float
     weight_decay: float
+    layer_decay: float | None  # LLRD: block i of n at lr_backbone * layer_decay^(n-1-i); null = one backbone lr
+    no_decay_bias_norm: bool   # no weight decay on biases, 1-D weights and norms
+    grad_clip: float | None    # max gradient norm; null = no clipping
+    lr_schedule: str        # step_cosine (warm-up + cosine to 0 per step) | epoch_cosine (to lr_min, per epoch)
+    lr_min: float           # end of epoch_cosine
+    trainable_tokens: bool  # class / register tokens and position embedding trained (else frozen with the stem)
+    augment: str            # kit | authors: the Stage-I image augmentation list and eval transform
+    class_weight_norm: str  # samples (mean weight over images = 1) | classes (mean over the 8 classes = 1, reference)
     mixup_alpha: float
     label_smoothing: float
     padaug: bool            # padding-aware augmentation (paper 3.1.1)
+    padaug_style: str       # kit (bars up to max_frac of a side, content jitter) | authors (area <= max_frac, 1-4 px shift)
     padaug_p: float
     padaug_max_frac: float
     amp: str                # bf16 | fp16 | none (autocast on CUDA only)
@@ -116,6 +129,7 @@ class Stage1Params:
 class VisualParams:
     batch_size: int         # crops per backbone batch
     amp: str                # bf16 | fp16 | none
+    probe: str              # Table 1's linear probe: sklearn (logistic regression) | torch (reference: AdamW 20 epochs, best)
 
 
 @dataclass
@@ -125,10 +139,16 @@ class AudioParams:
     sample_rate: int
     chunk_s: float          # long audio is encoded in overlapping chunks of this length
     overlap_s: float
-    layers: str             # "last", or k = mean of the last k hidden layers
+    layers: str             # "last" | k or "lastk" (mean of the last k layers) | "a-b" / "a,b" (1-based layers: hidden_states[i])
+    normalize_waveform: bool | None  # zero-mean unit-variance per chunk; null = the encoder folder's preprocessor config
     align: str              # window | nearest
     align_window_total_s: float   # TOTAL length of the centred window (half-width = align_window_total_s / 2)
     ablation_windows_total_s: list[float]  # further total window lengths stored for Table 2
+    probe: str              # Table 2's linear probe: sklearn | torch
+    align_window_half_s: float | None  # HALF-WIDTH: window = frame +- this (reference WIN_SEC); set: replaces align_window_total_s
+    ablation_windows_half_s: list[float]  # further half-widths stored for Table 2 (reference convention)
+    align_empty: str        # mask (an empty window has no audio) | nearest (it takes the nearest encoder step)
+    frame_time: str         # container (frame start times) | centre ((i + 0.5) / fps, the reference code)
     amp: str
 
 
@@ -187,6 +207,14 @@ class FusionParams:
     loss: str               # frame heads: ce | focal
     focal_gamma: float      # focal loss gamma (seed 004 eq. 5), both head kinds
     cross_validation: bool  # also report the K video-level folds
+    cv_protocol: str        # kit (CV epochs = official best epoch, sample std) | authors (best epoch per held-out fold, population std)
+    head_structure: str     # kit | authors: frame heads' layer structure (authors = the reference code, Table 3 counts)
+    input_norm: str         # none | l2_zscore: frame heads' inputs L2-normalised, z-scored with train statistics
+    input_dropout: list[float]  # [visual p, audio p]: element dropout of frame heads' inputs while training
+    lr_schedule: str        # constant | cosine (per epoch, lr -> lr_min), frame heads
+    lr_min: float           # end of the cosine schedule
+    frame_head_overrides: dict[str, Any]  # per frame head: {lr, weight_decay, dropout} replacing the fusion.* values
+    missing_frames: str     # mask (zero a faceless frame's visual) | impute (val/test: nearest frame with it)
     memmap_features: bool   # frame tables read features through a memory-mapped cache (store.consolidate)
     sequence: SequenceParams
     head_options: HeadOptions
@@ -205,6 +233,9 @@ class SmoothingParams:
     window_step: int
     final_strategy: str     # used for the submission (paper: median)
     final_window: int       # paper: 101
+    final_edge: str         # the submission's smoothing edges: truncate | replicate
+    edge: str               # Table 4 / Fig. 4 sweep: truncate (windows shrink at a track's ends) | replicate (edge frames repeated)
+    gaussian_sigma_divisor: float  # gaussian strategy's sigma = window / this (6: +-3 sigma; reference code: 4)
 
 
 @dataclass
@@ -307,7 +338,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 
 # mappings whose keys are free (keyword options passed through): replaced whole, never checked key by key
-FREE_FORM_KEYS: frozenset[str] = frozenset({"arch_overrides", "detector_options"})
+FREE_FORM_KEYS: frozenset[str] = frozenset({"arch_overrides", "detector_options", "frame_head_overrides"})
 
 
 def _merge(base: dict, update: dict, where: str = "") -> dict:

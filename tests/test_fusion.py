@@ -163,8 +163,9 @@ def test_evaluate_heads_with_folds(tables):
     folds = {t: i % 3 + 1 for i, t in enumerate(table_all.txtids)}
     result = evaluate_heads(["concat_linear", "gated"], train=train, val=val, folds=folds, table_all=table_all,
                             hidden=16, epochs=3, batch_size=128, device="cpu")
-    assert list(result.table.columns) == ["head", "params", "official_val_f1", "best_epoch", "cv_mean_f1",
-                                          "cv_std_f1", "fold_1", "fold_2", "fold_3"]
+    assert list(result.table.columns) == ["head", "params", "official_val_f1", "best_epoch", "cv_protocol",
+                                          "cv_mean_f1", "cv_std_f1", "fold_1", "fold_2", "fold_3"]
+    assert set(result.table["cv_protocol"]) == {"kit"}
     assert list(result.table["head"]) == ["concat_linear", "gated"]
     assert result.val_logits["gated"].shape == (len(val), 8)
     assert result.fold_logits["gated"].shape == (len(table_all), 8)

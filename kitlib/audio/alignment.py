@@ -3,6 +3,11 @@
 ``align_to_frames``: ``f_t = mean_{tau in Omega_t} z_tau`` with ``Omega_t`` the audio frames whose
 centre lies in a window of total length ``align_window_s`` centred on video frame ``t`` (0.50 s in
 the final system, 0.25 / 0.75 s and nearest-neighbour in Table 2).
+
+Two window conventions are in use, and the kit names them apart: the TOTAL length (the kit's
+``audio.align_window_total_s``: 0.5 s = frame +- 0.25 s) and the HALF-WIDTH (the reference code's
+``WIN_SEC``, ``audio.align_window_half_s``: 0.5 s = frame +- 0.5 s, a 1.0 s window).
+``window_total_s`` converts; ``align_to_frames`` always takes the total length.
 """
 from __future__ import annotations
 
@@ -24,9 +29,27 @@ def _range_means(features: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, block:
     return out
 
 
+WINDOW_CONVENTIONS = ("total", "half_width")
+EMPTY_WINDOW = ("mask", "nearest")
+
+
+def window_total_s(seconds: float, convention: str) -> float:
+    """The total window length of a window given as ``total`` length or as ``half_width``."""
+    if convention not in WINDOW_CONVENTIONS:
+        raise ValueError(f"unknown window convention {convention!r}; choose one of {', '.join(WINDOW_CONVENTIONS)}")
+    return float(seconds) * (2.0 if convention == "half_width" else 1.0)
+
+
+def frame_centre_times(n_frames: int, fps: float) -> np.ndarray:
+    """``(i + 0.5) / fps`` for frames i = 0..n-1: the reference code's frame times (centres at a nominal fps)."""
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    return (np.arange(n_frames, dtype=np.float64) + 0.5) / float(fps)
+
+
 def align_to_frames(features: np.ndarray, feature_times: np.ndarray, frame_times: np.ndarray, *,
                     method: str = "window", align_window_s: float = 0.5,
-                    nearest_max_gap_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    nearest_max_gap_s: float | None = None, empty: str = "mask") -> tuple[np.ndarray, np.ndarray]:
     """One audio feature per video frame: ``(aligned (N, D) float32, mask (N,) bool)``.
 
     ``window`` (eq. 8): the mean of the audio frames whose time lies in
@@ -41,8 +64,12 @@ def align_to_frames(features: np.ndarray, feature_times: np.ndarray, frame_times
     keeps the frames at the very edges of the audio and masks those beyond it.
 
     Frames with no audio (window empty, or no feature near enough) get zeros and ``mask`` False:
-    audio shorter than the video, starting late, or missing.
+    audio shorter than the video, starting late, or missing. With ``empty="nearest"`` (the reference
+    code's ``FALLBACK_EMPTY``) an empty window instead takes the nearest encoder step (equally near:
+    the earlier) and counts as audio, whenever the track has any audio at all.
     """
+    if empty not in EMPTY_WINDOW:
+        raise ValueError(f"empty must be one of {', '.join(EMPTY_WINDOW)}, got {empty!r}")
     features = np.asarray(features, dtype=np.float32)
     feature_times = np.asarray(feature_times, dtype=np.float64)
     frame_times = np.asarray(frame_times, dtype=np.float64)
@@ -62,7 +89,12 @@ def align_to_frames(features: np.ndarray, feature_times: np.ndarray, frame_times
         half = align_window_s / 2
         lo = np.searchsorted(feature_times, frame_times - half, side="left")
         hi = np.searchsorted(feature_times, frame_times + half, side="right")
-        return _range_means(features, lo, hi), hi > lo
+        aligned, mask = _range_means(features, lo, hi), hi > lo
+        if empty == "nearest" and not mask.all():
+            fill, _ = align_to_frames(features, feature_times, frame_times[~mask], method="nearest",
+                                      nearest_max_gap_s=np.inf)
+            aligned[~mask], mask = fill, np.ones(n, dtype=bool)
+        return aligned, mask
 
     if method == "nearest":
         if nearest_max_gap_s is None:

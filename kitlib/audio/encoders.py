@@ -121,11 +121,13 @@ def _config_hash(path: Path) -> str:
 
 
 def load_audio_encoder(path: Path, *, device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> AudioEncoder:
+                       dtype: torch.dtype = torch.float32, normalize: bool | None = None) -> AudioEncoder:
     """Load a wav2vec2 / HuBERT / WavLM encoder from a local folder (``save_pretrained`` layout).
 
     A CTC checkpoint (e.g. wav2vec2-large-960h-lv60-self) loads as its bare encoder. ``dtype``
-    float16/bfloat16 runs the forward pass under autocast (weights stay float32).
+    float16/bfloat16 runs the forward pass under autocast (weights stay float32). ``normalize``:
+    whether each chunk's waveform is scaled to zero mean / unit variance before the encoder; None =
+    what the folder's preprocessor_config.json says (the reference code feeds the raw waveform: False).
     """
     from transformers import AutoModel
 
@@ -135,6 +137,7 @@ def load_audio_encoder(path: Path, *, device: torch.device | str = "cpu",
                                 f"downloads weights; put a local copy of the model there (save_pretrained "
                                 f"layout), or build a random-init stand-in with make_tiny_encoder()")
     do_normalize, sampling_rate = _read_preprocessor(path)
+    do_normalize = do_normalize if normalize is None else bool(normalize)
     model = AutoModel.from_pretrained(path, local_files_only=True)
     encoder = AudioEncoder.from_model(model, device=device, dtype=dtype, do_normalize=do_normalize,
                                       sampling_rate=sampling_rate, path=path, config_hash=_config_hash(path))
@@ -221,16 +224,48 @@ def chunk_plan(n_samples: int, geometry: FrameGeometry, *, chunk_samples: int,
     return plan
 
 
-def _parse_layers(layers: str | int, num_layers: int) -> int | None:
+LayerSelection = int | tuple[int, ...] | None
+
+
+def parse_layers(layers: str | int, num_layers: int) -> LayerSelection:
+    """An audio layer selection: None (``"last"``: the final hidden state), ``k`` (``k`` / ``"lastk"``:
+    the mean of the last ``k`` layers, the final one as ``last_hidden_state``), or a tuple of
+    1-based transformer layers (``"1-4"``, ``"2,5,7"``: the mean of ``hidden_states[i]``, the
+    residual stream after layer ``i``; ``"1-4"`` is the reference code's
+    ``extract_features(num_layers=4)``, i.e. Hugging Face ``hidden_states[1:5]``)."""
+    def bad() -> ValueError:
+        return ValueError(f"layers must be 'last', k or 'lastk' (mean of the last k layers), a range 'a-b' or a "
+                          f"set 'a,b,c' of layers in 1..{num_layers}; got {layers!r}")
     if layers == "last":
         return None
-    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool) and 1 <= layers <= num_layers:
-        return int(layers)
-    raise ValueError(f"layers must be 'last' or an int in 1..{num_layers} (mean of the last k hidden layers), "
-                     f"got {layers!r}")
+    if isinstance(layers, bool):
+        raise bad()
+    if isinstance(layers, (int, np.integer)):
+        if 1 <= layers <= num_layers:
+            return int(layers)
+        raise bad()
+    text = str(layers).strip().replace(" ", "")
+    if text.startswith("last") and text[4:].isdigit():
+        return parse_layers(int(text[4:]), num_layers)
+    if text.isdigit():
+        return parse_layers(int(text), num_layers)
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-"))
+            chosen = tuple(range(lo, hi + 1))
+        else:
+            chosen = tuple(sorted({int(v) for v in text.split(",")}))
+    except ValueError:
+        raise bad() from None
+    if not chosen or chosen[0] < 1 or chosen[-1] > num_layers:
+        raise bad()
+    return chosen
 
 
-def _forward(encoder: AudioEncoder, samples: np.ndarray, last_k: int | None) -> torch.Tensor:
+_parse_layers = parse_layers  # the name earlier releases used
+
+
+def _forward(encoder: AudioEncoder, samples: np.ndarray, last_k: LayerSelection) -> torch.Tensor:
     """Features (frames, D) float32 of one chunk; normalised as the feature extractor would."""
     x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
     if encoder.do_normalize:  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
@@ -242,6 +277,8 @@ def _forward(encoder: AudioEncoder, samples: np.ndarray, last_k: int | None) -> 
         out = encoder.model(x, output_hidden_states=last_k is not None)
         if last_k is None:
             hidden = out.last_hidden_state[0]
+        elif isinstance(last_k, tuple):   # explicit 1-based layers: hidden_states[i] is after layer i
+            hidden = torch.stack([out.hidden_states[i][0].float() for i in last_k]).mean(0)
         else:
             # transformers 5 returns the pre-LN residual stream as the final entry of pre-LN stacks
             # (wav2vec2-large); use last_hidden_state there so that k=1 is "last" on any version
@@ -267,7 +304,8 @@ def encode(waveform: np.ndarray, encoder: AudioEncoder, *, sample_rate: int = 16
 
     ``layers``: ``"last"`` (the final hidden state) or ``k``: the mean of the outputs of the last
     ``k`` transformer layers as ``hidden_states`` gives them, the final one taken as
-    ``last_hidden_state`` (after the closing layer norm of pre-LN stacks), so k=1 is ``"last"``. ``times_s`` is the centre of each frame's receptive
+    ``last_hidden_state`` (after the closing layer norm of pre-LN stacks), so k=1 is ``"last"``; or
+    explicit layers ``"a-b"`` / ``"a,b"`` (``parse_layers``). ``times_s`` is the centre of each frame's receptive
     field (12.5 ms + 20 ms * i for wav2vec2) plus ``start_time_s``.
     """
     if sample_rate != encoder.sampling_rate:
@@ -275,7 +313,7 @@ def encode(waveform: np.ndarray, encoder: AudioEncoder, *, sample_rate: int = 16
     waveform = np.asarray(waveform, dtype=np.float32)
     if waveform.ndim != 1:
         raise ValueError(f"waveform must be mono (1-D), got shape {waveform.shape}")
-    last_k = _parse_layers(layers, encoder.num_layers)
+    last_k = parse_layers(layers, encoder.num_layers)
     geometry = encoder.geometry
     plan = chunk_plan(len(waveform), geometry, chunk_samples=int(round(chunk_s * sample_rate)),
                       overlap_samples=int(round(overlap_s * sample_rate)))

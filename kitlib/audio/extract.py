@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from kitlib.audio.alignment import align_to_frames
+from kitlib.audio.alignment import align_to_frames, frame_centre_times
 from kitlib.audio.encoders import AudioEncoder, encode
 from kitlib.audio.waveform import AudioTrack, NoAudioError, load_audio
 from kitlib.data import Track
-from kitlib.faces.video import VideoError, frame_times
+from kitlib.faces.video import VideoError, frame_times, probe
 from kitlib.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,17 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
                            sample_rate: int = 16000, chunk_s: float = 30.0, overlap_s: float = 5.0,
                            layers: str | int = "last", method: str = "window", align_window_s: float = 0.5,
                            manifest: dict[str, Any], extra_windows_s: Sequence[float] = (),
-                           length_tolerance_s: float = 0.1) -> pd.DataFrame:
+                           length_tolerance_s: float = 0.1, empty: str = "mask",
+                           frame_time: str = "container") -> pd.DataFrame:
     """Encode each raw video's audio once and save frame-aligned features for each of its tracks.
 
     Per track: ``frame_index`` 1..N (the video's frames), ``features`` (N, D) with ``method`` /
     ``align_window_s``, ``mask``, ``times_s`` (frame start times from the container). With
     ``extra_windows_s`` (Table 2) also ``nearest`` and ``window_<ms>`` for each extra window, each
-    with a ``<name>_mask``, so the alignments can be compared without re-encoding.
+    with a ``<name>_mask``, so the alignments can be compared without re-encoding. ``empty``: an
+    empty window is masked or takes the nearest encoder step (``align_to_frames``); ``frame_time``:
+    windows centre on the container's frame start times (``container``) or on ``(i + 0.5) / fps``
+    (``centre``, the reference code).
 
     Never fatal per video: a video without audio is saved all-masked ("no audio"); audio shorter
     or longer than the video is reported and the uncovered frames masked; a video or audio that
@@ -76,6 +80,7 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
         tic = time.perf_counter()
         try:
             times = frame_times(video_path)
+            centres = frame_centre_times(len(times), probe(video_path).fps) if frame_time == "centre" else times
             step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
             video_end_s = float(times[-1]) + step
             try:
@@ -92,12 +97,13 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
                                            progress=True)
                 status = _coverage_status(audio, times, video_end_s, length_tolerance_s)
                 audio_s = audio.duration_s
-            aligned, mask = align_to_frames(feats, feat_times, times, method=method, align_window_s=align_window_s)
+            aligned, mask = align_to_frames(feats, feat_times, centres, method=method, align_window_s=align_window_s,
+                                            empty=empty)
             extra: dict[str, np.ndarray] = {}
             if windows:
                 for key, kwargs in [("nearest", dict(method="nearest"))] + [
                         (_window_key(w), dict(method="window", align_window_s=w)) for w in windows]:
-                    values, values_mask = align_to_frames(feats, feat_times, times, **kwargs)
+                    values, values_mask = align_to_frames(feats, feat_times, centres, empty=empty, **kwargs)
                     extra[key], extra[f"{key}_mask"] = values.astype(np.float16), values_mask
             for track in todo:
                 store.save(track.txtid, frame_index=np.arange(1, len(times) + 1), features=aligned, mask=mask,
@@ -122,6 +128,7 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
                       model_type=encoder.model.config.model_type, hidden_size=encoder.hidden_size,
                       layers=layers, sample_rate=sample_rate, do_normalize=encoder.do_normalize,
                       chunk_s=chunk_s, overlap_s=overlap_s, method=method, align_window_s=align_window_s,
+                      empty_window=empty, frame_time=frame_time,
                       extra_alignments=(["nearest"] + [_window_key(w) for w in windows]) if windows else [],
                       frame_hop_s=encoder.geometry.hop_samples / sample_rate,
                       frame_window_s=encoder.geometry.receptive_field / sample_rate,

@@ -35,10 +35,64 @@ from kitlib.fusion.sequence import SafeXAttnTransformer, SequenceHead
 log = logging.getLogger(__name__)
 
 
+INPUT_NORMS = ("none", "l2_zscore")
+
+
+class InputNorm(nn.Module):
+    """Per-branch input normalisation stored with the head: each branch L2-normalised, then z-scored
+    with the mean / population std of the training split (the reference code's ``DO_BRANCH_L2_NORM``
+    + ``DO_ZSCORE``). The statistics are buffers: saved in the state dict, not trained."""
+
+    def __init__(self, visual_dim: int, audio_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        for name, dim in (("visual", visual_dim), ("audio", audio_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+
+    @staticmethod
+    def l2(x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=-1) if x.shape[-1] else x
+
+    @torch.no_grad()
+    def fit(self, visual: torch.Tensor, audio: torch.Tensor) -> None:
+        """Set the statistics from training rows (L2-normalised here); empty sets leave 0 / 1."""
+        for name, x in (("visual", visual), ("audio", audio)):
+            if len(x) == 0 or x.shape[-1] == 0:
+                continue
+            x = self.l2(x.float())
+            getattr(self, f"{name}_mean").copy_(x.mean(0))
+            getattr(self, f"{name}_std").copy_(x.std(0, unbiased=False).clamp(min=self.eps))
+
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ((self.l2(visual) - self.visual_mean) / self.visual_std,
+                (self.l2(audio) - self.audio_mean) / self.audio_std)
+
+
 class FusionHead(nn.Module):
-    """Base: zeroes the visual feature of frames without a face, then ``fuse`` gives the logits."""
+    """Base: normalises the inputs (``input_norm``, when configured), drops input elements in training
+    (``input_dropout`` = (visual p, audio p)), zeroes the visual feature of frames without a face, then
+    ``fuse`` gives the logits."""
+
+    input_dropout: tuple[float, float] = (0.0, 0.0)
+
+    def configure_inputs(self, *, input_norm: str = "none", input_dropout: tuple[float, float] = (0.0, 0.0),
+                         visual_dim: int, audio_dim: int) -> FusionHead:
+        """Add the ``InputNorm`` (``input_norm="l2_zscore"``) and the element dropout of the inputs."""
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {input_norm!r}; choose one of {', '.join(INPUT_NORMS)}")
+        if input_norm == "l2_zscore":
+            self.input_norm = InputNorm(visual_dim, audio_dim)
+        self.input_dropout = (float(input_dropout[0]), float(input_dropout[1]))
+        return self
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
+        norm = getattr(self, "input_norm", None)
+        if norm is not None:
+            visual, audio = norm(visual, audio)
+        if self.training and any(self.input_dropout):
+            visual = nn.functional.dropout(visual, self.input_dropout[0], training=True)
+            audio = nn.functional.dropout(audio, self.input_dropout[1], training=True)
         visual = visual * visual_mask.to(visual.dtype).unsqueeze(-1)
         return self.fuse(visual, audio)
 
@@ -198,24 +252,44 @@ def is_sequence_head(name_or_module: str | nn.Module) -> bool:
     return name_or_module in SEQUENCE_HEADS
 
 
+HEAD_STRUCTURES = ("kit", "authors")
+# per structure, the frame heads built differently from ``HEADS`` (``authors``: filled by
+# ``kitlib.fusion.reference_heads``, imported with the package)
+STRUCTURE_HEADS: dict[str, dict[str, Callable[..., FusionHead]]] = {"authors": {}}
+
+
 def build_head(name: str, *, visual_dim: int, audio_dim: int, hidden: int = 512, dropout: float = 0.2,
-               num_classes: int = NUM_CLASSES, options: Mapping[str, Any] | None = None) -> nn.Module:
+               num_classes: int = NUM_CLASSES, options: Mapping[str, Any] | None = None,
+               structure: str = "kit", input_norm: str = "none",
+               input_dropout: tuple[float, float] = (0.0, 0.0)) -> nn.Module:
     """A fresh (randomly initialised) head from ``HEADS`` or ``SEQUENCE_HEADS``.
 
     ``options`` are a sequence head's own keywords (``SEQUENCE_HEAD_OPTIONS``, e.g. ``d_model``); a
-    frame head takes none. An unknown option is an error naming the valid ones.
+    frame head takes none. An unknown option is an error naming the valid ones. ``structure``:
+    ``kit`` (this module's frame heads) or ``authors`` (the reference code's layer structure,
+    ``kitlib.fusion.reference_heads``). ``input_norm`` / ``input_dropout``: see
+    ``FusionHead.configure_inputs`` (frame heads only).
     """
     options = dict(options or {})
     if name not in HEADS and name not in SEQUENCE_HEADS:
         raise ValueError(f"unknown fusion head {name!r}; choose one of {', '.join(known_heads())}")
+    if structure not in HEAD_STRUCTURES:
+        raise ValueError(f"unknown head structure {structure!r}; choose one of {', '.join(HEAD_STRUCTURES)}")
     valid = SEQUENCE_HEAD_OPTIONS.get(name, ())
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"fusion head {name!r} has no option(s) {unknown}; "
                          + (f"valid: {', '.join(valid)}" if valid else "it takes none"))
     builder = HEADS.get(name) or SEQUENCE_HEADS[name]
-    return builder(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
-                   num_classes=num_classes, **options)
+    builder = STRUCTURE_HEADS.get(structure, {}).get(name, builder)
+    module = builder(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
+                     num_classes=num_classes, **options)
+    if isinstance(module, FusionHead):
+        module.configure_inputs(input_norm=input_norm, input_dropout=input_dropout, visual_dim=visual_dim,
+                                audio_dim=audio_dim)
+    elif input_norm != "none" or any(input_dropout):
+        raise ValueError(f"fusion head {name!r} is a window head: input_norm / input_dropout apply to frame heads")
+    return module
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,5 +1,6 @@
 """Frame tables: the stored visual and audio features (and labels) of many tracks, row-aligned, in RAM or
-as row views of a memory-mapped consolidated cache.
+as row views of a memory-mapped consolidated cache; and the reference code's nearest-frame imputation
+of frames without a face (or without audio) at validation / test time (``impute_nearest``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class FrameTable:
     audio: np.ndarray | RowView   # (N, Da)
     audio_mask: np.ndarray    # (N,) bool: real audio
     labels: np.ndarray        # (N,) int64, -1 invalid
+    imputed: np.ndarray | None = None  # (N,) bool: features copied from the nearest frame (impute_nearest)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,7 +69,61 @@ class FrameTable:
         return FrameTable(txtids=tuple(txtids), offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
                           frame_index=self.frame_index[rows], visual=take_rows(self.visual, rows),
                           visual_mask=self.visual_mask[rows], audio=take_rows(self.audio, rows),
-                          audio_mask=self.audio_mask[rows], labels=self.labels[rows])
+                          audio_mask=self.audio_mask[rows], labels=self.labels[rows],
+                          imputed=None if self.imputed is None else self.imputed[rows])
+
+
+def nearest_source_rows(track_of_row: np.ndarray, have: np.ndarray, *, ties: str = "later") -> np.ndarray:
+    """For every row, the row of the same track nearest to it where ``have`` is True (itself if it has
+    it; equally near rows before and after: the ``later`` or ``earlier`` one), or -1 when its track has none."""
+    if ties not in ("later", "earlier"):
+        raise ValueError(f"ties must be 'later' or 'earlier', got {ties!r}")
+    n = len(have)
+    rows = np.arange(n)
+    source = np.flatnonzero(have)
+    if len(source) == 0:
+        return np.full(n, -1, dtype=np.int64)
+    j = np.searchsorted(source, rows, side="left")
+    after = source[np.minimum(j, len(source) - 1)]
+    before = source[np.maximum(j - 1, 0)]
+    after_ok = (j < len(source)) & (track_of_row[after] == track_of_row)
+    before_ok = (j > 0) & (track_of_row[before] == track_of_row)
+    big = np.iinfo(np.int64).max
+    d_after = np.where(after_ok, after - rows, big)
+    d_before = np.where(before_ok, rows - before, big)
+    pick = np.where(d_after <= d_before if ties == "later" else d_after < d_before, after, before)
+    return np.where(after_ok | before_ok, pick, -1).astype(np.int64)
+
+
+def impute_nearest(table: FrameTable) -> FrameTable:
+    """The reference code's handling of frames without a face at validation / test time.
+
+    A frame without a face takes the visual feature of the nearest frame of its track that has one
+    (ties: the later frame), a frame without audio likewise the nearest audio; such frames are
+    marked ``imputed`` (``kitlib.smoothing`` skips them inside a window) and their masks become True.
+    Tracks without any face (or audio) keep their zero features and False masks. Memory-mapped
+    features stay views (rows are re-indexed, nothing is copied).
+    """
+    track = table.track_rows()
+    parts = {}
+    imputed = np.zeros(len(table), dtype=bool)
+    for name in ("visual", "audio"):
+        feats, mask = getattr(table, name), getattr(table, f"{name}_mask")
+        if feats.shape[1] == 0:
+            parts[name], parts[f"{name}_mask"] = feats, mask
+            continue
+        source = nearest_source_rows(track, mask)
+        filled = (~mask) & (source >= 0)
+        rows = np.where(filled, source, np.arange(len(table)))
+        parts[name] = take_rows(feats, rows)
+        parts[f"{name}_mask"] = mask | filled
+        imputed |= filled
+    if table.imputed is not None:
+        imputed |= table.imputed
+    log.info("nearest-frame imputation: %d of %d frames take features from a neighbour", int(imputed.sum()),
+             len(table))
+    return FrameTable(txtids=table.txtids, offsets=table.offsets, frame_index=table.frame_index,
+                      labels=table.labels, imputed=imputed, **parts)
 
 
 def _features(entry: Mapping[str, np.ndarray], key: FeatureKey, *, what: str) -> np.ndarray:

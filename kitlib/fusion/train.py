@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kitlib import NUM_CLASSES
-from kitlib.fusion.heads import HEADS, SEQUENCE_HEADS, build_head, count_parameters, known_heads
+from kitlib.fusion.heads import HEADS, SEQUENCE_HEADS, FusionHead, build_head, count_parameters, known_heads
 from kitlib.fusion.sequence import (SequenceHead, add_votes, frame_criterion, sliding_windows, training_windows,
                                     vote_buffers)
 from kitlib.fusion.table import FrameTable
@@ -141,12 +141,39 @@ def predict_logits(module: nn.Module, table: FrameTable, *, batch_size: int = 40
     return np.concatenate(chunks) if chunks else np.zeros((0, NUM_CLASSES), dtype=np.float32)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@torch.no_grad()
+def fit_input_norm(module: FusionHead, table: FrameTable, rows: np.ndarray, *, chunk: int = 65536) -> None:
+    """Set a frame head's ``InputNorm`` statistics from ``rows`` of ``table`` (the training split):
+    per branch the mean and population std of the L2-normalised features of the rows that have that
+    modality, accumulated in float64 chunk by chunk (memory-mapped tables stay on disk)."""
+    norm = getattr(module, "input_norm", None)
+    if norm is None:
+        return
+    for name, feats, mask in (("visual", table.visual, table.visual_mask), ("audio", table.audio, table.audio_mask)):
+        use = rows[mask[rows]]
+        if len(use) == 0 or feats.shape[1] == 0:
+            continue
+        total = np.zeros(feats.shape[1]); squares = np.zeros(feats.shape[1])
+        for first in range(0, len(use), chunk):
+            x = norm.l2(torch.from_numpy(np.asarray(feats[use[first:first + chunk]], dtype=np.float32))).double()
+            total += x.sum(0).numpy(); squares += (x * x).sum(0).numpy()
+        mean = total / len(use)
+        std = np.sqrt(np.maximum(squares / len(use) - mean**2, 0.0))
+        getattr(norm, f"{name}_mean").copy_(torch.from_numpy(mean).float())
+        getattr(norm, f"{name}_std").copy_(torch.from_numpy(std).float().clamp(min=norm.eps))
+
+
 def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hidden: int = 512,
                dropout: float = 0.2, epochs: int = 30, batch_size: int = 1024, lr: float = 1e-3,
                weight_decay: float = 1e-4, patience: int = 5, seed: int = 0, device: torch.device | str = "cpu",
                class_weights: str | None = "inverse_sqrt", effective_beta: float = 0.999, loss: str = "ce",
                focal_gamma: float = 2.0, options: Mapping[str, Any] | None = None, window: int = 64,
-               stride: int = 8, max_invalid: float = 0.25) -> TrainedHead:
+               stride: int = 8, max_invalid: float = 0.25, structure: str = "kit", input_norm: str = "none",
+               input_dropout: tuple[float, float] = (0.0, 0.0), lr_schedule: str = "constant",
+               lr_min: float = 0.0, complete_frames_only: bool = False) -> TrainedHead:
     """Train one head (frame or sequence) with AdamW and a class-weighted frame criterion over valid frames.
 
     ``loss``: ``ce`` (eq. 13 of seed 000) or ``focal`` (eq. 5 of seed 004, ``focal_gamma``), both with
@@ -157,6 +184,14 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
     soft voting over windows of the same stride. With ``val``: early stopping on the validation macro
     F1 (``patience`` epochs without a gain) and the best epoch's weights are kept. With ``val=None``:
     exactly ``epochs`` epochs, last weights.
+
+    Frame heads only: ``structure`` (``kit`` | ``authors``, see ``build_head``), ``input_norm``
+    (``l2_zscore``: statistics fitted here on the labelled training rows and stored in the head, so
+    prediction reuses them) and ``input_dropout`` (element dropout of the visual / audio inputs while
+    training). ``lr_schedule``: ``constant`` or ``cosine`` (per epoch, from ``lr`` to ``lr_min`` over
+    ``epochs``). ``complete_frames_only``: frame heads train on the labelled frames that have both a
+    face and audio (the reference code's training set), not on every labelled frame, and the epoch
+    is chosen on the validation frames that have both (not imputed), as the reference code scores.
     """
     device = torch.device(device)
     seed_everything(seed)
@@ -164,8 +199,12 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
         raise ValueError("train_head: the training table has no labelled frames")
     if val is not None and not (val.labels >= 0).any():
         raise ValueError("train_head: the validation table has no labelled frames")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    frame_only = dict(structure=structure, input_norm=input_norm, input_dropout=tuple(input_dropout)) \
+        if head_name in HEADS else {}
     module = build_head(head_name, visual_dim=train.visual_dim, audio_dim=train.audio_dim, hidden=hidden,
-                        dropout=dropout, options=options).to(device)
+                        dropout=dropout, options=options, **frame_only)
     sequence = isinstance(module, SequenceHead)
     if sequence:   # the training units: windows (n, W) of row indices, else labelled frames (n,)
         units = training_windows(train.labels, train.offsets, window=window, stride=stride, max_invalid=max_invalid)
@@ -173,10 +212,19 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
             raise ValueError(f"train_head {head_name}: no training window of {window} frames has at most "
                              f"{max_invalid:.0%} invalid labels")
     else:
-        units = np.flatnonzero(train.labels >= 0)
+        keep = train.labels >= 0
+        if complete_frames_only and train.visual_dim and train.audio_dim:
+            keep &= train.visual_mask & train.audio_mask
+        units = np.flatnonzero(keep)
+        if len(units) == 0:
+            raise ValueError(f"train_head {head_name}: no labelled training frame with a face and audio")
+        fit_input_norm(module, train, units)
+    module = module.to(device)
     weights = torch.from_numpy(class_weights_for(train.labels, class_weights, beta=effective_beta)).to(device)
     criterion = frame_criterion(loss, weight=weights, gamma=focal_gamma)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=lr_min) \
+        if lr_schedule == "cosine" else None
     generator = np.random.default_rng(seed)
     n_params = count_parameters(module)
     predict_kwargs = dict(batch_size=4 * batch_size, device=device, window=window, stride=stride)
@@ -185,6 +233,9 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
              f" in {len(units)} windows of {window} (stride {stride})" if sequence else "",
              "no" if val is None else int((val.labels >= 0).sum()), epochs, device)
 
+    scored = np.ones(0 if val is None else len(val), dtype=bool)   # validation frames the epoch is chosen on
+    if val is not None and complete_frames_only and not sequence:   # the reference code: frames with both
+        scored = ~val.imputed if val.imputed is not None else val.visual_mask & val.audio_mask
     history: list[dict[str, float]] = []
     best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
     bar = tqdm(range(1, epochs + 1), desc=f"train {head_name}", unit="epoch", leave=False)
@@ -206,10 +257,12 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
             n_valid = len(batch) if not sequence else int((labels >= 0).sum())
             total += float(batch_loss.detach()) * n_valid
             seen += n_valid
-        record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
+        record = {"epoch": epoch, "train_loss": total / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+        if scheduler is not None:
+            scheduler.step()
         if val is not None:
             pred = predict_logits(module, val, **predict_kwargs).argmax(1)
-            record["val_f1"] = macro_f1(val.labels, pred)
+            record["val_f1"] = macro_f1(val.labels[scored], pred[scored])
         record["seconds"] = time.perf_counter() - start
         history.append(record)
         bar.set_postfix({k: round(v, 4) for k, v in record.items() if k in ("train_loss", "val_f1")})
@@ -234,7 +287,9 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
                   weight_decay=weight_decay, patience=patience, seed=seed, class_weights=class_weights,
                   effective_beta=effective_beta, loss=loss, focal_gamma=focal_gamma, options=dict(options or {}),
                   window=window, stride=stride, max_invalid=max_invalid,
-                  visual_dim=train.visual_dim, audio_dim=train.audio_dim)
+                  visual_dim=train.visual_dim, audio_dim=train.audio_dim, lr_schedule=lr_schedule, lr_min=lr_min,
+                  complete_frames_only=complete_frames_only,
+                  **{k: (list(v) if isinstance(v, tuple) else v) for k, v in frame_only.items()})
     return TrainedHead(name=head_name, module=module, history=history, best_epoch=best_epoch,
                        best_val_f1=float(best_f1), n_params=n_params, config=config)
 
@@ -252,12 +307,21 @@ class FusionComparison:
     fold_logits: dict[str, np.ndarray] = field(default_factory=dict)  # head -> out-of-fold (N_all, C)
 
 
+CV_PROTOCOLS = ("kit", "authors")
+
+
 def cross_validate(head_name: str, table_all: FrameTable, folds: Mapping[str, int], *, epochs: int,
-                   batch_size: int = 1024, device: torch.device | str = "cpu",
+                   batch_size: int = 1024, device: torch.device | str = "cpu", protocol: str = "kit",
                    **train_kwargs: Any) -> tuple[dict[int, float], np.ndarray]:
-    """K-fold CV over the tracks of ``table_all``: fold k's model is trained on the other folds for
-    ``epochs`` epochs (no early stopping) and scored on fold k. Returns per-fold macro F1 and the
-    out-of-fold logits (N_all, C)."""
+    """K-fold CV over the tracks of ``table_all``. Returns per-fold macro F1 and the out-of-fold
+    logits (N_all, C).
+
+    ``protocol="kit"``: fold k's model is trained on the other folds for ``epochs`` epochs (no early
+    stopping) and scored on fold k. ``protocol="authors"`` (the reference code's ``eval_5fold``):
+    fold k's model trains up to ``epochs`` epochs and keeps its best epoch on fold k itself (the
+    held-out fold selects the epoch it is scored with; ``patience`` from ``train_kwargs``)."""
+    if protocol not in CV_PROTOCOLS:
+        raise ValueError(f"unknown CV protocol {protocol!r}; choose one of {', '.join(CV_PROTOCOLS)}")
     missing = [t for t in table_all.txtids if t not in folds]
     if missing:
         raise KeyError(f"no fold given for {len(missing)} tracks, e.g. {missing[:5]}")
@@ -268,11 +332,12 @@ def cross_validate(head_name: str, table_all: FrameTable, folds: Mapping[str, in
     for fold in sorted(set(track_fold.tolist())):
         train = table_all.subset([t for t, f in zip(table_all.txtids, track_fold) if f != fold])
         held = table_all.subset([t for t, f in zip(table_all.txtids, track_fold) if f == fold])
-        trained = train_head(head_name, train, None, epochs=epochs, batch_size=batch_size, device=device,
-                             **train_kwargs)
+        trained = train_head(head_name, train, held if protocol == "authors" else None, epochs=epochs,
+                             batch_size=batch_size, device=device, **train_kwargs)
         logits = trained.predict(held, device=device)
         oof[row_fold == fold] = logits  # subset keeps the original track order, so rows line up
-        scores[fold] = macro_f1(held.labels, logits.argmax(1))
+        # authors: the held-out fold's best-epoch score (on the frames it was chosen on)
+        scores[fold] = trained.best_val_f1 if protocol == "authors" else macro_f1(held.labels, logits.argmax(1))
         log.info("CV %s fold %d: %d tracks, %d frames, F1 %.4f", head_name, fold, len(held.txtids), len(held),
                  scores[fold])
     return scores, oof
@@ -280,14 +345,17 @@ def cross_validate(head_name: str, table_all: FrameTable, folds: Mapping[str, in
 
 def evaluate_heads(head_names: Sequence[str], *, train: FrameTable, val: FrameTable,
                    folds: Mapping[str, int] | None = None, table_all: FrameTable | None = None,
-                   head_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+                   head_kwargs: Mapping[str, Mapping[str, Any]] | None = None, cv_protocol: str = "kit",
                    **train_kwargs: Any) -> FusionComparison:
     """Table 3: per head its parameter count, official validation F1 and (with ``folds`` and
     ``table_all``, the train+val pool) per-fold / mean / std (sample, ddof=1) cross-validated F1.
 
     ``train_kwargs`` go to ``train_head`` (hidden, dropout, epochs, lr, device, ...) for every head;
     ``head_kwargs[name]`` override them for one head (a sequence head's options, window, batch
-    size, loss). The CV models train for the official run's best epoch count.
+    size, loss). ``cv_protocol="kit"``: the CV models train for the official run's best epoch count,
+    std over folds is the sample std (ddof=1); ``"authors"``: each fold keeps its best epoch on its
+    held-out fold, population std (ddof=0), as the reference code reports (``cross_validate``). The
+    table's ``cv_protocol`` column says which produced the numbers.
     """
     unknown = [h for h in head_names if h not in HEADS and h not in SEQUENCE_HEADS]
     if unknown:
@@ -304,15 +372,46 @@ def evaluate_heads(head_names: Sequence[str], *, train: FrameTable, val: FrameTa
         row: dict[str, Any] = {"head": name, "params": head.n_params, "official_val_f1": head.best_val_f1,
                                "best_epoch": head.best_epoch}
         if folds is not None:
-            cv_kwargs = {k: v for k, v in kwargs.items() if k not in ("epochs", "patience")}
-            scores, fold_logits[name] = cross_validate(name, table_all, folds, epochs=max(head.best_epoch, 1),
-                                                       **cv_kwargs)
+            authors = cv_protocol == "authors"
+            cv_kwargs = {k: v for k, v in kwargs.items() if k not in ("epochs",) + (() if authors else ("patience",))}
+            cv_epochs = kwargs.get("epochs", 30) if authors else max(head.best_epoch, 1)
+            scores, fold_logits[name] = cross_validate(name, table_all, folds, epochs=cv_epochs,
+                                                       protocol=cv_protocol, **cv_kwargs)
             values = np.array(list(scores.values()))
+            row["cv_protocol"] = cv_protocol
             row["cv_mean_f1"] = float(values.mean())
-            row["cv_std_f1"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+            ddof = 0 if authors else 1
+            row["cv_std_f1"] = float(values.std(ddof=ddof)) if len(values) > ddof else float("nan")
             row.update({f"fold_{k}": v for k, v in scores.items()})
         rows.append(row)
         log.info("fusion %s: %d params, official val F1 %.4f%s", name, head.n_params, head.best_val_f1,
                  f", CV {row['cv_mean_f1']:.4f} +- {row['cv_std_f1']:.4f}" if folds is not None else "")
     return FusionComparison(table=pd.DataFrame(rows), trained=trained, val_logits=val_logits,
                             fold_logits=fold_logits)
+
+
+def fold_ensemble_logits(head_name: str, pool: FrameTable, folds: Mapping[str, int], table: FrameTable, *,
+                         epochs: int, protocol: str = "kit", held_out: Any = None,
+                         device: torch.device | str = "cpu", **train_kwargs: Any) -> np.ndarray:
+    """Logits (N, C) of ``table`` averaged over the K fold models (the reference system's test-time model).
+
+    Fold k's model trains on the other folds of ``pool`` (fitting its own input normalisation, when
+    configured) for ``epochs`` epochs; with ``protocol="authors"`` it keeps its best epoch on fold k
+    (``held_out`` maps the held-out table first, e.g. nearest-frame imputation), with ``"kit"`` its last.
+    """
+    if protocol not in CV_PROTOCOLS:
+        raise ValueError(f"unknown CV protocol {protocol!r}; choose one of {', '.join(CV_PROTOCOLS)}")
+    missing = [t for t in pool.txtids if t not in folds]
+    if missing:
+        raise KeyError(f"no fold given for {len(missing)} tracks, e.g. {missing[:5]}")
+    outs = []
+    for k in tqdm(sorted({int(folds[t]) for t in pool.txtids}), desc="fold models", unit="fold"):
+        part = pool.subset([t for t in pool.txtids if int(folds[t]) != k])
+        held = None
+        if protocol == "authors":
+            held = pool.subset([t for t in pool.txtids if int(folds[t]) == k])
+            held = held_out(held) if held_out is not None else held
+        trained = train_head(head_name, part, held, epochs=epochs, device=device, **train_kwargs)
+        outs.append(trained.predict(table, device=device))
+    log.info("%s: logits averaged over %d fold models (%s protocol)", head_name, len(outs), protocol)
+    return np.mean(outs, axis=0)

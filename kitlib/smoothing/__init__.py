@@ -16,7 +16,11 @@ Edge behaviour (all strategies): the window is TRUNCATED at the video's edges: o
 the video count, and the statistic is taken over those (a median over an even number of frames is
 the mean of the two middle values, as ``np.median``; Gaussian weights are renormalised over the
 frames that are inside). Windows never cross from one video into another. ``window == 1`` is the
-identity; an even window is an error.
+identity; an even window is an error. ``edge="replicate"`` (the reference code's choice for Table 4 /
+Fig. 4) instead repeats a video's first and last frames beyond its ends, so every window holds
+``window`` frames. ``sigma_divisor`` sets the Gaussian's ``sigma = window / sigma_divisor`` (6: +-3
+sigma, the kit's default; 4: the reference code's ``w/4``). Frames marked imputed (features copied
+from a neighbour, ``fusion.impute_nearest``) are skipped inside windows by ``kitlib.smoothing.masked``.
 
 Speed: the sweep of Fig. 4 (4 strategies x 102 windows) over ~1.5 M frames must take well under a
 minute on 2 cores. The sweep computes every window of a strategy in ONE parallel pass over the
@@ -70,10 +74,14 @@ def half_width(window: int) -> int:
     return int(window) // 2
 
 
-def gaussian_weights(window: int, *, sigma: float | None = None) -> np.ndarray:
-    """The Gaussian window's weights ``exp(-d^2 / (2 sigma^2))`` for ``d = -k..k`` (sigma defaults to window/6)."""
+EDGES: tuple[str, ...] = ("truncate", "replicate")
+
+
+def gaussian_weights(window: int, *, sigma: float | None = None, sigma_divisor: float = 6.0) -> np.ndarray:
+    """The Gaussian window's weights ``exp(-d^2 / (2 sigma^2))`` for ``d = -k..k`` (sigma defaults to
+    ``window / sigma_divisor``)."""
     k = half_width(window)
-    sigma = window / 6.0 if sigma is None else float(sigma)
+    sigma = window / float(sigma_divisor) if sigma is None else float(sigma)
     if not sigma > 0:
         raise ValueError(f"gaussian sigma must be > 0, got {sigma}")
     d = np.arange(-k, k + 1, dtype=np.float64)
@@ -168,7 +176,7 @@ class _Smoother:
         return out
 
     def argmax_all_windows(self, strategy: str, ks: np.ndarray, frames: np.ndarray, *,
-                           sigma: float | None = None) -> np.ndarray:
+                           sigma: float | None = None, sigma_divisor: float = 6.0) -> np.ndarray:
         """Predicted class (int8) of each of the unpacked ``frames`` under every half-width of ``ks``
         (distinct, <= ``gap``), (len(frames), len(ks)): the argmax of the (unnormalised) smoothed logits."""
         ks = np.asarray(ks, dtype=np.int64)
@@ -183,7 +191,7 @@ class _Smoother:
             k_max = int(ks.max(initial=0))
             half = np.zeros((len(ks), k_max + 1))
             for s, k in enumerate(ks):
-                half[s, :k + 1] = gaussian_weights(2 * int(k) + 1, sigma=sigma)[k:]
+                half[s, :k + 1] = gaussian_weights(2 * int(k) + 1, sigma=sigma, sigma_divisor=sigma_divisor)[k:]
             with numba.parallel_chunksize(1):
                 _weighted_argmax(self._packed_cached("gaussian"), at, ks, half, pred)
         elif strategy == "median":
@@ -195,7 +203,7 @@ class _Smoother:
         return pred
 
     def smoothed(self, k: int, strategy: str, *, sigma: float | None = None, frames: np.ndarray | None = None,
-                 normalised: bool = True) -> np.ndarray:
+                 normalised: bool = True, sigma_divisor: float = 6.0) -> np.ndarray:
         """Smoothed logits (N, C) of every frame, or of the unpacked frame numbers ``frames``.
 
         ``normalised=False`` leaves out the per-frame division that is the same for every class
@@ -218,7 +226,7 @@ class _Smoother:
         if strategy == "mean":
             total = self._window_sum("mean", k, at)
             return total / self._window_sum("count", k, at) if normalised else total
-        weights = gaussian_weights(2 * k + 1, sigma=sigma)
+        weights = gaussian_weights(2 * k + 1, sigma=sigma, sigma_divisor=sigma_divisor)
         total = self._gaussian_sum("gaussian", weights, at)
         return total / self._gaussian_sum("gaussian_norm", weights, at) if normalised else total
 
@@ -236,16 +244,36 @@ def _work_dtype(logits: np.ndarray):
     return np.float64 if logits.dtype == np.float64 else np.float32
 
 
-def smooth_logits(logits: np.ndarray, window: int, strategy: str, *, sigma: float | None = None) -> np.ndarray:
-    """Smooth the (N, C) logits of ONE video with a centred, edge-truncated window (eqs. 14-15).
+def replicate_edges(x: np.ndarray, k: int, fill=None) -> np.ndarray:
+    """``x`` with ``k`` copies of its first and last rows (or of ``fill``) added before and after."""
+    if k == 0:
+        return x
+    if fill is not None:
+        pad = np.full((k, *x.shape[1:]), fill, dtype=x.dtype)
+        return np.concatenate([pad, x, pad])
+    return np.pad(x, [(k, k)] + [(0, 0)] * (x.ndim - 1), mode="edge")
+
+
+def _check_edge(edge: str) -> None:
+    if edge not in EDGES:
+        raise ValueError(f"unknown smoothing edge handling {edge!r}; choose one of {', '.join(EDGES)}")
+
+
+def smooth_logits(logits: np.ndarray, window: int, strategy: str, *, sigma: float | None = None,
+                  edge: str = "truncate", sigma_divisor: float = 6.0) -> np.ndarray:
+    """Smooth the (N, C) logits of ONE video with a centred window (eqs. 14-15), truncated or
+    edge-replicated at the video's ends (``edge``).
 
     Returns (N, C) in float32 (float64 if ``logits`` is float64); for ``vote`` the window's class
-    counts. ``sigma`` is only used by ``gaussian``.
+    counts. ``sigma`` / ``sigma_divisor`` are only used by ``gaussian``.
     """
     k = half_width(window)
+    _check_edge(edge)
     logits = _checked(logits)
-    return _Smoother([logits], max_half_width=k, dtype=_work_dtype(logits)).smoothed(
-        k, strategy, sigma=sigma).astype(_work_dtype(logits), copy=False)
+    padded = replicate_edges(logits, k) if edge == "replicate" else logits
+    out = _Smoother([padded], max_half_width=k, dtype=_work_dtype(logits)).smoothed(
+        k, strategy, sigma=sigma, sigma_divisor=sigma_divisor).astype(_work_dtype(logits), copy=False)
+    return out[k:len(out) - k] if edge == "replicate" else out
 
 
 def smooth_tracks(logits_by_track: Mapping[str, np.ndarray], window: int, strategy: str, *,
@@ -277,8 +305,13 @@ def _macro_f1_per_window(pred: np.ndarray, y_true: np.ndarray, num_classes: int)
 
 def sweep(logits_by_track: Mapping[str, np.ndarray], labels_by_track: Mapping[str, np.ndarray], *,
           windows: Iterable[int] = SWEEP_WINDOWS, strategies: Sequence[str] = STRATEGIES,
-          sigma: float | None = None, progress: bool = True) -> pd.DataFrame:
+          sigma: float | None = None, progress: bool = True, edge: str = "truncate",
+          sigma_divisor: float = 6.0) -> pd.DataFrame:
     """Macro F1 of every (strategy, window) over all videos (Fig. 4 / Table 4).
+
+    ``edge="replicate"``: each video is padded with copies of its edge frames (labelled -1, so not
+    scored) as far as the largest window reaches, which makes every window exactly the replicated
+    one. ``sigma_divisor``: the Gaussian's ``sigma = window / sigma_divisor``.
 
     ``labels_by_track`` holds per-frame labels (-1 invalid) aligned to the logits. The result has
     columns ``strategy, window, f1, seconds``; its first row is the single-frame baseline
@@ -307,6 +340,11 @@ def sweep(logits_by_track: Mapping[str, np.ndarray], labels_by_track: Mapping[st
             raise ValueError(f"{n}: labels must be in 0..{num_classes - 1} or -1 (invalid), "
                              f"found {int(y.min())}..{int(y.max())}")
         labels.append(y)
+    _check_edge(edge)
+    if edge == "replicate" and ks:
+        k_max = max(ks)
+        arrays = [replicate_edges(x, k_max) for x in arrays]
+        labels = [replicate_edges(np.asarray(y), k_max, fill=-1) for y in labels]
     y_all = np.concatenate(labels).astype(np.int64)
     valid = np.flatnonzero(y_all >= 0)
     y_true = y_all[valid]
@@ -321,7 +359,7 @@ def sweep(logits_by_track: Mapping[str, np.ndarray], labels_by_track: Mapping[st
     unique_ks, slot = np.unique(np.array(ks, dtype=np.int64), return_inverse=True)
     for strategy in tqdm(strategies if windows else [], desc="smoothing sweep", unit="strategy", disable=not progress):
         t0 = time.perf_counter()
-        pred = smoother.argmax_all_windows(strategy, unique_ks, valid, sigma=sigma)
+        pred = smoother.argmax_all_windows(strategy, unique_ks, valid, sigma=sigma, sigma_divisor=sigma_divisor)
         f1 = _macro_f1_per_window(pred, y_true, num_classes)
         seconds = time.perf_counter() - t0
         log.info("smoothing sweep: %s, %d windows x %d frames in %.1f s", strategy, len(unique_ks), len(valid), seconds)

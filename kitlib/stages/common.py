@@ -129,8 +129,10 @@ def frame_labels(cfg: Config, index: data.DataIndex) -> dict[str, np.ndarray]:
 
 def folds(cfg: Config, index: data.DataIndex) -> dict[str, int]:
     """Video-level folds over Train+Validation (``data.folds_file`` if given, else computed)."""
-    if cfg.data.folds_file:
-        return data.read_folds(cfg.data_path(cfg.data.folds_file))
+    if cfg.data.folds_file:   # under data.root, else a file shipped with the profile (params/abaw10_folds.csv)
+        path = cfg.data_path(cfg.data.folds_file)
+        shipped = cfg.path(cfg.data.folds_file)
+        return data.read_folds(path if path.is_file() or not shipped.is_file() else shipped)
     annotated = [t for t in index.tracks if t.labels_path is not None]
     return data.make_folds(data.label_histograms(annotated), n_folds=cfg.data.n_folds, seed=cfg.data.fold_seed,
                            trials=cfg.data.fold_trials)
@@ -188,13 +190,19 @@ def _probe_sets(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray
 
 def probe_table(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray], kind: str,
                  settings: dict[str, tuple[str, int | None]], column: str) -> pd.DataFrame:
-    """Linear-probe macro F1 (train on Train_Set, score on Validation_Set) of each feature setting."""
+    """Linear-probe macro F1 (train on Train_Set, score on Validation_Set) of each feature setting, with
+    the probe ``visual.probe`` / ``audio.probe`` names (the reference code's torch probe: visual
+    features z-scored then L2-normalised, audio z-scored, inverse class weights for audio only)."""
     from kitlib.metrics import linear_probe_f1
 
+    audio = kind == "audio"
+    probe = cfg.audio.probe if audio else cfg.visual.probe
     train = _probe_sets(cfg, index, labels, kind, settings, "Train_Set")
     val = _probe_sets(cfg, index, labels, kind, settings, "Validation_Set")
-    return pd.DataFrame([{column: name, "val_f1": linear_probe_f1(*train[name], *val[name], seed=cfg.run.seed),
-                          "train_frames": len(train[name][1]), "val_frames": len(val[name][1])} for name in settings])
+    return pd.DataFrame([{column: name, "val_f1": linear_probe_f1(*train[name], *val[name], seed=cfg.run.seed,
+                                                                  kind=probe, l2=not audio, class_weighted=audio),
+                          "train_frames": len(train[name][1]), "val_frames": len(val[name][1]), "probe": probe}
+                         for name in settings])
 
 
 def load_logits(cfg: Config, name: str) -> dict[str, np.ndarray]:
@@ -236,9 +244,11 @@ def with_features(cfg: Config, tracks: list[data.Track], what: str) -> list[data
     return kept
 
 def padaug(cfg: Config):
-    from kitlib.visual.padaug import PadAug
+    """The Stage-I PadAug of ``stage1.padaug_style`` (None without ``stage1.padaug``)."""
+    from kitlib.visual.padaug import build_padaug
 
-    return PadAug(p=cfg.stage1.padaug_p, max_frac=cfg.stage1.padaug_max_frac) if cfg.stage1.padaug else None
+    s = cfg.stage1
+    return build_padaug(s.padaug_style, p=s.padaug_p, max_frac=s.padaug_max_frac) if s.padaug else None
 
 def stage1_items(cfg: Config) -> tuple[list, list]:
     """(train, val) image items of the Stage-I dataset named by ``stage1.dataset``."""
@@ -249,7 +259,9 @@ def stage1_items(cfg: Config) -> tuple[list, list]:
     annotations = cfg.data_path(cfg.data.annotations_dir)
     readers = {"class_folder": lambda split: images.class_folder_items(root / split),
                "affectnet": lambda split: images.affectnet_items(root, split),
-               "rafdb": lambda split: images.rafdb_items(root, split),
+               "rafdb": lambda split: images.rafdb_items(root, "test" if split == "val" else split),
+               "affectnet_rafdb": lambda split: images.affectnet_rafdb_items(
+                   root, cfg.data_path(cfg.stage1.rafdb_root), split),
                "affwild2": lambda split: images.affwild2_frame_items(root, annotations / splits[split])}
     if cfg.stage1.dataset not in readers:
         raise config.ConfigError(f"stage1.dataset {cfg.stage1.dataset!r} unknown; valid: {', '.join(readers)}")

@@ -71,6 +71,6 @@ def padaug_grid(cfg: Config, images: torch.Tensor, *, rows: int = 2) -> np.ndarr
     """The paper's Fig. 3 as an H x W x 3 array: originals on top, ``rows`` rows of PadAug samples below."""
     from kitlib.visual.padaug import PadAug, preview_grid
 
-    aug = padaug(cfg) or PadAug(max_frac=cfg.stage1.padaug_max_frac)
+    aug = padaug(cfg) or PadAug(max_frac=cfg.stage1.padaug_max_frac)   # the run's style (stage1.padaug_style)
     grid = preview_grid(images, padaug=aug, n_per_image=rows, seed=cfg.run.seed)
     return grid.permute(1, 2, 0).numpy()

@@ -55,7 +55,10 @@ def train_stage1(cfg: Config, *, head: str | None = None, use_padaug: bool | Non
         lr_head=s.lr_head, weight_decay=s.weight_decay, mixup_alpha=s.mixup_alpha, label_smoothing=s.label_smoothing,
         padaug=padaug(cfg) if use_padaug else None, n_frozen_blocks=s.n_frozen_blocks, image_size=s.image_size,
         device=dev, amp_dtype=amp_dtype(s.amp, dev) or torch.float32, seed=cfg.run.seed, out_path=out_path or backbone_path(cfg),
-        max_steps_per_epoch=s.max_steps_per_epoch)
+        max_steps_per_epoch=s.max_steps_per_epoch, moe_structure=s.moe_structure, head_dropout=s.head_dropout,
+        layer_decay=s.layer_decay, no_decay_bias_norm=s.no_decay_bias_norm, grad_clip=s.grad_clip,
+        lr_schedule=s.lr_schedule, lr_min=s.lr_min, trainable_tokens=s.trainable_tokens, augment=s.augment,
+        class_weight_norm=s.class_weight_norm)
     return result
 
 

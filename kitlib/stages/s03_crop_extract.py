@@ -71,7 +71,9 @@ def _face_args(cfg: Config) -> dict:
     """The face-tracking keyword arguments of ``extract_visual_features`` from ``faces.*``."""
     if cfg.faces.detect_every < 1:
         raise ValueError(f"faces.detect_every must be >= 1, got {cfg.faces.detect_every}")
-    return dict(crop_scales=cfg.faces.crop_scales, max_gap=cfg.faces.max_gap, follow=follow_settings(cfg),
+    # crop_centre_fraction: the authors save s·max(w, h) crops, then Resize(256) + CenterCrop(224)
+    scales = [s * cfg.faces.crop_centre_fraction for s in cfg.faces.crop_scales]
+    return dict(crop_scales=scales, max_gap=cfg.faces.max_gap, follow=follow_settings(cfg),
                 decode_batch=cfg.faces.decode_batch, selection=face_selection(cfg),
                 default_strategy=cfg.faces.default_strategy)
 

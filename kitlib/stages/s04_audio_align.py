@@ -41,28 +41,56 @@ def extract_audio(cfg: Config, index: data.DataIndex, *, tracks: list[data.Track
 
     a, dev = cfg.audio, dev or device(cfg)
     path = audio_encoder_path(cfg)
-    encoder = load_audio_encoder(path, device=dev, dtype=amp_dtype(a.amp, dev) or torch.float32)
+    encoder = load_audio_encoder(path, device=dev, dtype=amp_dtype(a.amp, dev) or torch.float32,
+                                 normalize=a.normalize_waveform)
     layers: str | int = int(a.layers) if a.layers.isdigit() else a.layers
+    used_total, extra = alignment_windows(cfg)
     table = extract_audio_features(
         index.tracks if tracks is None else tracks, feature_store(cfg, "audio", rank=rank), encoder,
         sample_rate=a.sample_rate,
-        chunk_s=a.chunk_s, overlap_s=a.overlap_s, layers=layers, method=a.align, align_window_s=a.align_window_total_s,
-        manifest={"encoder": str(path), "params_digest": cfg.digest()}, extra_windows_s=a.ablation_windows_total_s)
+        chunk_s=a.chunk_s, overlap_s=a.overlap_s, layers=layers, method=a.align, align_window_s=used_total,
+        manifest={"encoder": str(path), "params_digest": cfg.digest()},
+        extra_windows_s=[total for _, total, _ in extra], empty=a.align_empty, frame_time=a.frame_time)
     return extraction_report(cfg, "audio_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)
+
+
+def alignment_windows(cfg: Config) -> tuple[float, list[tuple[str, float, str]]]:
+    """The used window's TOTAL length and Table 2's further windows as (name, total length, convention).
+
+    ``audio.align_window_total_s`` / ``ablation_windows_total_s`` are total lengths (the kit's
+    convention); ``align_window_half_s`` / ``ablation_windows_half_s`` half-widths (the reference
+    code's ``WIN_SEC``), named "+-h s" in Table 2. A set ``align_window_half_s`` replaces the total one.
+    """
+    from kitlib.audio.alignment import window_total_s
+
+    a = cfg.audio
+    used = (window_total_s(a.align_window_half_s, "half_width") if a.align_window_half_s is not None
+            else a.align_window_total_s)
+    extra = [(f"window mean ({w:.2f} s)", w, "total") for w in a.ablation_windows_total_s]
+    extra += [(f"window mean (+-{h:.2f} s)", window_total_s(h, "half_width"), "half_width")
+              for h in a.ablation_windows_half_s]
+    return used, extra
 
 
 def alignment_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
     """Table 2: linear-probe macro F1 of the audio features per frame alignment (nearest, window means)."""
     a = cfg.audio
-    windows = {"nearest": 0.0} if a.ablation_windows_total_s else {}
+    used_total, extra = alignment_windows(cfg)
+    windows = {"nearest": (0.0, "")} if extra else {}
     settings: dict[str, tuple[str, int | None]] = {"nearest": ("nearest", None)} if windows else {}
-    for w in a.ablation_windows_total_s:
-        name = f"window mean ({w:.2f} s)"
-        settings[name], windows[name] = (f"window_{int(round(w * 1000))}", None), w
-    used = f"window mean ({a.align_window_total_s:.2f} s, used)" if a.align == "window" else "nearest (used)"
-    settings[used], windows[used] = ("features", None), (a.align_window_total_s if a.align == "window" else 0.0)
+    for name, total, convention in extra:
+        settings[name], windows[name] = (f"window_{int(round(total * 1000))}", None), (total, convention)
+    if a.align != "window":
+        used, convention = "nearest (used)", ""
+    elif a.align_window_half_s is not None:
+        used, convention = f"window mean (+-{a.align_window_half_s:.2f} s, used)", "half_width"
+    else:
+        used, convention = f"window mean ({a.align_window_total_s:.2f} s, used)", "total"
+    settings[used], windows[used] = ("features", None), (used_total if a.align == "window" else 0.0, convention)
     table = probe_table(cfg, index, labels, "audio", settings, "alignment")
-    table.insert(1, "window_s", table["alignment"].map(windows))
+    table.insert(1, "window_s", table["alignment"].map(lambda n: windows[n][0]))   # total length
+    table.insert(2, "half_width_s", table["window_s"] / 2)
+    table.insert(3, "named_as", table["alignment"].map(lambda n: windows[n][1]))    # total | half_width
     table = table.sort_values("window_s", kind="stable").reset_index(drop=True)
     report(cfg, "table2_alignment", table)
     return table

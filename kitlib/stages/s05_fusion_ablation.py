@@ -29,7 +29,19 @@ def train_kwargs(cfg: Config) -> dict:
     return dict(hidden=f.hidden, dropout=f.dropout, epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                 weight_decay=f.weight_decay, patience=f.patience, seed=cfg.run.seed, device=device(cfg),
                 class_weights=None if f.class_weights == "none" else f.class_weights,
-                effective_beta=f.effective_beta, loss=f.loss, focal_gamma=f.focal_gamma)
+                effective_beta=f.effective_beta, loss=f.loss, focal_gamma=f.focal_gamma,
+                structure=f.head_structure, input_norm=f.input_norm, input_dropout=tuple(f.input_dropout),
+                lr_schedule=f.lr_schedule, lr_min=f.lr_min, complete_frames_only=f.missing_frames == "impute")
+
+
+def evaluation_table(cfg: Config, table):
+    """A validation / test frame table as the final model sees it: with ``fusion.missing_frames: impute``
+    faceless (and silent) frames take the nearest frame's features and are marked imputed."""
+    from kitlib.fusion.table import impute_nearest
+
+    if cfg.fusion.missing_frames not in ("mask", "impute"):
+        raise config.ConfigError(f"fusion.missing_frames = {cfg.fusion.missing_frames!r}; valid: mask, impute")
+    return impute_nearest(table) if cfg.fusion.missing_frames == "impute" else table
 
 
 def text_encoder_path(cfg: Config) -> Path:
@@ -62,6 +74,8 @@ def head_kwargs(cfg: Config, names: list[str]) -> dict[str, dict]:
     s, out = cfg.fusion.sequence, {}
     for name in names:
         if not fusion.is_sequence_head(name):
+            if name in cfg.fusion.frame_head_overrides:
+                out[name] = frame_head_overrides(cfg, name)
             continue
         options = dataclasses.asdict(getattr(cfg.fusion.head_options, name))
         if name == "tcn_prompt":
@@ -72,10 +86,24 @@ def head_kwargs(cfg: Config, names: list[str]) -> dict[str, dict]:
     return out
 
 
+FRAME_HEAD_OVERRIDES = ("lr", "weight_decay", "dropout")
+
+
+def frame_head_overrides(cfg: Config, name: str) -> dict:
+    """``fusion.frame_head_overrides[name]``: a frame head's own lr / weight_decay / dropout (the
+    reference code trains some Table 3 heads with their own values)."""
+    values = dict(cfg.fusion.frame_head_overrides[name] or {})
+    unknown = sorted(set(values) - set(FRAME_HEAD_OVERRIDES))
+    if unknown:
+        raise config.ConfigError(f"fusion.frame_head_overrides.{name} has unknown key(s) {unknown}; "
+                                 f"valid: {', '.join(FRAME_HEAD_OVERRIDES)}")
+    return {k: float(v) for k, v in values.items()}
+
+
 def check_head_names(cfg: Config, names: list[str]) -> None:
     from kitlib import fusion
 
-    unknown = [h for h in names if h not in fusion.known_heads()]
+    unknown = [h for h in [*names, *cfg.fusion.frame_head_overrides] if h not in fusion.known_heads()]
     if unknown:
         raise config.ConfigError(f"fusion.heads / fusion.final_head name unknown head(s) {unknown}; "
                                  f"valid: {', '.join(fusion.known_heads())}")
@@ -85,7 +113,7 @@ def fusion_tables(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarr
     """(train, val, train+val pool or None without cross-validation) frame tables of the annotated tracks."""
     annotated = with_features(cfg, [t for t in index.tracks if t.labels_path is not None], "fusion")
     train = frame_table(cfg, [t for t in annotated if t.split == "Train_Set"], labels)
-    val = frame_table(cfg, [t for t in annotated if t.split == "Validation_Set"], labels)
+    val = evaluation_table(cfg, frame_table(cfg, [t for t in annotated if t.split == "Validation_Set"], labels))
     pool = frame_table(cfg, annotated, labels) if cfg.fusion.cross_validation else None
     return train, val, pool
 
@@ -100,12 +128,16 @@ def fusion_ablation(cfg: Config, index: data.DataIndex, labels: dict[str, np.nda
     check_head_names(cfg, names)
     train, val, pool = fusion_tables(cfg, index, labels)
     comparison = fusion.evaluate_heads(names, train=train, val=val, folds=folds if pool is not None else None,
-                                       table_all=pool, head_kwargs=head_kwargs(cfg, names), **train_kwargs(cfg))
+                                       table_all=pool, head_kwargs=head_kwargs(cfg, names),
+                                       cv_protocol=cfg.fusion.cv_protocol, **train_kwargs(cfg))
     out = cfg.run_dir / "fusion"
     out.mkdir(parents=True, exist_ok=True)
     final = comparison.trained[f.final_head]
     from kitlib.store import atomic_path
 
+    if val.imputed is not None:   # which validation frames smoothing skips (fusion.missing_frames: impute)
+        np.savez_compressed(out / "val_imputed.npz", **{t: val.imputed[a:b] for t, a, b in
+                                                        zip(val.txtids, val.offsets[:-1], val.offsets[1:])})
     with atomic_path(out / "final_head.pt") as tmp:
         torch.save({"name": final.name, "config": final.config, "state_dict": final.module.state_dict(),
                     "best_epoch": final.best_epoch, "best_val_f1": final.best_val_f1,
@@ -155,7 +187,7 @@ def xattn_grid(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]
         comparison = fusion.evaluate_heads(["safe_xattn"], train=train, val=val,
                                            folds=folds if pool is not None else None, table_all=pool,
                                            head_kwargs={"safe_xattn": {**base, "options": options}},
-                                           **train_kwargs(cfg))
+                                           cv_protocol=cfg.fusion.cv_protocol, **train_kwargs(cfg))
         result = comparison.table.iloc[0].drop("head").to_dict()
         pred = comparison.val_logits["safe_xattn"].argmax(1)
         accuracy = float((pred[valid_val] == val.labels[valid_val]).mean())

@@ -41,7 +41,8 @@ def smoothing_sweep(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
     tables = []
     for name, logits in sets.items():
         table = smoothing.sweep(logits, {t: labels[t][: len(x)] for t, x in logits.items()}, windows=windows,
-                                strategies=cfg.smoothing.strategies)
+                                strategies=cfg.smoothing.strategies, edge=cfg.smoothing.edge,
+                                sigma_divisor=cfg.smoothing.gaussian_sigma_divisor)
         tables.append(table.assign(split=name))
     sweep = pd.concat(tables, ignore_index=True)
     report(cfg, "smoothing_sweep", sweep)
@@ -58,8 +59,11 @@ def smoothing_table(cfg: Config, sweep: pd.DataFrame) -> pd.DataFrame:
     on_folds = rows[rows["split"].str.startswith("fold")]
     if len(on_folds):
         table["cv_mean_f1"] = on_folds.groupby("strategy")["f1"].mean()
-        table["cv_std_f1"] = on_folds.groupby("strategy")["f1"].std(ddof=1)
-    table = table.reset_index().assign(window=lambda t: np.where(t["strategy"] == "single-frame", 1, w))
+        ddof = 0 if cfg.fusion.cv_protocol == "authors" else 1   # population std in the reference protocol
+        table["cv_std_f1"] = on_folds.groupby("strategy")["f1"].std(ddof=ddof)
+        table["cv_protocol"] = cfg.fusion.cv_protocol
+    table = table.reset_index().assign(window=lambda t: np.where(t["strategy"] == "single-frame", 1, w),
+                                       edge=cfg.smoothing.edge)
     report(cfg, "table4_smoothing", table)
     return table
 
@@ -74,4 +78,6 @@ def smoothing_example(cfg: Config, index: data.DataIndex) -> dict:
     s = cfg.smoothing
     return {"txtid": txtid, "truth": frame_labels(cfg, index)[txtid][: len(x)],
             "rows": {"single frame": x.argmax(1),
-                     f"{s.final_strategy} {s.final_window}": smooth_logits(x, s.final_window, s.final_strategy).argmax(1)}}
+                     f"{s.final_strategy} {s.final_window}": smooth_logits(
+                         x, s.final_window, s.final_strategy, edge=s.final_edge,
+                         sigma_divisor=s.gaussian_sigma_divisor).argmax(1)}}

@@ -13,7 +13,7 @@ from kitlib import data
 from kitlib.config import Config, notebook_config
 from kitlib.stages.common import (data_index, device, folds, frame_labels, frame_table, read_report, report, start,
                                   with_features)
-from kitlib.stages.s05_fusion_ablation import head_kwargs, train_kwargs
+from kitlib.stages.s05_fusion_ablation import evaluation_table, head_kwargs, train_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +31,23 @@ def _load_final_head(cfg: Config):
         raise FileNotFoundError(f"{path} is missing: run 05_fusion_ablation first")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     trained_with = saved["config"]
+    frame_only = {k: trained_with[k] for k in ("structure", "input_norm") if k in trained_with}
     head = build_head(saved["name"], visual_dim=saved["visual_dim"], audio_dim=saved["audio_dim"],
                       hidden=trained_with.get("hidden", cfg.fusion.hidden),
-                      dropout=trained_with.get("dropout", cfg.fusion.dropout), options=trained_with.get("options"))
+                      dropout=trained_with.get("dropout", cfg.fusion.dropout), options=trained_with.get("options"),
+                      **frame_only)
     head.load_state_dict(saved["state_dict"])
     return head.eval(), saved
 
 
 def predict_test_logits(cfg: Config, index: data.DataIndex, table) -> np.ndarray:
-    """Logits of the test frames: the final head, or the mean over fold models (``submission.ensemble_folds``)."""
-    from tqdm.auto import tqdm
+    """Logits of the test frames: the final head, or the mean over fold models (``submission.ensemble_folds``).
 
-    from kitlib.fusion import TrainedHead, count_parameters, train_head
+    Fold models train on the other folds, each fitting its own input normalisation; with
+    ``fusion.cv_protocol: authors`` each keeps its best epoch on its held-out fold (the reference
+    code's 5-fold ensemble), otherwise it trains for the official run's best epoch count."""
+    from kitlib.fusion import TrainedHead, count_parameters
+    from kitlib.fusion.train import fold_ensemble_logits
 
     dev = device(cfg)
     head, saved = _load_final_head(cfg)
@@ -54,25 +59,22 @@ def predict_test_logits(cfg: Config, index: data.DataIndex, table) -> np.ndarray
     labels = frame_labels(cfg, index)
     annotated = with_features(cfg, [t for t in index.tracks if t.labels_path is not None], "ensemble")
     pool = frame_table(cfg, annotated, labels)
-    assignment = folds(cfg, index)
     name = saved["name"]
-    kwargs = {**train_kwargs(cfg), **head_kwargs(cfg, [name]).get(name, {}),
-              "epochs": max(int(saved["best_epoch"]), 1)}
+    authors = cfg.fusion.cv_protocol == "authors"
+    kwargs = {**train_kwargs(cfg), **head_kwargs(cfg, [name]).get(name, {})}
+    if not authors:
+        kwargs["epochs"] = max(int(saved["best_epoch"]), 1)
     if "options" in saved["config"]:
         kwargs["options"] = saved["config"]["options"]
-    outs = []
-    for k in tqdm(sorted(set(assignment[t] for t in pool.txtids)), desc="fold models", unit="fold"):
-        part = pool.subset([t for t in pool.txtids if assignment[t] != k])
-        outs.append(train_head(name, part, None, **kwargs).predict(table, device=dev))
-    log.info("test logits: mean over %d fold models", len(outs))
-    return np.mean(outs, axis=0)
+    return fold_ensemble_logits(name, pool, folds(cfg, index), table, protocol=cfg.fusion.cv_protocol,
+                                held_out=lambda held: evaluation_table(cfg, held), **kwargs)
 
 
 def make_submission(cfg: Config, index: data.DataIndex) -> dict:
     """Predict the test tracks, smooth, write the official file in the template's order and validate it."""
     from kitlib.data import submission
     from kitlib.fusion import split_by_track
-    from kitlib.smoothing import smooth_logits
+    from kitlib.smoothing.masked import smooth_logits_skipping
 
     template = submission.read_template(cfg.data_path(cfg.data.test_template))
     tests = [t for t in index.tracks if t.split == "Test_Set"]
@@ -86,7 +88,7 @@ def make_submission(cfg: Config, index: data.DataIndex) -> dict:
         raise submission.SubmissionError("test track(s) without features: "
                                          + ", ".join(t.txtid for t in tests if t not in covered)
                                          + " (see reports/videos.csv and the extraction reports)")
-    table = frame_table(cfg, covered, None)
+    table = evaluation_table(cfg, frame_table(cfg, covered, None))
     logits = split_by_track(table, predict_test_logits(cfg, index, table))
     s = cfg.smoothing
     predictions = {}
@@ -95,8 +97,12 @@ def make_submission(cfg: Config, index: data.DataIndex) -> dict:
         has_face, has_audio = table.visual_mask[rows], table.audio_mask[rows]
         frames = table.frame_index[rows]
         usable = has_face | has_audio                       # frames with some evidence
-        smoothed = smooth_logits(logits[txtid], s.final_window, s.final_strategy).argmax(1)
+        imputed = table.imputed[rows] if table.imputed is not None else None
+        smoothed = smooth_logits_skipping(logits[txtid], s.final_window, s.final_strategy, skip=imputed,
+                                          edge=s.final_edge, sigma_divisor=s.gaussian_sigma_divisor).argmax(1)
         source = np.where(has_face, "face", "audio")
+        if imputed is not None:
+            source = np.where(imputed, "imputed", source)
         predictions[txtid] = submission.TrackPrediction(frames[usable], smoothed[usable], source[usable])
     out = cfg.run_dir / "submission" / cfg.submission.filename
     coverage = submission.write_submission(out, template, predictions, fill_policy=cfg.submission.fill_policy)

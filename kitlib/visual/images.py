@@ -10,7 +10,11 @@ the 8 ABAW classes (``kitlib.CLASSES``: 0 Neutral, 1 Anger, 2 Disgust, 3 Fear, 4
 * ``affwild2_frame_items``   Aff-Wild2 cropped frames + EXPR annotation files (label -1 skipped)
 
 ``FaceImageDataset`` loads them with the Stage-I train augmentation (mild random resized crop,
-flip, colour jitter, then PadAug, sec. 3.1.1) or the eval transform (resize + normalise).
+flip, colour jitter, then PadAug, sec. 3.1.1) or the eval transform (resize + normalise); with
+``recipe="authors"`` the reference code's list instead (``face_transform``).
+
+``stage1.dataset: affectnet_rafdb`` merges AffectNet (8-class) and RAF-DB (basic) as the reference
+code trains: train = AffectNet train + RAF-DB train, validation = AffectNet val + RAF-DB test.
 """
 from __future__ import annotations
 
@@ -26,7 +30,6 @@ from tqdm.auto import tqdm
 
 from kitlib import CLASSES, NUM_CLASSES
 from kitlib.data import read_labels
-from kitlib.visual.padaug import PadAug
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,16 @@ def rafdb_items(root: Path, split: str) -> list[Item]:
     return items
 
 
+def affectnet_rafdb_items(affectnet_root: Path, rafdb_root: Path, split: str) -> list[Item]:
+    """The reference code's merged Stage-I set: AffectNet 8-class + RAF-DB basic, train (``train``:
+    both train splits) or validation (``val``: AffectNet val + RAF-DB test)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"merged AffectNet + RAF-DB split must be 'train' or 'val', got {split!r}")
+    items = affectnet_items(affectnet_root, split) + rafdb_items(rafdb_root, "train" if split == "train" else "test")
+    log.info("AffectNet + RAF-DB %s: %d images, per class %s", split, len(items), label_counts(items).tolist())
+    return items
+
+
 def affwild2_frame_items(frames_root: Path, annotations_dir: Path, *, frame_stride: int = 1) -> list[Item]:
     """Aff-Wild2 cropped frames ``<frames_root>/<txtid>/<00001>.jpg`` labelled by ``<annotations_dir>/<txtid>.txt``.
 
@@ -168,10 +181,37 @@ def load_rgb(path: Path) -> Image.Image:
         raise ValueError(f"cannot read face image {path}: {err}") from err
 
 
-def face_transform(*, image_size: int, train: bool, padaug: PadAug | None,
-                   mean: tuple[float, ...], std: tuple[float, ...]) -> v2.Compose:
-    """Stage-I train augmentation (crop/flip/colour + PadAug before normalising) or eval resize."""
+TRANSFORM_RECIPES: tuple[str, ...] = ("kit", "authors")
+
+
+def face_transform(*, image_size: int, train: bool, padaug: torch.nn.Module | None,
+                   mean: tuple[float, ...], std: tuple[float, ...], recipe: str = "kit") -> v2.Compose:
+    """Stage-I train augmentation (crop/flip/colour + PadAug before normalising) or eval resize.
+
+    ``recipe="authors"`` (the reference code at ``image_size`` 224): RandomResizedCrop(0.8-1,
+    bicubic), horizontal flip, ColorJitter(0.25, 0.25, 0.15, 0.02) with p 0.8, grayscale p 0.1,
+    Gaussian blur (3, sigma 0.1-1.5) p 0.1, PadAug, normalise, RandomErasing(p 0.25, 2-12 %, value
+    0); evaluation Resize(256) + CenterCrop(224) (both scaled by ``image_size / 224``).
+    """
+    if recipe not in TRANSFORM_RECIPES:
+        raise ValueError(f"recipe must be one of {TRANSFORM_RECIPES}, got {recipe!r}")
     to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if recipe == "authors":
+        if not train:
+            return v2.Compose([v2.Resize(round(image_size * 256 / 224), interpolation=v2.InterpolationMode.BICUBIC,
+                                         antialias=True), v2.CenterCrop(image_size), *to_float, v2.Normalize(mean, std)])
+        return v2.Compose([
+            v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), interpolation=v2.InterpolationMode.BICUBIC,
+                                 antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.15, hue=0.02)], p=0.8),
+            v2.RandomGrayscale(p=0.1),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=3, sigma=(0.1, 1.5))], p=0.1),
+            *to_float,
+            *([padaug] if padaug is not None else []),
+            v2.Normalize(mean, std),
+            v2.RandomErasing(p=0.25, scale=(0.02, 0.12), ratio=(0.3, 3.3), value=0),
+        ])
     if not train:
         return v2.Compose([v2.Resize((image_size, image_size), antialias=True), *to_float, v2.Normalize(mean, std)])
     return v2.Compose([
@@ -187,8 +227,8 @@ def face_transform(*, image_size: int, train: bool, padaug: PadAug | None,
 class FaceImageDataset(torch.utils.data.Dataset):
     """(normalised image tensor (3, S, S), ABAW label) pairs from a reader's item list."""
 
-    def __init__(self, items: list[Item], *, image_size: int, train: bool, padaug: PadAug | None = None,
-                 mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, items: list[Item], *, image_size: int, train: bool, padaug: torch.nn.Module | None = None,
+                 mean: tuple[float, ...], std: tuple[float, ...], recipe: str = "kit"):
         labels = np.array([label for _, label in items], dtype=np.int64)
         if len(items) == 0:
             raise ValueError("FaceImageDataset got no items")
@@ -196,7 +236,7 @@ class FaceImageDataset(torch.utils.data.Dataset):
             raise ValueError(f"item labels must be 0..{NUM_CLASSES - 1}, found {sorted(set(labels.tolist()))}")
         self.items, self.labels = list(items), labels
         self.transform = face_transform(image_size=image_size, train=train, padaug=padaug if train else None,
-                                        mean=mean, std=std)
+                                        mean=mean, std=std, recipe=recipe)
 
     def __len__(self) -> int:
         return len(self.items)

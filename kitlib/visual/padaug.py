@@ -161,3 +161,109 @@ def bar_fraction(info: list[PadInfo], height: int, width: int) -> float:
     areas = [(i.left + i.right) * height + (i.top + i.bottom) * width - (i.left + i.right) * (i.top + i.bottom)
              for i in info]
     return float(sum(areas)) / (len(info) * height * width)
+
+
+PADAUG_STYLES: tuple[str, ...] = ("kit", "authors")
+_REFERENCE_PATTERNS: tuple[str, ...] = ("left", "right", "top", "bottom", "corner-top-left", "corner-bottom-left",
+                                        "corner-top-right", "corner-bottom-right")
+
+
+class ReferencePadAug(torch.nn.Module):
+    """PadAug as the reference code draws it (``RandomBlackPadShift``).
+
+    With probability ``p``: one of 8 patterns, uniformly: a bar on one of the 4 sides, or an
+    L-shaped pair of bars at one of the 4 corners (so corners are half of the applied cases). A
+    side bar covers ``U(min_bar_frac, max_area_frac)`` of the side; an L's two bars ``v`` (width
+    share) and ``h`` (height share) are drawn from the same range until the L covers
+    ``v + h - v h <= max_area_frac`` of the image (50 tries, else 0.6 ``max_area_frac`` each, at
+    most 0.15). Before the bars are drawn the content is shifted 1..``max_shift`` pixels away from
+    each bar (``max_shift = clip(round(max_shift_frac * min(H, W)), 1, 10)``), the vacated strip
+    black. Works on one image (C, H, W), uint8 or float, before normalisation; batches image by image.
+    """
+
+    def __init__(self, p: float = 0.6, max_area_frac: float = 0.2, min_bar_frac: float = 0.03,
+                 max_shift_frac: float = 0.02):
+        super().__init__()
+        if not 0.0 <= p <= 1.0 or not 0.0 < min_bar_frac <= max_area_frac < 1.0 or max_shift_frac < 0:
+            raise ValueError(f"ReferencePadAug needs 0<=p<=1, 0<min_bar_frac<=max_area_frac<1, max_shift_frac>=0; "
+                             f"got p={p}, min_bar_frac={min_bar_frac}, max_area_frac={max_area_frac}")
+        self.p, self.max_area_frac, self.min_bar_frac, self.max_shift_frac = p, max_area_frac, min_bar_frac, max_shift_frac
+        self.modes = _REFERENCE_PATTERNS   # what the Fig. 3 preview cycles through
+
+    def extra_repr(self) -> str:
+        return (f"p={self.p}, max_area_frac={self.max_area_frac}, min_bar_frac={self.min_bar_frac}, "
+                f"max_shift_frac={self.max_shift_frac}")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.sample(images)[0]
+
+    def _uniform(self, g: torch.Generator | None) -> float:
+        return self.min_bar_frac + (self.max_area_frac - self.min_bar_frac) * float(torch.rand(1, generator=g))
+
+    def _l_fracs(self, g: torch.Generator | None) -> tuple[float, float]:
+        for _ in range(50):
+            v, h = self._uniform(g), self._uniform(g)
+            if v + h - v * h <= self.max_area_frac:
+                return v, h
+        fallback = min(self.max_area_frac * 0.6, 0.15)
+        return fallback, fallback
+
+    def sample(self, images: torch.Tensor, generator: torch.Generator | None = None, *,
+               force_mode: str | list[str] | None = None) -> tuple[torch.Tensor, list[PadInfo]]:
+        """Augment one image (C, H, W) or each image of a batch; also return what was done (``PadInfo``).
+        ``force_mode`` (one pattern, or one per image) applies that pattern with probability 1."""
+        if images.dim() == 4:
+            forced = [force_mode] * len(images) if force_mode is None or isinstance(force_mode, str) else force_mode
+            outs = [self.sample(image, generator, force_mode=f) for image, f in zip(images, forced)]
+            return torch.stack([o[0] for o in outs]), [o[1][0] for o in outs]
+        if images.dim() != 3:
+            raise ValueError(f"ReferencePadAug takes (C,H,W) or (B,C,H,W) images, got shape {tuple(images.shape)}")
+        g = generator
+        _, height, width = images.shape
+        if force_mode is not None and force_mode not in _REFERENCE_PATTERNS:
+            raise ValueError(f"force_mode must be one of {_REFERENCE_PATTERNS}, got {force_mode!r}")
+        skip = float(torch.rand(1, generator=g)) > self.p and force_mode is None
+        if skip or height < 8 or width < 8:
+            return images, [PadInfo(False, "none", 0, 0, 0, 0, 1.0, 0.0, 0.0)]
+        pattern = _REFERENCE_PATTERNS[int(torch.randint(len(_REFERENCE_PATTERNS), (1,), generator=g))]
+        pattern = force_mode or pattern
+        max_shift = max(1, min(int(round(self.max_shift_frac * min(width, height))), 10))
+
+        def shift() -> int:
+            return int(torch.randint(1, max_shift + 1, (1,), generator=g))
+
+        if pattern.startswith("corner"):
+            v, h = self._l_fracs(g)
+        else:
+            v = h = self._uniform(g)
+        bar_w = max(1, min(int(round(v * width)), width - 1))
+        bar_h = max(1, min(int(round(h * height)), height - 1))
+        left = bar_w if pattern in ("left", "corner-top-left", "corner-bottom-left") else 0
+        right = bar_w if pattern in ("right", "corner-top-right", "corner-bottom-right") else 0
+        top = bar_h if pattern in ("top", "corner-top-left", "corner-top-right") else 0
+        bottom = bar_h if pattern in ("bottom", "corner-bottom-left", "corner-bottom-right") else 0
+        dx = shift() if left else -shift() if right else 0     # content moves away from the bar
+        dy = shift() if top else -shift() if bottom else 0
+        out = torch.zeros_like(images)
+        src_x, dst_x = slice(max(-dx, 0), width - max(dx, 0)), slice(max(dx, 0), width - max(-dx, 0))
+        src_y, dst_y = slice(max(-dy, 0), height - max(dy, 0)), slice(max(dy, 0), height - max(-dy, 0))
+        out[:, dst_y, dst_x] = images[:, src_y, src_x]
+        if left:
+            out[:, :, :left] = 0
+        if right:
+            out[:, :, width - right:] = 0
+        if top:
+            out[:, :top, :] = 0
+        if bottom:
+            out[:, height - bottom:, :] = 0
+        return out, [PadInfo(True, pattern, left, right, top, bottom, 1.0, dx / width, dy / height)]
+
+
+def build_padaug(style: str, *, p: float, max_frac: float) -> torch.nn.Module:
+    """The PadAug of ``style``: ``kit`` (``PadAug``, bars up to ``max_frac`` of a side) or ``authors``
+    (``ReferencePadAug``, at most ``max_frac`` of the area)."""
+    if style == "kit":
+        return PadAug(p=p, max_frac=max_frac)
+    if style == "authors":
+        return ReferencePadAug(p=p, max_area_frac=max_frac)
+    raise ValueError(f"PadAug style must be one of {PADAUG_STYLES}, got {style!r}")

@@ -9,6 +9,12 @@
   frozen, best epoch chosen by validation macro F1; only the backbone is saved (the head is
   discarded after Stage I). Runs under torchrun with DistributedDataParallel when
   ``torch.distributed`` is initialised.
+
+The reference system's published code differs from the text in ways that are options here
+(``params/abaw10.yaml`` sets them): the MoE head structure ``ReferenceMoEHead`` (``moe_structure=
+"authors"``), layer-wise learning-rate decay from the last block down (``layer_decay``, see
+``param_groups``), no weight decay on biases and norms, gradient clipping, a per-epoch cosine
+schedule to ``lr_min`` and trainable class / position tokens.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ log = logging.getLogger(__name__)
 
 
 HEAD_KINDS: tuple[str, ...] = ("moe", "mlp")
+LR_SCHEDULES: tuple[str, ...] = ("step_cosine", "epoch_cosine")
 
 
 class MoEHead(nn.Module):
@@ -76,9 +83,78 @@ class MLPHead(nn.Module):
         return self.net(u)
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: drop a sample's residual branch with probability ``p`` while training."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+
+class SwiGLUBlock(nn.Module):
+    """Residual pre-LN SwiGLU block: ``x + DropPath(W_p Drop(W_1 LN(x) * SiLU(W_2 LN(x))))``."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float, drop_path: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(dim, hidden)
+        self.proj = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        return x + self.drop_path(self.proj(self.drop(self.fc1(y) * F.silu(self.fc2(y)))))
+
+
+class ReferenceMoEHead(nn.Module):
+    """The MoE head of the reference code (``GatedMoEMLPHead``): eqs. 2-4 with a deeper router and experts.
+
+    ``u' = LN(u)``; router ``Linear(D, D/4) -> LN -> GELU -> Linear(D/4, M)`` on ``u'`` (eq. 2); each
+    expert ``depth`` residual SwiGLU blocks (D -> ratio*D -> D, drop-path rising linearly from 0 to
+    ``drop_path``) on ``u'`` (eq. 3); ``logits = W_c Drop(LN(sum_m alpha_m e_m))`` (eq. 4), with
+    ``dropout`` both inside the blocks and before the classifier.
+    """
+
+    def __init__(self, dim: int, num_classes: int = NUM_CLASSES, num_experts: int = 4, *, depth: int = 3,
+                 mlp_ratio: float = 2.0, dropout: float = 0.6, drop_path: float = 0.1):
+        super().__init__()
+        self.in_norm = nn.LayerNorm(dim)
+        self.router = nn.Sequential(nn.Linear(dim, dim // 4), nn.LayerNorm(dim // 4), nn.GELU(),
+                                    nn.Linear(dim // 4, num_experts))
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.experts = nn.ModuleList(
+            nn.Sequential(*[SwiGLUBlock(dim, int(dim * mlp_ratio), dropout, r) for r in rates])
+            for _ in range(num_experts))
+        self.out_norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, u: torch.Tensor, *,
+                return_alpha: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        u = self.in_norm(u)
+        alpha = torch.softmax(self.router(u), dim=-1)
+        experts = torch.stack([expert(u) for expert in self.experts], dim=1)
+        logits = self.classifier(self.drop(self.out_norm(torch.einsum("bm,bmd->bd", alpha.to(experts.dtype), experts))))
+        return (logits, alpha) if return_alpha else logits
+
+
+MOE_STRUCTURES: tuple[str, ...] = ("kit", "authors")
+
+
 def build_head(kind: str, *, dim: int, num_classes: int = NUM_CLASSES, num_experts: int = 4,
-               hidden: int | None = None, dropout: float = 0.1) -> nn.Module:
-    """The Stage-I head: ``moe`` (eqs. 2-4) or ``mlp`` (ablation)."""
+               hidden: int | None = None, dropout: float = 0.1, moe_structure: str = "kit") -> nn.Module:
+    """The Stage-I head: ``moe`` (eqs. 2-4; ``moe_structure`` ``kit`` or ``authors``) or ``mlp`` (ablation)."""
+    if moe_structure not in MOE_STRUCTURES:
+        raise ValueError(f"moe_structure must be one of {MOE_STRUCTURES}, got {moe_structure!r}")
+    if kind == "moe" and moe_structure == "authors":
+        return ReferenceMoEHead(dim, num_classes, num_experts=num_experts, dropout=dropout)
     if kind == "moe":
         return MoEHead(dim, num_classes, num_experts=num_experts, hidden=hidden, dropout=dropout)
     if kind == "mlp":
@@ -127,12 +203,20 @@ def mixup(images: torch.Tensor, soft_targets: torch.Tensor, alpha: float,
     return (lam * images + (1 - lam) * images[perm], lam * soft_targets + (1 - lam) * soft_targets[perm], lam)
 
 
-def class_weights_from_counts(counts: np.ndarray | list[int], *, power: float = 1.0) -> np.ndarray:
+def class_weights_from_counts(counts: np.ndarray | list[int], *, power: float = 1.0,
+                              normalise: str = "samples") -> np.ndarray:
     """Class-balanced w_c ∝ (1 / n_c)^power, scaled so the mean weight over the training samples is 1.
 
     Classes without samples get weight 0 (e.g. Other in RAF-DB). ``power`` 0.5 softens the
-    inverse-frequency weighting for very skewed sets.
+    inverse-frequency weighting for very skewed sets. ``normalise="classes"`` is the reference
+    code's ``compute_class_weights``: ``w_c ∝ 1 / max(n_c, 1)`` scaled to a mean of 1 over the
+    classes (the loss scale, and so gradient clipping, differ from ``samples``).
     """
+    if normalise == "classes":
+        inv = np.maximum(np.asarray(counts, dtype=np.float64), 1.0) ** -power
+        return inv / inv.mean()
+    if normalise != "samples":
+        raise ValueError(f"normalise must be 'samples' or 'classes', got {normalise!r}")
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 1 or (counts < 0).any() or counts.sum() == 0:
         raise ValueError(f"class counts must be a non-negative vector with some samples, got {counts.tolist()}")
@@ -143,6 +227,57 @@ def class_weights_from_counts(counts: np.ndarray | list[int], *, power: float = 
 
 
 # ----------------------------------------------------------------------------- training
+
+def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Biases, 1-D parameters (norm scales, LayerScale) and anything named ``norm`` (the reference rule)."""
+    return name.endswith(".bias") or param.ndim <= 1 or "norm" in name.lower()
+
+
+def param_groups(model: Stage1Model, *, lr_backbone: float, lr_head: float, weight_decay: float,
+                 layer_decay: float | None = None, no_decay_bias_norm: bool = False) -> list[dict[str, Any]]:
+    """AdamW parameter groups of the trainable weights of a ``Stage1Model``.
+
+    Head at ``lr_head``; backbone at ``lr_backbone``, or with ``layer_decay`` (the reference code's
+    LLRD) block ``i`` of ``n`` at ``lr_backbone * layer_decay ** (n - 1 - i)`` (the last block at
+    ``lr_backbone``, each earlier one ``layer_decay`` times slower) and the other backbone weights
+    (tokens, final norm) at ``lr_backbone``. ``no_decay_bias_norm``: no weight decay on biases,
+    1-D parameters and norms. Each group records its ``name`` (``head``, ``block<i>``, ``backbone``).
+    """
+    bare = unwrap(model)
+    backbone, head = bare.backbone, bare.head
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
+
+    def add(group: str, lr: float, name: str, p: torch.nn.Parameter) -> None:
+        skip = no_decay_bias_norm and _no_weight_decay(name, p)
+        entry = groups.setdefault((group, skip), {"name": group + ("_no_wd" if skip else ""), "params": [], "lr": lr,
+                                                  "weight_decay": 0.0 if skip else weight_decay})
+        entry["params"].append(p)
+
+    for name, p in head.named_parameters():
+        if p.requires_grad:
+            add("head", lr_head, name, p)
+    n_blocks = len(backbone.blocks) if hasattr(backbone, "blocks") else 0
+    block_of = {id(p): i for i in range(n_blocks) for p in backbone.blocks[i].parameters()}
+    for name, p in backbone.named_parameters():
+        if not p.requires_grad:
+            continue
+        i = block_of.get(id(p))
+        if layer_decay is not None and i is not None:
+            add(f"block{i}", lr_backbone * layer_decay ** (n_blocks - 1 - i), name, p)
+        else:
+            add("backbone", lr_backbone, name, p)
+    return [g for g in groups.values() if g["params"]]
+
+
+def train_tokens(backbone: nn.Module) -> None:
+    """Make the class / register tokens and the position embedding trainable (the reference code
+    freezes only the patch embedding and the first blocks)."""
+    backbone = unwrap(backbone)
+    for name in ("cls_token", "reg_token", "pos_embed"):
+        p = getattr(backbone, name, None)
+        if isinstance(p, nn.Parameter):
+            p.requires_grad_(True)
+
 
 def _dist_info() -> tuple[bool, int, int]:
     ddp = dist.is_available() and dist.is_initialized()
@@ -200,8 +335,18 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
                  label_smoothing: float = 0.1, padaug: PadAug | None, n_frozen_blocks: int = 8, image_size: int,
                  device: torch.device | str, amp_dtype: torch.dtype | None = None, num_workers: int = 0,
                  seed: int = 0, out_path: Path, max_steps_per_epoch: int | None = None,
-                 class_weight_power: float = 1.0, warmup_steps: int = 0) -> dict[str, Any]:
+                 class_weight_power: float = 1.0, warmup_steps: int = 0, moe_structure: str = "kit",
+                 head_dropout: float = 0.1, layer_decay: float | None = None, no_decay_bias_norm: bool = False,
+                 grad_clip: float | None = None, lr_schedule: str = "step_cosine", lr_min: float = 0.0,
+                 trainable_tokens: bool = False, augment: str = "kit",
+                 class_weight_norm: str = "samples") -> dict[str, Any]:
     """Adapt ``backbone`` on face images and save the best epoch's backbone to ``out_path``.
+
+    ``lr_schedule``: ``step_cosine`` (the kit: warm-up then cosine to 0, stepped per batch) or
+    ``epoch_cosine`` (the reference code: ``CosineAnnealingLR(T_max=epochs, eta_min=lr_min)``
+    stepped per epoch). ``moe_structure``, ``head_dropout``, ``layer_decay``, ``no_decay_bias_norm``,
+    ``grad_clip`` (max gradient norm), ``trainable_tokens`` and ``augment`` (``kit`` | ``authors``,
+    ``images.face_transform``): the reference code's options, see the module docstring.
 
     ``amp_dtype`` None = bfloat16 autocast on CUDA and none on CPU; pass ``torch.float32`` to
     switch autocast off on CUDA. Returns ``{"history": [{epoch, train_loss, val_f1, seconds,
@@ -216,22 +361,27 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
     elif amp_dtype == torch.float32:
         amp_dtype = None
     mean, std = input_mean_std(backbone)
-    train_set = FaceImageDataset(train_items, image_size=image_size, train=True, padaug=padaug, mean=mean, std=std)
-    val_set = FaceImageDataset(val_items, image_size=image_size, train=False, mean=mean, std=std)
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+    train_set = FaceImageDataset(train_items, image_size=image_size, train=True, padaug=padaug, mean=mean, std=std,
+                                 recipe=augment)
+    val_set = FaceImageDataset(val_items, image_size=image_size, train=False, mean=mean, std=std, recipe=augment)
     counts = label_counts(train_items)
-    class_weights = torch.tensor(class_weights_from_counts(counts, power=class_weight_power), dtype=torch.float32,
-                                 device=device)
+    class_weights = torch.tensor(class_weights_from_counts(counts, power=class_weight_power, normalise=class_weight_norm),
+                                 dtype=torch.float32, device=device)
 
     freeze_backbone_blocks(backbone, n_frozen_blocks)
-    head = build_head(head_kind, dim=feature_dim(backbone), num_experts=num_experts)
+    if trainable_tokens:
+        train_tokens(backbone)
+    head = build_head(head_kind, dim=feature_dim(backbone), num_experts=num_experts, dropout=head_dropout,
+                      moe_structure=moe_structure)
     model: nn.Module = Stage1Model(backbone, head).to(device)
     if ddp:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     bare = unwrap(model)
-    optimizer = torch.optim.AdamW([
-        {"params": [p for p in bare.backbone.parameters() if p.requires_grad], "lr": lr_backbone},
-        {"params": list(bare.head.parameters()), "lr": lr_head},
-    ], weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(bare, lr_backbone=lr_backbone, lr_head=lr_head,
+                                               weight_decay=weight_decay, layer_decay=layer_decay,
+                                               no_decay_bias_norm=no_decay_bias_norm), weight_decay=weight_decay)
 
     sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=True) if ddp else None
     loader_gen = torch.Generator().manual_seed(seed)
@@ -239,14 +389,20 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
                               num_workers=num_workers, pin_memory=device.type == "cuda", generator=loader_gen,
                               drop_last=len(train_set) // world > batch_size, persistent_workers=num_workers > 0)
     steps_per_epoch = len(train_loader) if max_steps_per_epoch is None else min(len(train_loader), max_steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(epochs * steps_per_epoch, warmup_steps))
+    if lr_schedule == "step_cosine":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(epochs * steps_per_epoch, warmup_steps))
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=lr_min)
     mix_gen = torch.Generator().manual_seed(seed + 1000 * rank)
     params = dict(head_kind=head_kind, num_experts=num_experts, epochs=epochs, batch_size=batch_size,
                   lr_backbone=lr_backbone, lr_head=lr_head, weight_decay=weight_decay, mixup_alpha=mixup_alpha,
                   label_smoothing=label_smoothing, padaug=repr(padaug), n_frozen_blocks=n_frozen_blocks,
                   image_size=image_size, amp_dtype=str(amp_dtype), seed=seed, world_size=world,
                   max_steps_per_epoch=max_steps_per_epoch, class_weight_power=class_weight_power,
-                  warmup_steps=warmup_steps)
+                  warmup_steps=warmup_steps, moe_structure=moe_structure, head_dropout=head_dropout,
+                  layer_decay=layer_decay, no_decay_bias_norm=no_decay_bias_norm, grad_clip=grad_clip,
+                  lr_schedule=lr_schedule, lr_min=lr_min, trainable_tokens=trainable_tokens, augment=augment,
+                  class_weight_norm=class_weight_norm)
     log.info("stage I: %d train / %d val images, class counts %s, head %s, %d steps/epoch x %d epochs, device %s%s",
              len(train_set), len(val_set), counts.tolist(), head_kind, steps_per_epoch, epochs, device,
              f", DDP x{world}" if ddp else "")
@@ -273,12 +429,17 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
                 raise FloatingPointError(f"stage I loss is {loss.item()} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
-            scheduler.step()
+            if lr_schedule == "step_cosine":
+                scheduler.step()
             loss_sum += loss.item() * len(images)
             n_seen += len(images)
             bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
         train_seconds = time.perf_counter() - start
+        if lr_schedule == "epoch_cosine":
+            scheduler.step()
         val_f1 = _evaluate(bare, val_set, batch_size=batch_size, num_workers=num_workers, device=device,
                            amp_dtype=amp_dtype)
         row = dict(epoch=epoch, train_loss=loss_sum / max(n_seen, 1), val_f1=val_f1,
