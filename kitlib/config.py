@@ -177,7 +177,7 @@ class FusionParams:
     weight_decay: float
     patience: int           # early stopping on validation macro F1
     class_weights: str      # inverse | inverse_sqrt | effective_number | none
-    effective_beta: float   # beta of the effective-number class weights (Cui et al. 2019)
+    effective_beta: float | str  # beta of the effective-number class weights (Cui et al. 2019), or "auto" = 1 - 1/max n_c
     loss: str               # frame heads: ce | focal
     focal_gamma: float      # focal loss gamma (seed 004 eq. 5), both head kinds
     cross_validation: bool  # also report the K video-level folds

@@ -305,3 +305,37 @@ def test_safe_xattn_trains_on_cuda():
                          device="cuda", options=dict(d_model=16, layers=1, n_heads=2, modality_dropout=0.1))
     assert next(trained.module.parameters()).device.type == "cuda"
     assert trained.predict(table, device="cuda").shape == (len(table), 8)
+
+
+def test_effective_beta_auto_keeps_the_weights_at_the_release_size():
+    """beta 0.999 flattens the weights once every class has >> 1000 frames; "auto" (1 - 1/n_max) does not."""
+    from kitlib.fusion.train import effective_beta_for, weight_ratio
+
+    small = np.repeat(np.arange(8), [900, 80, 60, 70, 400, 350, 150, 950])
+    large = np.repeat(np.arange(8), [262610, 23280, 16300, 17583, 129285, 106265, 42977, 278146])  # the release's shape
+    assert weight_ratio(class_weights_for(small, "effective_number", beta=0.999)) > 5
+    assert weight_ratio(class_weights_for(large, "effective_number", beta=0.999)) == pytest.approx(1.0, abs=1e-3)
+    assert effective_beta_for(np.bincount(large)) == pytest.approx(1 - 1 / 278146)
+    auto = class_weights_for(large, "effective_number", beta="auto")
+    n = np.bincount(large).astype(float)
+    expected = (1 / 278146) / (1 - (1 - 1 / 278146) ** n)
+    np.testing.assert_allclose(auto, expected / expected.mean(), rtol=1e-5)
+    inverse = weight_ratio(class_weights_for(large, "inverse"))
+    assert 1.5 < weight_ratio(auto) < inverse                           # between flat and inverse frequency
+    with pytest.raises(ValueError, match="auto"):
+        class_weights_for(large, "effective_number", beta="largest")
+
+
+def test_effective_beta_auto_at_the_real_histogram():
+    """The max/min weight ratio at the release's Train+Validation histogram (skips outside the main checkout)."""
+    import json
+
+    from kitlib import config
+    from kitlib.fusion.train import weight_ratio
+
+    summary = config.repo_root().parent / "shared" / "abaw10-metadata" / "expr_cv5_summary.json"
+    if not summary.is_file():
+        pytest.skip(f"{summary} is not here")
+    labels = np.repeat(np.arange(8), json.loads(summary.read_text())["global_class_hist"])
+    assert weight_ratio(class_weights_for(labels, "effective_number", beta=0.999)) < 1.001
+    assert weight_ratio(class_weights_for(labels, "effective_number", beta="auto")) > 5
