@@ -120,7 +120,7 @@ class AudioParams:
     chunk_s: float          # long audio is encoded in overlapping chunks of this length
     overlap_s: float
     layers: str             # "last", or k = mean of the last k hidden layers
-    align: str              # window | nearest
+    align: str              # window | nearest | interpolate (linear, seed 004 sec. 4.2)
     align_window_total_s: float   # TOTAL length of the centred window (half-width = align_window_total_s / 2)
     ablation_windows_total_s: list[float]  # further total window lengths stored for Table 2
     amp: str

@@ -52,14 +52,17 @@ def extract_audio(cfg: Config, index: data.DataIndex, *, tracks: list[data.Track
 
 
 def alignment_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Table 2: linear-probe macro F1 of the audio features per frame alignment (nearest, window means)."""
+    """Table 2: linear-probe macro F1 of the audio features per frame alignment (nearest, linear
+    interpolation as seed 004 sec. 4.2, window means)."""
     a = cfg.audio
-    windows = {"nearest": 0.0} if a.ablation_windows_total_s else {}
-    settings: dict[str, tuple[str, int | None]] = {"nearest": ("nearest", None)} if windows else {}
+    windows = {"nearest": 0.0, "linear interpolation": 0.0} if a.ablation_windows_total_s else {}
+    settings: dict[str, tuple[str, int | None]] = (
+        {"nearest": ("nearest", None), "linear interpolation": ("interpolate", None)} if windows else {})
     for w in a.ablation_windows_total_s:
         name = f"window mean ({w:.2f} s)"
         settings[name], windows[name] = (f"window_{int(round(w * 1000))}", None), w
-    used = f"window mean ({a.align_window_total_s:.2f} s, used)" if a.align == "window" else "nearest (used)"
+    used = (f"window mean ({a.align_window_total_s:.2f} s, used)" if a.align == "window"
+            else "linear interpolation (used)" if a.align == "interpolate" else "nearest (used)")
     settings[used], windows[used] = ("features", None), (a.align_window_total_s if a.align == "window" else 0.0)
     table = probe_table(cfg, index, labels, "audio", settings, "alignment")
     table.insert(1, "window_s", table["alignment"].map(windows))
