@@ -147,6 +147,7 @@ class SafeXAttnOptions:
     layers: int             # l of Table 3: self-attention layers per modality
     n_heads: int
     modality_dropout: float  # p of Table 3: a window's visual input dropped in training
+    mask_visual_self_attention: bool  # no-face frames also masked as keys of the visual self-attention (false: only A->V, sec. 3.4)
 
 
 @dataclass
@@ -157,6 +158,9 @@ class TCNPromptOptions:
     n_heads: int
     contrastive_weight: float
     temperature: float
+    classify: str           # frame (a classifier per frame) | pooled (one per window, soft-voted to frames: the poster)
+    contrastive: str        # video_to_text | symmetric (plus text -> video, CLIP's two directions)
+    learnable_temperature: bool  # the temperature is learnt (CLIP's logit scale), starting at `temperature`
 
 
 @dataclass

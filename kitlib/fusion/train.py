@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from kitlib import NUM_CLASSES
 from kitlib.fusion.heads import HEADS, SEQUENCE_HEADS, build_head, count_parameters, known_heads
-from kitlib.fusion.sequence import (SequenceHead, add_votes, frame_criterion, sliding_windows, training_windows,
-                                    vote_buffers)
+from kitlib.fusion.sequence import (SequenceHead, add_votes, frame_criterion, frame_mask_of, sliding_windows,
+                                    training_windows, vote_buffers)
 from kitlib.fusion.table import FrameTable
 from kitlib.metrics import macro_f1
 from kitlib.runtime import seed_everything
@@ -162,7 +162,8 @@ def predict_logits(module: nn.Module, table: FrameTable, *, batch_size: int = 40
         for start in tqdm(starts, desc="predict windows", unit="batch", leave=False, disable=len(starts) < 20):
             rows = windows[start:start + batch_size]
             visual, audio, vmask, _ = _labelled_batch(table, rows, device)
-            add_votes(total, count, torch.from_numpy(rows).to(device), module(visual, audio, vmask))
+            add_votes(total, count, torch.from_numpy(rows).to(device),
+                      module(visual, audio, vmask, frame_mask=frame_mask_of(rows, device=device)))
         return (total / count.clamp(min=1).unsqueeze(1)).cpu().numpy()
     chunks = []
     starts = range(0, len(table), batch_size)
@@ -233,7 +234,8 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
             batch = units[np.sort(order[first:first + batch_size])]  # sorted rows: faster gathers, same batch
             visual, audio, vmask, labels = _labelled_batch(train, batch, device)
             if sequence:
-                batch_loss = module.training_loss(visual, audio, vmask, labels, criterion)
+                batch_loss = module.training_loss(visual, audio, vmask, labels, criterion,
+                                                  frame_mask=frame_mask_of(batch, device=device))
             else:
                 batch_loss = criterion(module(visual, audio, vmask), labels)
             optimizer.zero_grad(set_to_none=True)
