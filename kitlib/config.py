@@ -86,7 +86,7 @@ class Stage1Params:
     image_size: int         # backbone input size in pixels
     train: bool             # run Stage-I adaptation (false: use `checkpoint` or `weights` as they are)
     checkpoint: str | None  # an adapted backbone (.safetensors) made elsewhere
-    dataset: str            # class_folder | affectnet | rafdb | affwild2 (cropped frames <txtid>/<00001>.jpg)
+    dataset: str            # class_folder | affectnet | rafdb | ferplus | ferplus_basic | affwild2 (cropped frames <txtid>/<00001>.jpg)
     images_root: str        # image FER set for Stage I, relative to data.root unless absolute
     head: str               # moe | mlp (training-only head, discarded after Stage I)
     num_experts: int        # M in eqs. 2-3
@@ -104,6 +104,7 @@ class Stage1Params:
     amp: str                # bf16 | fp16 | none (autocast on CUDA only)
     max_steps_per_epoch: int | None
     table1_states: list[str]  # extra backbone states for Table 1: pretrained, mlp, moe, moe_padaug, mlp_padaug
+    chain: list[dict[str, Any]]  # further Stage-I runs, each from the previous one's backbone (seed 004 sec. 3.2)
 
 
 @dataclass

@@ -250,6 +250,8 @@ def stage1_items(cfg: Config) -> tuple[list, list]:
     readers = {"class_folder": lambda split: images.class_folder_items(root / split),
                "affectnet": lambda split: images.affectnet_items(root, split),
                "rafdb": lambda split: images.rafdb_items(root, split),
+               "ferplus": lambda split: images.ferplus_items(root, split),
+               "ferplus_basic": lambda split: images.ferplus_items(root, split, drop_contempt=True),
                "affwild2": lambda split: images.affwild2_frame_items(root, annotations / splits[split])}
     if cfg.stage1.dataset not in readers:
         raise config.ConfigError(f"stage1.dataset {cfg.stage1.dataset!r} unknown; valid: {', '.join(readers)}")

@@ -200,8 +200,12 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
                  label_smoothing: float = 0.1, padaug: PadAug | None, n_frozen_blocks: int = 8, image_size: int,
                  device: torch.device | str, amp_dtype: torch.dtype | None = None, num_workers: int = 0,
                  seed: int = 0, out_path: Path, max_steps_per_epoch: int | None = None,
-                 class_weight_power: float = 1.0, warmup_steps: int = 0) -> dict[str, Any]:
+                 class_weight_power: float = 1.0, warmup_steps: int = 0,
+                 record_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Adapt ``backbone`` on face images and save the best epoch's backbone to ``out_path``.
+
+    ``record_extra`` joins the record saved with the backbone (a chained run says what it started
+    from and on which image set it trained).
 
     ``amp_dtype`` None = bfloat16 autocast on CUDA and none on CPU; pass ``torch.float32`` to
     switch autocast off on CUDA. Returns ``{"history": [{epoch, train_loss, val_f1, seconds,
@@ -290,7 +294,8 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
             if main:
                 record = dict(trained_by="kitlib.stage1.train_stage1", head_kind=head_kind, epochs=epochs,
                               best_epoch=best_epoch, best_val_f1=best_f1, params=params, history=history,
-                              n_train=len(train_set), n_val=len(val_set), class_counts=counts.tolist())
+                              n_train=len(train_set), n_val=len(val_set), class_counts=counts.tolist(),
+                              **(record_extra or {}))
                 save_backbone(bare.backbone, Path(out_path), record=record)
                 sha = checkpoint_hash(Path(out_path))
         log.info("epoch %d/%d: train loss %.4f, val macro F1 %.4f%s, %.0f s, %.1f img/s", epoch, epochs,
