@@ -194,6 +194,8 @@ class FusionParams:
     prompt_template: str    # label prompt, "{emotion}" replaced by the class name
     xattn_grid: list[dict[str, Any]]  # seed 004 Table 3: safe_xattn option rows (p, d, l) to compare
     xattn_grid_folds: bool  # also run each grid row on the folds (with cross_validation)
+    lambda_grid: list[float]  # seed 004 Table 2: lambda of Output = lambda V + (1 - lambda) A; [] = skipped
+    lambda_audio_context: int  # its audio input: mean over this many frames either side (seed 004: 18)
 
 
 @dataclass
