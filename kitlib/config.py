@@ -111,6 +111,7 @@ class Stage1Params:
 class VisualParams:
     batch_size: int         # crops per backbone batch
     amp: str                # bf16 | fp16 | none
+    compare_backbones: list[dict[str, Any]]  # seed 004 Table 1: further backbones probed on this run's faces
 
 
 @dataclass
