@@ -21,6 +21,10 @@ def test_context_mean_equals_brute_force_within_tracks():
             np.testing.assert_allclose(got[t], expected, atol=2e-3)
     same, _ = context_mean(values, np.ones(33, bool), offsets, radius=0)
     np.testing.assert_array_equal(same, values)
+    from kitlib.store import RowView                           # a memory-mapped frame table's audio
+
+    view = RowView(np.concatenate([np.ones((4, 5), np.float16), values]), np.arange(4, 37))
+    np.testing.assert_array_equal(context_mean(view, mask, offsets, radius=3)[0], got)
     with pytest.raises(ValueError, match="radius"):
         context_mean(values, mask, offsets, radius=-1)
 

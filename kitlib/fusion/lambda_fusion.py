@@ -17,30 +17,35 @@ import pandas as pd
 
 from kitlib.fusion.table import FrameTable
 from kitlib.metrics import macro_f1
+from kitlib.store import RowView
 
 
-def context_mean(values: np.ndarray, mask: np.ndarray, offsets: np.ndarray, *, radius: int,
-                 block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def context_mean(values: np.ndarray | RowView, mask: np.ndarray, offsets: np.ndarray, *,
+                 radius: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the mean of ``values`` over the rows ``t - radius .. t + radius`` of its own track
-    whose ``mask`` is True: ``(means (N, D) float16, any (N,) bool)``. Rows with no such neighbour get 0."""
+    whose ``mask`` is True: ``(means (N, D) float16, any (N,) bool)``. Rows with no such neighbour get 0.
+
+    ``values`` may be a memory-mapped ``RowView``: it is read one track at a time.
+    """
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
-    values_mask = np.asarray(mask, dtype=bool)
+    mask = np.asarray(mask, dtype=bool)
     offsets = np.asarray(offsets, dtype=np.int64)
-    n = len(values_mask)
-    track = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
-    rows = np.arange(n)
-    lo = np.maximum(rows - radius, offsets[track])
-    hi = np.minimum(rows + radius + 1, offsets[track + 1])
-    count_prefix = np.r_[0, np.cumsum(values_mask)]
-    count = count_prefix[hi] - count_prefix[lo]
-    out = np.zeros((n, values.shape[1]), dtype=np.float16)
-    for col in range(0, values.shape[1], block):      # column blocks bound the float64 prefix's memory
-        part = np.asarray(values[:, col:col + block], dtype=np.float64) * values_mask[:, None]
-        prefix = np.zeros((n + 1, part.shape[1]))
-        np.cumsum(part, axis=0, out=prefix[1:])
-        out[:, col:col + block] = (prefix[hi] - prefix[lo]) / np.maximum(count, 1)[:, None]
-    return out, count > 0
+    out = np.zeros((len(mask), values.shape[1]), dtype=np.float16)
+    found = np.zeros(len(mask), dtype=bool)
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        if b == a:
+            continue
+        rows = np.arange(b - a)
+        lo, hi = np.maximum(rows - radius, 0), np.minimum(rows + radius + 1, b - a)
+        keep = mask[a:b]
+        count = np.r_[0, np.cumsum(keep)]
+        count = count[hi] - count[lo]
+        prefix = np.zeros((b - a + 1, values.shape[1]))
+        np.cumsum(np.asarray(values[a:b], dtype=np.float64) * keep[:, None], axis=0, out=prefix[1:])
+        out[a:b] = (prefix[hi] - prefix[lo]) / np.maximum(count, 1)[:, None]
+        found[a:b] = count > 0
+    return out, found
 
 
 def with_audio_context(table: FrameTable, *, radius: int) -> FrameTable:
