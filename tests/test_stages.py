@@ -131,3 +131,13 @@ def test_chained_stage1_starts_from_the_previous_backbone(tmp_path):
     assert (cfg.run_dir / "reports" / "stage1_chain.csv").is_file()
     with pytest.raises(config.ConfigError, match="stage1.chain.0.*arch"):
         s02_stage1_train.chain_configs(_cfg(tmp_path, "stage1.chain=[{arch: resnet50}]"))
+
+
+def test_training_curves_without_training():
+    """stage1.train false (recipe 003's frozen CLIP) records no epochs: notebook 02's figure still draws."""
+    import pandas as pd
+
+    from kitlib import plots
+
+    fig = plots.training_curves(pd.DataFrame([]), title="Stage I")
+    assert len(fig.axes) == 1 and "nothing trained" in fig.axes[0].texts[0].get_text()
