@@ -93,7 +93,7 @@ class Stage1Params:
     image_size: int         # backbone input size in pixels
     train: bool             # run Stage-I adaptation (false: use `checkpoint` or `weights` as they are)
     checkpoint: str | None  # an adapted backbone (.safetensors) made elsewhere
-    dataset: str            # class_folder | affectnet | rafdb | affectnet_rafdb (merged) | affwild2 (cropped frames <txtid>/<00001>.jpg)
+    dataset: str            # class_folder | affectnet | rafdb | affectnet_rafdb (merged) | ferplus | ferplus_basic | affwild2 (cropped frames <txtid>/<00001>.jpg)
     images_root: str        # image FER set for Stage I, relative to data.root unless absolute (affectnet_rafdb: AffectNet)
     rafdb_root: str         # RAF-DB for dataset affectnet_rafdb, relative to data.root unless absolute
     head: str               # moe | mlp (training-only head, discarded after Stage I)
@@ -123,6 +123,7 @@ class Stage1Params:
     amp: str                # bf16 | fp16 | none (autocast on CUDA only)
     max_steps_per_epoch: int | None
     table1_states: list[str]  # extra backbone states for Table 1: pretrained, mlp, moe, moe_padaug, mlp_padaug
+    chain: list[dict[str, Any]]  # further Stage-I runs, each from the previous one's backbone (seed 004 sec. 3.2)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class VisualParams:
     batch_size: int         # crops per backbone batch
     amp: str                # bf16 | fp16 | none
     probe: str              # Table 1's linear probe: sklearn (logistic regression) | torch (reference: AdamW 20 epochs, best)
+    compare_backbones: list[dict[str, Any]]  # seed 004 Table 1: further backbones probed on this run's faces
 
 
 @dataclass
@@ -141,7 +143,7 @@ class AudioParams:
     overlap_s: float
     layers: str             # "last" | k or "lastk" (mean of the last k layers) | "a-b" / "a,b" (1-based layers: hidden_states[i])
     normalize_waveform: bool | None  # zero-mean unit-variance per chunk; null = the encoder folder's preprocessor config
-    align: str              # window | nearest
+    align: str              # window | nearest | interpolate (linear, seed 004 sec. 4.2)
     align_window_total_s: float   # TOTAL length of the centred window (half-width = align_window_total_s / 2)
     ablation_windows_total_s: list[float]  # further total window lengths stored for Table 2
     probe: str              # Table 2's linear probe: sklearn | torch
@@ -173,6 +175,7 @@ class SafeXAttnOptions:
     layers: int             # l of Table 3: self-attention layers per modality
     n_heads: int
     modality_dropout: float  # p of Table 3: a window's visual input dropped in training
+    mask_visual_self_attention: bool  # no-face frames also masked as keys of the visual self-attention (false: only A->V, sec. 3.4)
 
 
 @dataclass
@@ -183,6 +186,9 @@ class TCNPromptOptions:
     n_heads: int
     contrastive_weight: float
     temperature: float
+    classify: str           # frame (a classifier per frame) | pooled (one per window, soft-voted to frames: the poster)
+    contrastive: str        # video_to_text | symmetric (plus text -> video, CLIP's two directions)
+    learnable_temperature: bool  # the temperature is learnt (CLIP's logit scale), starting at `temperature`
 
 
 @dataclass
@@ -203,7 +209,7 @@ class FusionParams:
     weight_decay: float
     patience: int           # early stopping on validation macro F1
     class_weights: str      # inverse | inverse_sqrt | effective_number | none
-    effective_beta: float   # beta of the effective-number class weights (Cui et al. 2019)
+    effective_beta: float | str  # beta of the effective-number class weights (Cui et al. 2019), or "auto" = 1 - 1/max n_c
     loss: str               # frame heads: ce | focal
     focal_gamma: float      # focal loss gamma (seed 004 eq. 5), both head kinds
     cross_validation: bool  # also report the K video-level folds
@@ -223,6 +229,8 @@ class FusionParams:
     prompt_template: str    # label prompt, "{emotion}" replaced by the class name
     xattn_grid: list[dict[str, Any]]  # seed 004 Table 3: safe_xattn option rows (p, d, l) to compare
     xattn_grid_folds: bool  # also run each grid row on the folds (with cross_validation)
+    lambda_grid: list[float]  # seed 004 Table 2: lambda of Output = lambda V + (1 - lambda) A; [] = skipped
+    lambda_audio_context: int  # its audio input: mean over this many frames either side (seed 004: 18)
 
 
 @dataclass

@@ -49,8 +49,15 @@ def image_grid(grid: np.ndarray, *, title: str, row_labels: list[str] | None = N
 
 def training_curves(history: pd.DataFrame, *, x: str = "epoch", metrics: tuple[str, ...] = ("train_loss", "val_f1"),
                     title: str = "") -> plt.Figure:
-    """One panel per metric over epochs (Stage I, fusion heads)."""
+    """One panel per metric over epochs (Stage I, fusion heads); an empty history (nothing trained,
+    e.g. ``stage1.train: false``) gives one panel that says so."""
     present = [m for m in metrics if m in history]
+    if not present:
+        fig, ax = plt.subplots(figsize=(4.2, 3.2))
+        ax.text(0.5, 0.5, "nothing trained\n(no epochs recorded)", ha="center", va="center")
+        ax.set_axis_off()
+        fig.suptitle(title)
+        return fig
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
     hue = "head" if "head" in history else None
     for ax, metric in zip(axes[0], present):

@@ -252,6 +252,27 @@ def test_nearest_alignment_and_masks():
     assert not window_mask[(frame_times < 0.76) | (frame_times > 3.26)].any()
 
 
+def test_interpolate_alignment_equals_np_interp():
+    """``interpolate`` (seed 004 sec. 4.2) is np.interp of every feature dimension inside the audio, masked outside."""
+    rng = np.random.default_rng(5)
+    feature_times = 1.0 + 0.01 + 0.02 * np.arange(100)           # audio covers 1.0 .. 3.0 s, 50 Hz
+    features = rng.standard_normal((100, 5)).astype(np.float32)
+    frame_times = np.sort(rng.uniform(0.0, 4.0, 300))
+    aligned, mask = align_to_frames(features, feature_times, frame_times, method="interpolate")
+    ref = np.stack([np.interp(frame_times, feature_times, features[:, d]) for d in range(5)], axis=1)
+    np.testing.assert_array_equal(mask, (frame_times >= 0.99 - 1e-9) & (frame_times <= 3.01 + 1e-9))
+    np.testing.assert_allclose(aligned[mask], ref[mask], rtol=1e-5, atol=1e-6)
+    assert (aligned[~mask] == 0).all() and mask.any() and not mask.all()
+    at_features, _ = align_to_frames(features, feature_times, feature_times[3:6], method="interpolate")
+    np.testing.assert_allclose(at_features, features[3:6], atol=1e-6)   # exact at the feature times
+    mid, _ = align_to_frames(features, feature_times, np.array([feature_times[10] + 0.005]), method="interpolate")
+    np.testing.assert_allclose(mid[0], 0.75 * features[10] + 0.25 * features[11], atol=1e-6)
+    from kitlib.audio.alignment import interpolate_to_frames
+
+    one, one_mask = interpolate_to_frames(features[:1], feature_times[:1], np.array([1.0, 5.0]), max_gap_s=0.02)
+    assert one_mask.tolist() == [True, False] and np.allclose(one[0], features[0]) and (one[1] == 0).all()
+
+
 def test_alignment_without_audio_and_bad_arguments():
     aligned, mask = align_to_frames(np.zeros((0, 3)), np.zeros(0), np.arange(5) / 25)
     assert aligned.shape == (5, 3) and not mask.any()
@@ -305,7 +326,7 @@ def test_extract_audio_features_end_to_end_and_resume(media, encoder, tmp_path):
     manifest = store.read_manifest()
     assert manifest["seed"] == 1 and manifest["audio"]["encoder"] == str(encoder.path)
     assert manifest["audio"]["align_window_s"] == 0.5 and manifest["audio"]["layers"] == "last"
-    assert manifest["audio"]["extra_alignments"] == ["nearest", "window_250", "window_750"]
+    assert manifest["audio"]["extra_alignments"] == ["nearest", "interpolate", "window_250", "window_750"]
 
     stamps = {key: store.path(key).stat().st_mtime_ns for key in store.keys()}
     again = extract_audio_features(tracks, store, encoder, chunk_s=2.0, overlap_s=1.0, manifest={"seed": 1})

@@ -237,6 +237,90 @@ def test_openai_clip_original_layout(tmp_path):
         torch.testing.assert_close(dst(x), src(x))
 
 
+def _openai_layout(model):
+    """A timm CLIP tower's weights under OpenAI's names (``visual.*``), as OpenAI's ``clip`` package holds them."""
+    swaps = [("patch_embed.proj", "conv1"), ("pos_embed", "positional_embedding"),
+             ("blocks.", "transformer.resblocks."),
+             ("norm_pre", "ln_pre"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
+             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"), ("norm1", "ln_1"), ("norm2", "ln_2")]
+    original = {}
+    for k, v in model.state_dict().items():
+        if k == "cls_token":
+            k, v = "class_embedding", v.flatten()
+        elif k == "pos_embed":
+            v = v[0]
+        elif k.startswith("norm."):
+            k = k.replace("norm.", "ln_post.")
+        for a, b in swaps:
+            k = k.replace(a, b)
+        original[f"visual.{k}"] = v.clone()
+    original["visual.proj"] = torch.randn(32, 8)
+    return original
+
+
+def _torchscript_archive(state, path):
+    """A TorchScript file holding ``state`` under its dotted names: the format of OpenAI's released ``.pt``."""
+    root = torch.nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for name in parents:
+            if not hasattr(module, name):
+                module.add_module(name, torch.nn.Module())
+            module = getattr(module, name)
+        module.register_buffer(leaf, value)
+    torch.jit.script(root).save(str(path))
+    return path
+
+
+def test_openai_torchscript_pt_needs_the_quickgelu_arch(tmp_path):
+    """OpenAI's ``ViT-L-14.pt`` (a TorchScript archive, QuickGELU): read, and refused by a GELU arch with the fix named."""
+    spec = dict(FAMILY_TINY["clip"], arch="vit_large_patch14_clip_quickgelu_224")
+    src = perturbed(tiny(**spec))
+    state = {**_openai_layout(src), "input_resolution": torch.tensor(28), "context_length": torch.tensor(77),
+             "vocab_size": torch.tensor(64), "logit_scale": torch.tensor(4.6)}
+    path = _torchscript_archive(state, tmp_path / "ViT-L-14.pt")
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(build_backbone(**spec, weights=path).eval()(x), src(x))
+    with pytest.raises(ValueError, match="OpenAI CLIP.*set the arch to vit_large_patch14_clip_quickgelu_224"):
+        build_backbone(**FAMILY_TINY["clip"], weights=path)
+    torch.save(state, tmp_path / "openai_state_dict.pt")        # the same weights as a plain state dict
+    with pytest.raises(ValueError, match="OpenAI CLIP"):
+        build_backbone(**FAMILY_TINY["clip"], weights=tmp_path / "openai_state_dict.pt")
+
+
+def test_open_clip_folder_says_its_activation(tmp_path):
+    """An open_clip folder's open_clip_config.json (quick_gelu true / absent) decides the arch."""
+    src = perturbed(tiny(**FAMILY_TINY["clip"]))                       # GELU (LAION / DFN weights)
+    folder = tmp_path / "open_clip"
+    folder.mkdir()
+    torch.save(_openai_layout(src), folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 8}}))
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(build_backbone(**FAMILY_TINY["clip"], weights=folder).eval()(x), src(x))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 8, "quick_gelu": True}}))
+    with pytest.raises(ValueError, match="quick_gelu=True.*vit_large_patch14_clip_quickgelu_224"):
+        build_backbone(**FAMILY_TINY["clip"], weights=folder)
+
+
+def test_recipe_003_builds_its_backbone_from_a_transformers_clip(tmp_path):
+    """params/recipe_003 names the QuickGELU arch that OpenAI's CLIP folder (saved by transformers) needs."""
+    from kitlib import config
+    from kitlib.stages.s02_stage1_train import pretrained_backbone
+
+    hf, folder = _hf_clip(tmp_path)                   # hidden_act quick_gelu, as openai/clip-vit-large-patch14
+    cfg = config.load("params/demo.yaml", "params/tiny.yaml", "params/recipe_003_tcn_prompt.yaml",
+                      overrides=[f"stage1.weights={folder}", "stage1.image_size=28",
+                                 "stage1.arch_overrides={depth: 2, embed_dim: 32, num_heads: 2}"])
+    assert cfg.stage1.arch == "vit_large_patch14_clip_quickgelu_224"
+    model = pretrained_backbone(cfg).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hf.vision_model(pixel_values=x).pooler_output, rtol=1e-4, atol=1e-4)
+
+
 def _hf_beit():
     from transformers import BeitConfig, BeitModel
 

@@ -83,7 +83,7 @@ def test_ablation_tables(tiny_run):
     assert len(t1) == 2 * (len(crops) + 1) and t1["val_f1"].between(0, 1).all()
     assert (run_dir / "features" / "visual" / "boxes.csv").is_file()               # states reuse the detections
     t2 = pd.read_csv(run_dir / "reports" / "table2_alignment.csv")
-    assert {"nearest", "window mean (0.25 s)"} <= set(t2["alignment"])
+    assert {"nearest", "linear interpolation", "window mean (0.25 s)"} <= set(t2["alignment"])
     t3 = pd.read_csv(run_dir / "reports" / "table3_fusion.csv")
     assert list(t3["head"]) == cfg.fusion.heads
     assert {"params", "official_val_f1", "cv_mean_f1", "cv_std_f1"} <= set(t3.columns)

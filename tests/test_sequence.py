@@ -51,9 +51,11 @@ def test_training_windows_drop_mostly_invalid():
     rows = training_windows(labels, np.array([0, 40]), window=16, stride=4, max_invalid=0.25)
     np.testing.assert_array_equal(rows[:, 0], [16, 20, 24])
     short = training_windows(np.zeros(10, np.int64), np.array([0, 10]), window=16, stride=4, max_invalid=0.25)
-    assert len(short) == 0                             # 6 of 16 positions padded: 37.5% invalid
-    assert len(training_windows(np.zeros(13, np.int64), np.array([0, 13]), window=16, stride=4,
-                                max_invalid=0.25)) == 1
+    np.testing.assert_array_equal(short, [list(range(10)) + [-1] * 6])   # a short track trains, padded
+    mostly_unlabelled = np.array([0, 0, -1, -1, 0, 0, 0, 0, 0, 0])       # 2 of its 10 frames -1: 20% kept
+    assert len(training_windows(mostly_unlabelled, np.array([0, 10]), window=16, stride=4, max_invalid=0.25)) == 1
+    assert len(training_windows(np.r_[-np.ones(3, np.int64), np.zeros(7, np.int64)], np.array([0, 10]), window=16,
+                                stride=4, max_invalid=0.25)) == 0     # 3 of 10 frames -1: 30% dropped
 
 
 # ----------------------------------------------------------------------------- losses and weights
@@ -184,7 +186,7 @@ def test_tcn_prompt_is_registered():
 class _PositionHead(SequenceHead):
     """Logits that depend on the frame's position in the window, so windows disagree about a frame."""
 
-    def forward(self, visual, audio, visual_mask):
+    def forward(self, visual, audio, visual_mask, frame_mask=None):
         position = torch.arange(1, visual.shape[1] + 1, dtype=visual.dtype)[None, :, None]
         return visual[..., :8] * position + visual_mask[..., None].to(visual.dtype)
 
@@ -305,3 +307,97 @@ def test_safe_xattn_trains_on_cuda():
                          device="cuda", options=dict(d_model=16, layers=1, n_heads=2, modality_dropout=0.1))
     assert next(trained.module.parameters()).device.type == "cuda"
     assert trained.predict(table, device="cuda").shape == (len(table), 8)
+
+
+def test_effective_beta_auto_keeps_the_weights_at_the_release_size():
+    """beta 0.999 flattens the weights once every class has >> 1000 frames; "auto" (1 - 1/n_max) does not."""
+    from kitlib.fusion.train import effective_beta_for, weight_ratio
+
+    small = np.repeat(np.arange(8), [900, 80, 60, 70, 400, 350, 150, 950])
+    large = np.repeat(np.arange(8), [262610, 23280, 16300, 17583, 129285, 106265, 42977, 278146])  # the release's shape
+    assert weight_ratio(class_weights_for(small, "effective_number", beta=0.999)) > 5
+    assert weight_ratio(class_weights_for(large, "effective_number", beta=0.999)) == pytest.approx(1.0, abs=1e-3)
+    assert effective_beta_for(np.bincount(large)) == pytest.approx(1 - 1 / 278146)
+    auto = class_weights_for(large, "effective_number", beta="auto")
+    n = np.bincount(large).astype(float)
+    expected = (1 / 278146) / (1 - (1 - 1 / 278146) ** n)
+    np.testing.assert_allclose(auto, expected / expected.mean(), rtol=1e-5)
+    inverse = weight_ratio(class_weights_for(large, "inverse"))
+    assert 1.5 < weight_ratio(auto) < inverse                           # between flat and inverse frequency
+    with pytest.raises(ValueError, match="auto"):
+        class_weights_for(large, "effective_number", beta="largest")
+
+
+def test_effective_beta_auto_at_the_real_histogram():
+    """The max/min weight ratio at the release's Train+Validation histogram (skips outside the main checkout)."""
+    import json
+
+    from kitlib import config
+    from kitlib.fusion.train import weight_ratio
+
+    summary = config.repo_root().parent / "shared" / "abaw10-metadata" / "expr_cv5_summary.json"
+    if not summary.is_file():
+        pytest.skip(f"{summary} is not here")
+    labels = np.repeat(np.arange(8), json.loads(summary.read_text())["global_class_hist"])
+    assert weight_ratio(class_weights_for(labels, "effective_number", beta=0.999)) < 1.001
+    assert weight_ratio(class_weights_for(labels, "effective_number", beta="auto")) > 5
+
+
+# ----------------------------------------------------------------------------- padding and mask scope (issue 14)
+
+
+@pytest.mark.parametrize("name", ["safe_xattn", "tcn_prompt"])
+def test_padded_positions_are_no_keys_for_either_stream(name):
+    """A short track's window: its frames' outputs do not depend on the padding (audio keys masked too)."""
+    from kitlib.fusion.sequence import frame_mask_of
+
+    torch.manual_seed(0)
+    options = dict(d_model=16, layers=2, n_heads=2, modality_dropout=0.0) if name == "safe_xattn" else \
+        dict(tcn_levels=2, n_heads=2)
+    head = build_head(name, visual_dim=DV, audio_dim=DA, hidden=24, dropout=0.0, options=options).eval()
+    visual, audio = torch.randn(1, 10, DV), torch.randn(1, 10, DA)
+    mask = torch.rand(1, 10) > 0.2
+    rows = np.array([list(range(10)) + [-1] * 6])                     # 10 frames, 6 padded positions
+    frames = frame_mask_of(rows)
+    padded = [torch.cat([x, 7 * torch.randn(1, 6, x.shape[-1])], 1) for x in (visual, audio)]   # junk padding
+    with torch.no_grad():
+        alone = head(visual, audio, mask)
+        with_padding = head(*padded, torch.cat([mask, torch.ones(1, 6, dtype=torch.bool)], 1), frame_mask=frames)
+        unmasked = head(*padded, torch.cat([mask, torch.zeros(1, 6, dtype=torch.bool)], 1))
+    torch.testing.assert_close(with_padding[:, :10], alone, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(unmasked[:, :10], alone, atol=1e-4)     # without the frame mask the audio sees it
+
+
+def test_safe_xattn_visual_mask_scope_option():
+    """mask_visual_self_attention false: no-face frames are keys of the visual self-attention (seed 004 masks
+    them only in the audio -> visual cross-attention); true: they are not."""
+    torch.manual_seed(0)
+    visual, audio = torch.randn(2, 10, DV), torch.randn(2, 10, DA)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[:, 3:6] = False
+    moved = visual.clone()
+    moved[:, 3:6] += 5.0                                              # change only the no-face frames' input
+    for scope in (True, False):
+        head = _xattn(mask_visual_self_attention=scope).eval()
+        with torch.no_grad():                                         # zeroed first: their input never matters
+            torch.testing.assert_close(head(visual, audio, mask), head(moved, audio, mask), rtol=1e-5, atol=1e-5)
+    # what the scope changes: whether a faceless frame's positional encoding reaches the others as a key
+    heads = {scope: _xattn(mask_visual_self_attention=scope).eval() for scope in (True, False)}
+    heads[False].load_state_dict(heads[True].state_dict())
+    with torch.no_grad():
+        a, b = heads[True](visual, audio, mask), heads[False](visual, audio, mask)
+    assert not torch.allclose(a, b, atol=1e-5)
+    empty = torch.zeros(2, 10, dtype=torch.bool)                      # no face at all: finite either way
+    assert all(torch.isfinite(h(visual, audio, empty)).all() for h in heads.values())
+
+
+def test_short_tracks_train_and_predict():
+    """Tracks shorter than the window give (padded, masked) training windows and every frame a prediction."""
+    rng = np.random.default_rng(4)
+    table = _table([10, 12, 9, 40, 11], rng)
+    trained = train_head("safe_xattn", table.subset(["t0", "t1", "t2"]), table.subset(["t3", "t4"]), hidden=16,
+                         dropout=0.0, epochs=1, batch_size=4, window=16, stride=8,
+                         options=dict(d_model=16, layers=1, n_heads=2, modality_dropout=0.0))
+    assert len(trained.history) == 1 and np.isfinite(trained.history[0]["train_loss"])
+    logits = trained.predict(table.subset(["t4"]))
+    assert logits.shape == (11, 8) and np.isfinite(logits).all() and np.abs(logits).sum(1).min() > 0

@@ -242,3 +242,58 @@ def test_tiny_text_encoder_refuses_to_overwrite(text_encoder):
     with pytest.raises(FileExistsError, match="clip-tiny"):
         make_tiny_text_encoder(text_encoder, seed=1)
     assert not list(text_encoder.parent.glob("*.partial"))
+
+
+# ----------------------------------------------------------------------------- the poster's options (issue 14)
+
+
+def test_pooled_head_predicts_one_label_per_window():
+    """classify=pooled: every frame of a window gets the window's logits; the loss uses the majority label."""
+    from kitlib.fusion.tcn_prompt import masked_mean
+
+    model = head(classify="pooled").eval()
+    visual, audio = torch.randn(3, 16, 12), torch.randn(3, 16, 10)
+    mask = torch.rand(3, 16) > 0.2
+    frames = torch.ones(3, 16, dtype=torch.bool)
+    frames[2, 10:] = False                                     # a padded window
+    labels = torch.randint(0, 8, (3, 16))
+    labels[2, 10:] = -1
+    with torch.no_grad():
+        logits = model(visual, audio, mask, frame_mask=frames)
+        assert logits.shape == (3, 16, 8) and (logits == logits[:, :1]).all()
+        window = model.classifier(masked_mean(model.fused(visual, audio, mask, frames), frames))
+        torch.testing.assert_close(logits[:, 0], window)
+        loss = model.training_loss(visual, audio, mask, labels, criterion, frame_mask=frames)
+        torch.testing.assert_close(loss, criterion(window, majority_labels(labels, num_classes=8)))
+    with pytest.raises(ValueError, match="classify"):
+        head(classify="segment")
+
+
+def test_symmetric_contrastive_adds_text_to_video_by_hand():
+    torch.manual_seed(2)
+    prompts = F.normalize(torch.randn(8, 6), dim=-1)
+    embedding = torch.randn(5, 6)
+    targets = torch.tensor([1, 1, 3, 4, 1])
+    one_way = prompt_contrastive_loss(embedding, prompts, targets, temperature=0.1)
+    both = prompt_contrastive_loss(embedding, prompts, targets, temperature=0.1, symmetric=True)
+    s = F.normalize(embedding, dim=-1) @ prompts.T / 0.1                       # (N, C)
+    v2t = -torch.stack([torch.log_softmax(s[n], 0)[targets[n]] for n in range(5)]).mean()
+    t2v_terms = []
+    for c in (1, 3, 4):
+        log_p = torch.log_softmax(s[:, c], 0)
+        t2v_terms.append(-log_p[targets == c].mean())
+    torch.testing.assert_close(one_way, v2t)
+    torch.testing.assert_close(both, 0.5 * (v2t + torch.stack(t2v_terms).mean()))
+
+
+def test_learnable_temperature_is_a_parameter_that_trains():
+    prompts = F.normalize(torch.randn(8, 6), dim=-1)
+    fixed = head(prompt_embeddings=prompts, temperature=0.07)
+    learnt = head(prompt_embeddings=prompts, temperature=0.07, learnable_temperature=True, contrastive="symmetric")
+    assert fixed.temperature == pytest.approx(0.07) == learnt.temperature
+    assert "log_logit_scale" not in dict(fixed.named_parameters())
+    assert "log_logit_scale" in dict(learnt.named_parameters())
+    visual, audio = torch.randn(4, 16, 12), torch.randn(4, 16, 10)
+    labels = torch.randint(0, 8, (4, 16))
+    learnt.training_loss(visual, audio, torch.ones(4, 16, dtype=torch.bool), labels, criterion).backward()
+    assert learnt.log_logit_scale.grad is not None and learnt.log_logit_scale.grad.abs() > 0

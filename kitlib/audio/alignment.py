@@ -8,6 +8,8 @@ Two window conventions are in use, and the kit names them apart: the TOTAL lengt
 ``audio.align_window_total_s``: 0.5 s = frame +- 0.25 s) and the HALF-WIDTH (the reference code's
 ``WIN_SEC``, ``audio.align_window_half_s``: 0.5 s = frame +- 0.5 s, a 1.0 s window).
 ``window_total_s`` converts; ``align_to_frames`` always takes the total length.
+``interpolate_to_frames``: seed 004 (sec. 4.2) instead resamples the encoder's output sequence to
+the video frame times by linear interpolation (``align: interpolate``, a row of Table 2 too).
 """
 from __future__ import annotations
 
@@ -108,6 +110,39 @@ def align_to_frames(features: np.ndarray, feature_times: np.ndarray, frame_times
         aligned = np.where(mask[:, None], features[idx], 0.0).astype(np.float32)
         return aligned, mask
 
-    raise ValueError(f"method must be 'window' or 'nearest', got {method!r}")
+    if method == "interpolate":
+        return interpolate_to_frames(features, feature_times, frame_times, max_gap_s=nearest_max_gap_s)
+
+    raise ValueError(f"method must be 'window', 'nearest' or 'interpolate', got {method!r}")
+
+
+def interpolate_to_frames(features: np.ndarray, feature_times: np.ndarray, frame_times: np.ndarray, *,
+                          max_gap_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation of the audio feature sequence at the video frame times (seed 004 sec. 4.2):
+    ``(aligned (N, D) float32, mask (N,) bool)``.
+
+    A frame time between two feature times gets ``(1 - a) z_i + a z_{i+1}``, ``a`` its relative
+    position; one before the first (after the last) feature takes that feature, like ``np.interp``,
+    if it lies within ``max_gap_s`` of it (default: one audio hop, as for ``nearest``). Frames
+    farther outside the audio get zeros and ``mask`` False.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    feature_times = np.asarray(feature_times, dtype=np.float64)
+    frame_times = np.asarray(frame_times, dtype=np.float64)
+    n, dim = len(frame_times), features.shape[1]
+    if len(features) == 0:
+        return np.zeros((n, dim), dtype=np.float32), np.zeros(n, dtype=bool)
+    if max_gap_s is None:
+        max_gap_s = float(np.median(np.diff(feature_times))) if len(feature_times) > 1 else np.inf
+    mask = (frame_times >= feature_times[0] - max_gap_s - 1e-9) & (frame_times <= feature_times[-1] + max_gap_s + 1e-9)
+    if len(features) == 1:
+        return np.where(mask[:, None], features[[0] * n], 0.0).astype(np.float32), mask
+    t = np.clip(frame_times, feature_times[0], feature_times[-1])
+    right = np.clip(np.searchsorted(feature_times, t, side="right"), 1, len(feature_times) - 1)
+    left = right - 1
+    span = feature_times[right] - feature_times[left]
+    alpha = np.divide(t - feature_times[left], span, out=np.zeros(n), where=span > 0)[:, None]
+    aligned = (1.0 - alpha) * features[left] + alpha * features[right]
+    return np.where(mask[:, None], aligned, 0.0).astype(np.float32), mask
 
 

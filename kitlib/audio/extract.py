@@ -101,7 +101,7 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
                                             empty=empty)
             extra: dict[str, np.ndarray] = {}
             if windows:
-                for key, kwargs in [("nearest", dict(method="nearest"))] + [
+                for key, kwargs in [("nearest", dict(method="nearest")), ("interpolate", dict(method="interpolate"))] + [
                         (_window_key(w), dict(method="window", align_window_s=w)) for w in windows]:
                     values, values_mask = align_to_frames(feats, feat_times, centres, empty=empty, **kwargs)
                     extra[key], extra[f"{key}_mask"] = values.astype(np.float16), values_mask
@@ -129,7 +129,7 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
                       layers=layers, sample_rate=sample_rate, do_normalize=encoder.do_normalize,
                       chunk_s=chunk_s, overlap_s=overlap_s, method=method, align_window_s=align_window_s,
                       empty_window=empty, frame_time=frame_time,
-                      extra_alignments=(["nearest"] + [_window_key(w) for w in windows]) if windows else [],
+                      extra_alignments=(["nearest", "interpolate"] + [_window_key(w) for w in windows]) if windows else [],
                       frame_hop_s=encoder.geometry.hop_samples / sample_rate,
                       frame_window_s=encoder.geometry.receptive_field / sample_rate,
                       dtype=str(encoder.dtype), device=str(encoder.device)),

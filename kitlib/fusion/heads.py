@@ -235,8 +235,9 @@ SEQUENCE_HEADS: dict[str, Callable[..., SequenceHead]] = {
 
 # the keyword options each sequence head takes beyond (visual_dim, audio_dim, hidden, dropout, num_classes)
 SEQUENCE_HEAD_OPTIONS: dict[str, tuple[str, ...]] = {
-    "safe_xattn": ("d_model", "layers", "n_heads", "modality_dropout"),
-    "tcn_prompt": ("tcn_levels", "tcn_kernel", "n_heads", "prompt_embeddings", "contrastive_weight", "temperature"),
+    "safe_xattn": ("d_model", "layers", "n_heads", "modality_dropout", "mask_visual_self_attention"),
+    "tcn_prompt": ("tcn_levels", "tcn_kernel", "n_heads", "prompt_embeddings", "contrastive_weight", "temperature",
+                   "classify", "contrastive", "learnable_temperature"),
 }
 
 

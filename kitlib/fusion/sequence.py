@@ -6,10 +6,15 @@ of ``W`` consecutive frames: seed 004 (dual-branch transformer with safe cross-a
 windows W=64 / stride 8) and seed 003 (TCN + bi-directional cross-attention + label-prompt
 contrastive loss). Both subclass ``SequenceHead``:
 
-- ``forward(visual (B, W, Dv), audio (B, W, Da), visual_mask (B, W) bool) -> logits (B, W, C)``;
-- ``training_loss(visual, audio, visual_mask, labels (B, W), criterion) -> scalar``: the head's own
-  training objective given the frame criterion (focal or cross-entropy, -1 labels ignored); a head
-  with an auxiliary term (seed 003's prompt contrastive loss) adds it here.
+- ``forward(visual (B, W, Dv), audio (B, W, Da), visual_mask (B, W) bool, frame_mask=None) -> logits (B, W, C)``;
+- ``training_loss(visual, audio, visual_mask, labels (B, W), criterion, frame_mask=None) -> scalar``:
+  the head's own training objective given the frame criterion (focal or cross-entropy, -1 labels
+  ignored); a head with an auxiliary term (seed 003's prompt contrastive loss) adds it here.
+
+``frame_mask`` (B, W) bool is False at the padded positions of a window of a track shorter than
+``W`` (``frame_mask_of(rows)``); None = every position is a frame. Padded positions are never keys
+of any attention, for the audio stream as for the visual one, so a frame's output does not depend
+on how much padding its window has.
 
 ``SafeCrossAttention`` is seed 004 sec. 3.4: when a window has no valid key at all (no visual frame),
 the first key is unmasked so the softmax stays finite, the attention output is set to zero and the
@@ -20,7 +25,8 @@ What else lives here (seed 004):
 - ``sliding_windows`` / ``training_windows`` (sec. 3.6, 4.4): windows of ``W`` frames, stride ``S``,
   inside each track; the last window is aligned to the track's end so every frame is covered, a
   track shorter than ``W`` gives one window padded with row -1 (label -1, no face, silent audio);
-  training drops windows whose share of -1 labels exceeds ``max_invalid`` (0.25).
+  training drops windows whose share of -1 labels among their real frames exceeds ``max_invalid``
+  (0.25), so a short track still trains (padded and masked).
 - ``focal_loss`` (eq. 5): ``sum_i w_{y_i} (1 - p_t,i)^gamma (-log p_t,i) / #{i: y_i != -1}``, with the
   class weights from the effective number of samples (Cui et al. 2019, ``fusion.class_weights_for``).
 - ``ModalityDropout`` (sec. 3.4): in training, each window's visual input is dropped with prob. ``p``.
@@ -50,14 +56,25 @@ LOSSES = ("ce", "focal")
 class SequenceHead(nn.Module):
     """Base of the window-level fusion heads (see the module docstring for the contract)."""
 
-    def forward(self, visual: torch.Tensor, audio: torch.Tensor,
-                visual_mask: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor,
+                frame_mask: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def training_loss(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor,
-                      labels: torch.Tensor, criterion: FrameCriterion) -> torch.Tensor:
+                      labels: torch.Tensor, criterion: FrameCriterion,
+                      frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The frame criterion on this head's logits; heads with auxiliary losses override this."""
-        return criterion(self(visual, audio, visual_mask), labels)
+        return criterion(self(visual, audio, visual_mask, frame_mask=frame_mask), labels)
+
+
+def frame_mask_of(rows: np.ndarray, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, W) bool, True where a window row ``rows`` (as from ``sliding_windows``) is a frame, not padding."""
+    return torch.from_numpy(np.asarray(rows) >= 0).to(device)
+
+
+def _frames(visual_mask: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+    """The frame mask to use: ``frame_mask`` as bool, or every position when None."""
+    return torch.ones_like(visual_mask, dtype=torch.bool) if frame_mask is None else frame_mask.bool()
 
 
 class SafeCrossAttention(nn.Module):
@@ -106,10 +123,15 @@ def sliding_windows(offsets: np.ndarray, *, window: int, stride: int) -> np.ndar
 
 def training_windows(labels: np.ndarray, offsets: np.ndarray, *, window: int, stride: int,
                      max_invalid: float) -> np.ndarray:
-    """``sliding_windows`` without those whose share of -1 labels (padding included) exceeds ``max_invalid``."""
+    """``sliding_windows`` without those whose share of -1 labels among their frames exceeds ``max_invalid``.
+
+    Padding is not counted: the one window of a track shorter than ``window`` is kept when its real
+    frames are labelled well enough (the heads mask its padded positions, ``frame_mask_of``).
+    """
     rows = sliding_windows(offsets, window=window, stride=stride)
-    invalid = (rows < 0) | (np.asarray(labels)[np.maximum(rows, 0)] < 0)
-    return rows[invalid.mean(axis=1) <= max_invalid]
+    real = rows >= 0
+    invalid = real & (np.asarray(labels)[np.maximum(rows, 0)] < 0)
+    return rows[invalid.sum(axis=1) <= max_invalid * real.sum(axis=1)]
 
 
 def soft_vote(rows: torch.Tensor, window_logits: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -227,11 +249,17 @@ class SafeXAttnTransformer(SequenceHead):
     ``H_{a->v} = CrossAttn(Q=H_a, K=V=H_v)`` keyed by the face mask (eq. 3); ``G = sigmoid(W_g [H; H_x])``,
     ``F = G * H + (1 - G) * H_x`` per branch (eq. 4); ``MLP([F_v; F_a])`` -> logits per frame.
     ``hidden`` is the MLP's width. Frames without a face have their visual input zeroed.
+
+    ``mask_visual_self_attention``: True (the kit's default) also keys the visual self-attention by
+    the face mask; False masks frames without a face only where seed 004 sec. 3.4 does, as keys of
+    the audio -> visual cross-attention (eq. 3). Padding (``frame_mask``) is masked everywhere.
     """
 
     def __init__(self, *, visual_dim: int, audio_dim: int, hidden: int, dropout: float, num_classes: int,
-                 d_model: int = 256, layers: int = 3, n_heads: int = 4, modality_dropout: float = 0.1):
+                 d_model: int = 256, layers: int = 3, n_heads: int = 4, modality_dropout: float = 0.1,
+                 mask_visual_self_attention: bool = True):
         super().__init__()
+        self.mask_visual_self_attention = mask_visual_self_attention
         if d_model % n_heads or d_model % 2:
             raise ValueError(f"d_model ({d_model}) must be even and divisible by n_heads ({n_heads})")
         self.d_model = d_model
@@ -247,17 +275,19 @@ class SafeXAttnTransformer(SequenceHead):
         self.mlp = nn.Sequential(nn.Linear(2 * d_model, hidden), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(hidden, num_classes))
 
-    def forward(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
-        visual, visual_mask = self.modality_dropout(visual, visual_mask)
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor,
+                frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        frames = _frames(visual_mask, frame_mask)
+        visual, visual_mask = self.modality_dropout(visual, visual_mask.bool() & frames)
         visual = visual * visual_mask.unsqueeze(-1).to(visual.dtype)
         pe = sinusoidal_encoding(visual.shape[1], self.d_model, device=visual.device)
         h_v, h_a = self.proj_v(visual) + pe, self.proj_a(audio) + pe
-        every = torch.ones_like(visual_mask)
+        visual_keys = visual_mask if self.mask_visual_self_attention else frames
         for layer in self.encoder_v:
-            h_v = layer(h_v, visual_mask)
+            h_v = layer(h_v, visual_keys)
         for layer in self.encoder_a:
-            h_a = layer(h_a, every)
-        h_va = self.v_from_a(h_v, h_a, every)                                 # eq. 2
+            h_a = layer(h_a, frames)
+        h_va = self.v_from_a(h_v, h_a, frames)                                # eq. 2
         h_av = self.a_from_v(h_a, h_v, visual_mask)                           # eq. 3: LN(H_a) if no face at all
         g_v = torch.sigmoid(self.gate_v(torch.cat([h_v, h_va], dim=-1)))      # eq. 4
         g_a = torch.sigmoid(self.gate_a(torch.cat([h_a, h_av], dim=-1)))

@@ -9,6 +9,19 @@ During training, the window's temporally pooled representation is aligned with C
 prompts ("A face expressing {emotion}") by a contrastive (InfoNCE) loss, added to the frame loss
 with weight ``contrastive_weight``.
 
+What the poster states, as options (``fusion.head_options.tcn_prompt``):
+
+- ``classify: pooled``: the fused window is "temporally pooled for final expression
+  classification": one prediction per window (the masked mean over its frames, then the
+  classifier); its training label is the majority of the window's valid frame labels, and a frame
+  takes the mean of the predictions of the windows covering it (soft voting, as every window head).
+  ``classify: frame`` (the kit's default) classifies every frame of the window.
+- ``contrastive: symmetric``: CLIP's two directions, video -> text (each window against the C
+  prompts) and text -> video (each class prompt present in the batch against the batch's windows,
+  every window of that class a positive); ``video_to_text`` keeps the first alone.
+- ``learnable_temperature``: the temperature is a parameter (CLIP's ``logit_scale``, log-space,
+  starting at ``temperature``, scale clamped at 100) instead of a constant.
+
 The TCN follows Bai, Kolter & Koltun (2018), "An empirical evaluation of generic convolutional and
 recurrent networks for sequence modeling" (arXiv:1803.01271), sec. 3: residual blocks of two
 weight-normalised dilated CAUSAL 1-D convolutions (ReLU, dropout after each), dilation ``2^i`` at
@@ -24,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -41,6 +55,8 @@ log = logging.getLogger(__name__)
 
 
 PROMPT_TEMPLATE = "A face expressing {emotion}"
+CLASSIFY_MODES = ("frame", "pooled")                 # per-frame classifier | one per window (the poster)
+CONTRASTIVE_MODES = ("video_to_text", "symmetric")   # CLIP loss directions
 # Words put into the prompt for each class: the lower-cased class name, except "Other", which is
 # not an emotion word; "another emotion" says what the class means (any state outside the seven).
 PROMPT_WORDS: Mapping[str, str] = {"Other": "another emotion"}
@@ -124,19 +140,33 @@ class TCNPromptHead(SequenceHead):
     masked keys when the audio queries the visual stream (``SafeCrossAttention``: a window without
     any face gives the audio branch unchanged, never NaN). ``training_loss`` adds
     ``contrastive_weight * prompt_contrastive_loss`` when ``prompt_embeddings`` (C, D) is given.
+    ``classify`` / ``contrastive`` / ``learnable_temperature``: see the module docstring. Padded
+    positions (``frame_mask`` False) are never attention keys and never pooled.
     """
 
     def __init__(self, *, visual_dim: int, audio_dim: int, hidden: int, dropout: float, num_classes: int,
                  tcn_levels: int = 4, tcn_kernel: int = 3, n_heads: int = 4,
                  prompt_embeddings: torch.Tensor | None = None, contrastive_weight: float = 0.1,
-                 temperature: float = 0.07):
+                 temperature: float = 0.07, classify: str = "frame", contrastive: str = "video_to_text",
+                 learnable_temperature: bool = False):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if classify not in CLASSIFY_MODES:
+            raise ValueError(f"classify must be one of {', '.join(CLASSIFY_MODES)}, got {classify!r}")
+        if contrastive not in CONTRASTIVE_MODES:
+            raise ValueError(f"contrastive must be one of {', '.join(CONTRASTIVE_MODES)}, got {contrastive!r}")
+        self.classify, self.contrastive = classify, contrastive
+        # CLIP's logit scale: log(1 / temperature), learnt when asked, a fixed buffer otherwise
+        log_scale = torch.tensor(math.log(1.0 / temperature))
+        if learnable_temperature:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
         if prompt_embeddings is not None and tuple(prompt_embeddings.shape[:1]) != (num_classes,):
             raise ValueError(f"prompt_embeddings must be (num_classes={num_classes}, D), "
                              f"got {tuple(prompt_embeddings.shape)}")
-        self.num_classes, self.contrastive_weight, self.temperature = num_classes, contrastive_weight, temperature
+        self.num_classes, self.contrastive_weight = num_classes, contrastive_weight
         self.visual_proj = nn.Linear(visual_dim, hidden)
         self.tcn = TemporalConvNet(hidden, hidden, levels=tcn_levels, kernel_size=tcn_kernel, dropout=dropout)
         self.audio_adapter = AudioAdapter(audio_dim, hidden, bottleneck=max(hidden // 4, 8), dropout=dropout)
@@ -158,53 +188,77 @@ class TCNPromptHead(SequenceHead):
         """Frames the visual TCN looks back over (causal)."""
         return self.tcn.receptive_field
 
-    def fused(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
+    @property
+    def temperature(self) -> float:
+        """The contrastive temperature now (``1 / exp(log_logit_scale)``, the scale clamped at 100)."""
+        return float(1.0 / self.log_logit_scale.detach().exp().clamp(max=100.0))
+
+    def fused(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor,
+              frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The per-frame fused representation (B, W, hidden) that the classifier and the pooling use."""
         if visual.shape[:2] != audio.shape[:2] or visual.shape[:2] != visual_mask.shape:
             raise ValueError(f"visual {tuple(visual.shape)}, audio {tuple(audio.shape)} and visual_mask "
                              f"{tuple(visual_mask.shape)} must share (B, W)")
-        mask = visual_mask.bool()
+        frames = torch.ones_like(visual_mask, dtype=torch.bool) if frame_mask is None else frame_mask.bool()
+        mask = visual_mask.bool() & frames
         keep = mask.unsqueeze(-1)
         visual = torch.where(keep, visual, torch.zeros((), dtype=visual.dtype, device=visual.device))
         v = self.tcn(self.visual_proj(visual) * keep.to(visual.dtype))            # (B, W, H), causal
         a = self.audio_adapter(audio)                                              # (B, W, H)
-        every_frame = torch.ones_like(mask)
-        v2a = self.visual_to_audio(v, a, every_frame)    # visual frames refined by the audio stream
+        v2a = self.visual_to_audio(v, a, frames)         # visual frames refined by the audio stream
         a2v = self.audio_to_visual(a, v, mask)           # audio frames refined by frames with a face
         return self.fuse(torch.cat([v2a, a2v], dim=-1))
 
-    def forward(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.fused(visual, audio, visual_mask))
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor,
+                frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        fused = self.fused(visual, audio, visual_mask, frame_mask)
+        if self.classify == "frame":
+            return self.classifier(fused)
+        frames = torch.ones_like(visual_mask, dtype=torch.bool) if frame_mask is None else frame_mask.bool()
+        window_logits = self.classifier(masked_mean(fused, frames))                 # (B, C)
+        return window_logits.unsqueeze(1).expand(-1, fused.shape[1], -1)          # every frame: its window's
 
     def pooled_embedding(self, fused: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         """Masked temporal mean of ``fused`` over ``frame_mask`` frames, projected to the prompt space (B, D)."""
         if self.prompt_proj is None:
             raise ValueError("this head has no prompt embeddings: the pooled prompt-space embedding is undefined")
-        weights = frame_mask.to(fused.dtype).unsqueeze(-1)
-        pooled = (fused * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return self.prompt_proj(pooled)
+        return self.prompt_proj(masked_mean(fused, frame_mask))
 
     def training_loss(self, visual: torch.Tensor, audio: torch.Tensor, visual_mask: torch.Tensor,
-                      labels: torch.Tensor, criterion: FrameCriterion) -> torch.Tensor:
+                      labels: torch.Tensor, criterion: FrameCriterion,
+                      frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``criterion(logits, labels) + contrastive_weight * InfoNCE(pooled window, class prompts)``.
 
-        The pooled representation is the mean over the window's labelled frames (label >= 0); its
-        target is the window's majority valid label (ties: the lower class index). Windows without
-        a valid label take no part in the contrastive term; with none at all, it is zero.
+        ``classify: frame``: the criterion on every frame, and the contrastive term pools the
+        window's labelled frames (label >= 0). ``classify: pooled``: the criterion on one prediction
+        per window against its majority valid label, and the contrastive term uses the same pooled
+        window (its frames). A window's target is its majority valid label (ties: the lower class
+        index); windows without a valid label take no part; with none at all, the term is zero.
         """
-        fused = self.fused(visual, audio, visual_mask)
-        loss = criterion(self.classifier(fused), labels)
+        fused = self.fused(visual, audio, visual_mask, frame_mask)
+        targets = majority_labels(labels, num_classes=self.num_classes)
+        valid = labels >= 0
+        if self.classify == "frame":
+            loss, pool_mask = criterion(self.classifier(fused), labels), valid
+        else:
+            pool_mask = torch.ones_like(valid) if frame_mask is None else frame_mask.bool()
+            loss = criterion(self.classifier(masked_mean(fused, pool_mask)), targets)
         if self.prompt_proj is None or self.contrastive_weight == 0:
             return loss
-        valid = labels >= 0
         has_label = valid.any(dim=1)
         if not bool(has_label.any()):
             return loss
-        targets = majority_labels(labels, num_classes=self.num_classes)
-        embedding = self.pooled_embedding(fused[has_label], valid[has_label])
+        embedding = self.pooled_embedding(fused[has_label], pool_mask[has_label])
+        scale = self.log_logit_scale.exp().clamp(max=100.0)
         contrastive = prompt_contrastive_loss(embedding, self.prompt_embeddings, targets[has_label],
-                                              temperature=self.temperature)
+                                              temperature=1.0 / scale, symmetric=self.contrastive == "symmetric")
         return loss + self.contrastive_weight * contrastive
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` (B, W, H) over the positions where ``mask`` (B, W) is True: (B, H) (0 if none)."""
+    weights = mask.to(values.dtype).unsqueeze(-1)
+    return (values * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 def majority_labels(labels: torch.Tensor, *, num_classes: int) -> torch.Tensor:
@@ -216,15 +270,27 @@ def majority_labels(labels: torch.Tensor, *, num_classes: int) -> torch.Tensor:
 
 
 def prompt_contrastive_loss(embedding: torch.Tensor, prompts: torch.Tensor, targets: torch.Tensor, *,
-                            temperature: float) -> torch.Tensor:
+                            temperature: float | torch.Tensor, symmetric: bool = False) -> torch.Tensor:
     """InfoNCE of pooled window embeddings (N, D) against the C class prompts (C, D).
 
-    CLIP-style logits ``cos(e_n, p_c) / temperature``; the positive of window ``n`` is its class's
-    prompt and the other C-1 prompts are the negatives (the video-to-text direction of CLIP's loss:
-    the prompts are fixed class anchors, so a text-to-video term would only repeat it).
+    CLIP-style logits ``s_nc = cos(e_n, p_c) / temperature``. Video -> text: the positive of window
+    ``n`` is its class's prompt, the other C-1 prompts the negatives, ``CE(s_n., y_n)``. With
+    ``symmetric``, the mean of that and text -> video: for each class ``c`` present among the
+    targets, ``-mean_{n: y_n = c} log softmax_m(s_mc)_n`` over the N windows (every window of class
+    ``c`` a positive, the others negatives), averaged over the classes present. ``temperature`` may
+    be a tensor (a learnt one).
     """
-    logits = F.normalize(embedding, dim=-1) @ F.normalize(prompts, dim=-1).T / temperature
-    return F.cross_entropy(logits, targets.long())
+    logits = F.normalize(embedding, dim=-1) @ F.normalize(prompts, dim=-1).T / temperature   # (N, C)
+    targets = targets.long()
+    video_to_text = F.cross_entropy(logits, targets)
+    if not symmetric:
+        return video_to_text
+    log_p = torch.log_softmax(logits, dim=0)                      # over windows, per class prompt
+    positive = F.one_hot(targets, logits.shape[1]).to(logits.dtype)  # (N, C)
+    per_class = (log_p * positive).sum(0) / positive.sum(0).clamp(min=1.0)
+    present = positive.sum(0) > 0
+    text_to_video = -per_class[present].mean()
+    return 0.5 * (video_to_text + text_to_video)
 
 
 # --------------------------------------------------------------------------------------------

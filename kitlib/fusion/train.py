@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 
 from kitlib import NUM_CLASSES
 from kitlib.fusion.heads import HEADS, SEQUENCE_HEADS, FusionHead, build_head, count_parameters, known_heads
-from kitlib.fusion.sequence import (SequenceHead, add_votes, frame_criterion, sliding_windows, training_windows,
-                                    vote_buffers)
+from kitlib.fusion.sequence import (SequenceHead, add_votes, frame_criterion, frame_mask_of, sliding_windows,
+                                    training_windows, vote_buffers)
 from kitlib.fusion.table import FrameTable
 from kitlib.metrics import macro_f1
 from kitlib.runtime import seed_everything
@@ -56,16 +56,37 @@ class TrainedHead:
 
 
 CLASS_WEIGHTS = ("inverse", "inverse_sqrt", "effective_number")
+AUTO_BETA = "auto"     # effective_beta chosen from the largest class count (``effective_beta_for``)
+
+
+def effective_beta_for(counts: np.ndarray) -> float:
+    """``beta = 1 - 1 / max(n_c)``: the beta at which the largest class's effective number is
+    ``(1 - 1/e) n_max``, so no class saturates and the weights keep the spread of the counts.
+
+    A fixed beta stops meaning anything once every class has ``n_c >> 1 / (1 - beta)``: with 0.999,
+    the ABAW release's ~0.6-0.9 M labelled frames (its smallest class ~16 k) give weights within
+    0.1 % of each other. Seed 004 (sec. 4.4) uses effective-number weights but gives no beta.
+    """
+    n_max = float(np.max(counts))
+    if n_max < 2:
+        raise ValueError(f"effective_beta {AUTO_BETA!r} needs a class with at least 2 labelled frames")
+    return 1.0 - 1.0 / n_max
+
+
+def weight_ratio(weights: np.ndarray) -> float:
+    """max / min over the classes that have a weight (> 0): how much the class weights reweight the loss."""
+    present = np.asarray(weights)[np.asarray(weights) > 0]
+    return float(present.max() / present.min()) if len(present) else float("nan")
 
 
 def class_weights_for(labels: np.ndarray, scheme: str | None, num_classes: int = NUM_CLASSES, *,
-                      beta: float = 0.999) -> np.ndarray:
+                      beta: float | str = 0.999) -> np.ndarray:
     """Per-class weights ``w_c`` of eq. 13 from the training label counts ``n_c`` (valid frames).
 
     ``inverse``: ``w_c ~ 1 / n_c``; ``inverse_sqrt``: ``w_c ~ 1 / sqrt(n_c)``; ``effective_number``
     (Cui et al. 2019, seed 004 sec. 4.4): ``w_c ~ (1 - beta) / (1 - beta^n_c)``, the inverse of the
-    effective number of samples; None: all 1. Normalised to mean 1 over the classes present; absent
-    classes get 0.
+    effective number of samples, ``beta`` a float in (0, 1) or ``"auto"`` (``effective_beta_for``
+    the counts); None: all 1. Normalised to mean 1 over the classes present; absent classes get 0.
     """
     if scheme is None:
         return np.ones(num_classes, dtype=np.float32)
@@ -74,13 +95,23 @@ def class_weights_for(labels: np.ndarray, scheme: str | None, num_classes: int =
     counts = np.bincount(labels[labels >= 0], minlength=num_classes).astype(np.float64)
     present = counts > 0
     if scheme == "effective_number":
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"effective-number class weights need 0 < beta < 1, got {beta}")
+        beta = resolve_beta(beta, counts)
         w = np.divide(1.0 - beta, 1.0 - beta**counts, out=np.zeros(num_classes), where=present)
     else:
         power = 1.0 if scheme == "inverse" else 0.5
         w = np.divide(1.0, counts**power, out=np.zeros(num_classes), where=present)
     return (w / w[present].mean()).astype(np.float32)
+
+
+def resolve_beta(beta: float | str, counts: np.ndarray) -> float:
+    """The effective-number beta to use: ``beta`` itself (checked to lie in (0, 1)) or, for ``"auto"``, from the counts."""
+    if isinstance(beta, str):
+        if beta != AUTO_BETA:
+            raise ValueError(f"effective_beta must be a number in (0, 1) or {AUTO_BETA!r}, got {beta!r}")
+        return effective_beta_for(counts)
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"effective-number class weights need 0 < beta < 1, got {beta}")
+    return float(beta)
 
 
 def _batch(table: FrameTable, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -131,7 +162,8 @@ def predict_logits(module: nn.Module, table: FrameTable, *, batch_size: int = 40
         for start in tqdm(starts, desc="predict windows", unit="batch", leave=False, disable=len(starts) < 20):
             rows = windows[start:start + batch_size]
             visual, audio, vmask, _ = _labelled_batch(table, rows, device)
-            add_votes(total, count, torch.from_numpy(rows).to(device), module(visual, audio, vmask))
+            add_votes(total, count, torch.from_numpy(rows).to(device),
+                      module(visual, audio, vmask, frame_mask=frame_mask_of(rows, device=device)))
         return (total / count.clamp(min=1).unsqueeze(1)).cpu().numpy()
     chunks = []
     starts = range(0, len(table), batch_size)
@@ -169,7 +201,7 @@ def fit_input_norm(module: FusionHead, table: FrameTable, rows: np.ndarray, *, c
 def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hidden: int = 512,
                dropout: float = 0.2, epochs: int = 30, batch_size: int = 1024, lr: float = 1e-3,
                weight_decay: float = 1e-4, patience: int = 5, seed: int = 0, device: torch.device | str = "cpu",
-               class_weights: str | None = "inverse_sqrt", effective_beta: float = 0.999, loss: str = "ce",
+               class_weights: str | None = "inverse_sqrt", effective_beta: float | str = 0.999, loss: str = "ce",
                focal_gamma: float = 2.0, options: Mapping[str, Any] | None = None, window: int = 64,
                stride: int = 8, max_invalid: float = 0.25, structure: str = "kit", input_norm: str = "none",
                input_dropout: tuple[float, float] = (0.0, 0.0), lr_schedule: str = "constant",
@@ -220,7 +252,12 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
             raise ValueError(f"train_head {head_name}: no labelled training frame with a face and audio")
         fit_input_norm(module, train, units)
     module = module.to(device)
-    weights = torch.from_numpy(class_weights_for(train.labels, class_weights, beta=effective_beta)).to(device)
+    class_weight_values = class_weights_for(train.labels, class_weights, beta=effective_beta)
+    used_beta = (resolve_beta(effective_beta, np.bincount(train.labels[train.labels >= 0], minlength=NUM_CLASSES))
+                 if class_weights == "effective_number" else None)
+    log.info("train %s: class weights %s%s, max/min weight ratio %.3f", head_name, class_weights,
+             f" (beta {used_beta:.6g})" if used_beta is not None else "", weight_ratio(class_weight_values))
+    weights = torch.from_numpy(class_weight_values).to(device)
     criterion = frame_criterion(loss, weight=weights, gamma=focal_gamma)
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=lr_min) \
@@ -248,7 +285,8 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
             batch = units[np.sort(order[first:first + batch_size])]  # sorted rows: faster gathers, same batch
             visual, audio, vmask, labels = _labelled_batch(train, batch, device)
             if sequence:
-                batch_loss = module.training_loss(visual, audio, vmask, labels, criterion)
+                batch_loss = module.training_loss(visual, audio, vmask, labels, criterion,
+                                                  frame_mask=frame_mask_of(batch, device=device))
             else:
                 batch_loss = criterion(module(visual, audio, vmask), labels)
             optimizer.zero_grad(set_to_none=True)
@@ -286,6 +324,7 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
     config = dict(head=head_name, hidden=hidden, dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr,
                   weight_decay=weight_decay, patience=patience, seed=seed, class_weights=class_weights,
                   effective_beta=effective_beta, loss=loss, focal_gamma=focal_gamma, options=dict(options or {}),
+                  used_beta=used_beta, class_weight_ratio=weight_ratio(class_weight_values),
                   window=window, stride=stride, max_invalid=max_invalid,
                   visual_dim=train.visual_dim, audio_dim=train.audio_dim, lr_schedule=lr_schedule, lr_min=lr_min,
                   complete_frames_only=complete_frames_only,

@@ -262,6 +262,8 @@ def stage1_items(cfg: Config) -> tuple[list, list]:
                "rafdb": lambda split: images.rafdb_items(root, "test" if split == "val" else split),
                "affectnet_rafdb": lambda split: images.affectnet_rafdb_items(
                    root, cfg.data_path(cfg.stage1.rafdb_root), split),
+               "ferplus": lambda split: images.ferplus_items(root, split),
+               "ferplus_basic": lambda split: images.ferplus_items(root, split, drop_contempt=True),
                "affwild2": lambda split: images.affwild2_frame_items(root, annotations / splits[split])}
     if cfg.stage1.dataset not in readers:
         raise config.ConfigError(f"stage1.dataset {cfg.stage1.dataset!r} unknown; valid: {', '.join(readers)}")

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 __all__ = ['notebook_config', 'start', 'data_index', 'stage1_items', 'backbone_path', 'pretrained_backbone',
            'train_stage1', 'adapted_backbone', 'image_set_table', 'run_stage1', 'history_table',
            'backbone_record', 'main_state', 'state_label', 'table1_states', 'state_path',
-           'train_table1_states']
+           'train_table1_states', 'chain_configs', 'chain_path', 'run_stage1_chain']
 
 
 
@@ -42,15 +42,19 @@ def pretrained_backbone(cfg: Config) -> torch.nn.Module:
 
 
 def train_stage1(cfg: Config, *, head: str | None = None, use_padaug: bool | None = None,
-                 out_path: Path | None = None) -> dict:
-    """Stage-I adaptation with the params (head / PadAug can be switched for the Table-1 ablation)."""
+                 out_path: Path | None = None, backbone: torch.nn.Module | None = None,
+                 record_extra: dict | None = None) -> dict:
+    """Stage-I adaptation with the params (head / PadAug can be switched for the Table-1 ablation).
+
+    ``backbone``: start from this one instead of ``pretrained_backbone(cfg)`` (a chained run).
+    """
     from kitlib.visual import stage1
 
     s, dev = cfg.stage1, device(cfg)
     train_items, val_items = stage1_items(cfg)
     use_padaug = s.padaug if use_padaug is None else use_padaug
     result = stage1.train_stage1(
-        backbone=pretrained_backbone(cfg), train_items=train_items, val_items=val_items, head_kind=head or s.head,
+        backbone=pretrained_backbone(cfg) if backbone is None else backbone, train_items=train_items, val_items=val_items, head_kind=head or s.head,
         num_experts=s.num_experts, epochs=s.epochs, batch_size=s.batch_size, lr_backbone=s.lr_backbone,
         lr_head=s.lr_head, weight_decay=s.weight_decay, mixup_alpha=s.mixup_alpha, label_smoothing=s.label_smoothing,
         padaug=padaug(cfg) if use_padaug else None, n_frozen_blocks=s.n_frozen_blocks, image_size=s.image_size,
@@ -58,8 +62,61 @@ def train_stage1(cfg: Config, *, head: str | None = None, use_padaug: bool | Non
         max_steps_per_epoch=s.max_steps_per_epoch, moe_structure=s.moe_structure, head_dropout=s.head_dropout,
         layer_decay=s.layer_decay, no_decay_bias_norm=s.no_decay_bias_norm, grad_clip=s.grad_clip,
         lr_schedule=s.lr_schedule, lr_min=s.lr_min, trainable_tokens=s.trainable_tokens, augment=s.augment,
-        class_weight_norm=s.class_weight_norm)
+        class_weight_norm=s.class_weight_norm,
+        record_extra={"dataset": s.dataset, "images_root": s.images_root, **(record_extra or {})})
     return result
+
+
+_NOT_CHAINABLE = ("arch", "arch_overrides", "weights", "train", "checkpoint", "table1_states", "chain")
+
+
+def chain_configs(cfg: Config) -> list[Config]:
+    """The params of each Stage-I run of the chain: ``cfg`` itself, then one per ``stage1.chain`` row
+    (``cfg.stage1`` with the row's keys replaced). A row naming an unknown key, or one fixed for the
+    whole chain (arch, weights, ...), is an error."""
+    import dataclasses
+
+    valid = [f.name for f in dataclasses.fields(config.Stage1Params) if f.name not in _NOT_CHAINABLE]
+    out = [cfg]
+    for i, row in enumerate(cfg.stage1.chain):
+        bad = sorted(set(row) - set(valid))
+        if bad:
+            raise config.ConfigError(f"stage1.chain[{i}] = {row} names {bad}; a chained Stage I may set: "
+                                     f"{', '.join(valid)}")
+        merged = {**dataclasses.asdict(cfg.stage1), **row}
+        stage = config.from_dict({**cfg.to_dict(), "stage1": merged}, f"stage1.chain[{i}]").stage1
+        out.append(dataclasses.replace(cfg, stage1=stage))
+    return out
+
+
+def chain_path(cfg: Config, step: int) -> Path:
+    """Where chained run ``step`` (0-based) writes its backbone; the last one writes ``backbone_path``."""
+    if step == len(cfg.stage1.chain):
+        return backbone_path(cfg)
+    return cfg.run_dir / "stage1" / "chain" / f"{step}_{chain_configs(cfg)[step].stage1.dataset}.safetensors"
+
+
+def run_stage1_chain(cfg: Config) -> dict:
+    """Stage I on ``stage1.dataset``, then once more per ``stage1.chain`` row, each run starting from
+    the backbone the previous one saved (its best epoch). Resumable: a step whose backbone exists
+    is not trained again. Returns the last run's result with ``chain``: one summary row per run."""
+    from kitlib.visual.backbones import load_backbone
+
+    steps, summary, result = chain_configs(cfg), [], {}
+    for step, step_cfg in enumerate(steps):
+        out = chain_path(cfg, step)
+        s = step_cfg.stage1
+        if out.is_file() and step < len(steps) - 1:
+            log.info("stage I chain step %d (%s): %s exists, not trained again", step, s.dataset, out)
+            summary.append({"step": step, "dataset": s.dataset, "status": "exists", "out_path": str(out)})
+            continue
+        start_from = None if step == 0 else load_backbone(chain_path(cfg, step - 1), device="cpu")[0]
+        result = train_stage1(step_cfg, out_path=out, backbone=start_from, record_extra={
+            "chain_step": step, "started_from": str(chain_path(cfg, step - 1)) if step else (s.weights or "random init")})
+        summary.append({"step": step, "dataset": s.dataset, "status": "trained", "epochs": s.epochs,
+                        "best_epoch": result["best_epoch"], "best_val_f1": result["best_val_f1"], "out_path": str(out)})
+    report(cfg, "stage1_chain", pd.DataFrame(summary))
+    return {**result, "chain": summary}
 
 
 def adapted_backbone(cfg: Config) -> tuple[torch.nn.Module, dict]:
@@ -87,7 +144,7 @@ def image_set_table(train_items: list, val_items: list) -> pd.DataFrame:
 def run_stage1(cfg: Config) -> dict:
     """Stage I as the params say: train (``stage1.train``), or record that an existing backbone is used."""
     if cfg.stage1.train:
-        return train_stage1(cfg)
+        return run_stage1_chain(cfg) if cfg.stage1.chain else train_stage1(cfg)
     source = cfg.stage1.checkpoint or cfg.stage1.weights or "random init"
     log.info("stage1.train is false: features will come from %s", source)
     return {"history": [], "best_epoch": None, "best_val_f1": None, "out_path": source}

@@ -73,14 +73,18 @@ def alignment_windows(cfg: Config) -> tuple[float, list[tuple[str, float, str]]]
 
 
 def alignment_probe(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Table 2: linear-probe macro F1 of the audio features per frame alignment (nearest, window means)."""
+    """Table 2: linear-probe macro F1 of the audio features per frame alignment (nearest, linear
+    interpolation as seed 004 sec. 4.2, window means)."""
     a = cfg.audio
     used_total, extra = alignment_windows(cfg)
-    windows = {"nearest": (0.0, "")} if extra else {}
-    settings: dict[str, tuple[str, int | None]] = {"nearest": ("nearest", None)} if windows else {}
+    windows = {"nearest": (0.0, ""), "linear interpolation": (0.0, "")} if extra else {}
+    settings: dict[str, tuple[str, int | None]] = (
+        {"nearest": ("nearest", None), "linear interpolation": ("interpolate", None)} if windows else {})
     for name, total, convention in extra:
         settings[name], windows[name] = (f"window_{int(round(total * 1000))}", None), (total, convention)
-    if a.align != "window":
+    if a.align == "interpolate":
+        used, convention = "linear interpolation (used)", ""
+    elif a.align != "window":
         used, convention = "nearest (used)", ""
     elif a.align_window_half_s is not None:
         used, convention = f"window mean (+-{a.align_window_half_s:.2f} s, used)", "half_width"

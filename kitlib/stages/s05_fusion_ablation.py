@@ -12,15 +12,15 @@ import torch
 
 from kitlib import config, data
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import (data_index, device, folds, frame_labels, frame_table, load_logits, read_report,
-                                  report, save_logits, start, with_features)
+from kitlib.stages.common import (amp_dtype, data_index, device, feature_store, folds, frame_labels, frame_table,
+                                  load_logits, probe_table, read_report, report, save_logits, start, with_features)
 
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
 __all__ = ['notebook_config', 'start', 'data_index', 'frame_labels', 'folds', 'read_report', 'train_kwargs',
            'text_encoder_path', 'label_prompts', 'head_kwargs', 'check_head_names', 'fusion_tables',
-           'fusion_ablation', 'xattn_grid', 'final_head_report']
+           'fusion_ablation', 'xattn_grid', 'final_head_report', 'lambda_fusion', 'backbone_comparison']
 
 
 def train_kwargs(cfg: Config) -> dict:
@@ -192,9 +192,109 @@ def xattn_grid(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]
         pred = comparison.val_logits["safe_xattn"].argmax(1)
         accuracy = float((pred[valid_val] == val.labels[valid_val]).mean())
         settings = {k: options[k] for k in ("modality_dropout", "d_model", "layers", "n_heads")}  # p, d, l first
-        rows.append({**settings, "params": result.pop("params"), "official_val_acc": accuracy, **result})
+        smoothed = _smoothed_scores(cfg, val, comparison.val_logits["safe_xattn"])
+        rows.append({**settings, "params": result.pop("params"), "official_val_acc": accuracy, **result, **smoothed})
     table = pd.DataFrame(rows)
     report(cfg, "table3_xattn_grid", table)
+    return table
+
+
+def _smoothed_scores(cfg: Config, table, logits: np.ndarray) -> dict:
+    """Official-validation accuracy and macro F1 after the final smoothing (``smoothing.final_strategy`` /
+    ``final_window``, per track), beside the single-frame scores (seed 004 reports a median filter, k = 11)."""
+    from kitlib import fusion, metrics
+    from kitlib.smoothing import smooth_logits
+
+    s = cfg.smoothing
+    smoothed = np.concatenate([smooth_logits(x, s.final_window, s.final_strategy)
+                               for x in fusion.split_by_track(table, logits).values()])
+    pred, valid = smoothed.argmax(1), table.labels >= 0
+    return {"smoothing": f"{s.final_strategy} {s.final_window}",
+            "smoothed_val_acc": float((pred[valid] == table.labels[valid]).mean()),
+            "smoothed_val_f1": metrics.macro_f1(table.labels, pred)}
+
+
+def lambda_fusion(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Seed 004 Table 2 (sec. 4.3, eq. 6): a visual and an audio frame classifier (``v_only`` / ``a_only``,
+    the audio a +-``fusion.lambda_audio_context``-frame mean), mixed as ``lambda P_v + (1 - lambda) P_a``
+    for each ``fusion.lambda_grid`` value, on the official split; written to
+    ``reports/table2_lambda_fusion.csv``. An empty grid writes an empty table (the main system's runs)."""
+    from kitlib import fusion
+    from kitlib.fusion.lambda_fusion import lambda_scores, with_audio_context
+
+    f = cfg.fusion
+    if not f.lambda_grid:
+        table = pd.DataFrame(columns=["lambda", "accuracy", "f1"])
+        report(cfg, "table2_lambda_fusion", table)
+        return table
+    train, val, _ = fusion_tables(cfg, index, labels)
+    kwargs = train_kwargs(cfg)
+    visual = fusion.train_head("v_only", train, val, **kwargs)
+    train_a, val_a = (with_audio_context(t, radius=f.lambda_audio_context) for t in (train, val))
+    audio = fusion.train_head("a_only", train_a, val_a, **kwargs)
+    dev = kwargs["device"]
+    table = lambda_scores(visual.predict(val, device=dev), audio.predict(val_a, device=dev), val.labels, f.lambda_grid)
+    report(cfg, "table2_lambda_fusion", table)
+    return table
+
+
+COMPARISON_KEYS = ("name", "arch", "weights", "checkpoint", "image_size", "arch_overrides")
+
+
+def _comparison_store(cfg: Config, index: data.DataIndex, row: dict):
+    """Visual features of Train+Validation from one ``visual.compare_backbones`` backbone, on this run's
+    detected faces (the same boxes, crops and tracks as this run's own features); resumable."""
+    from kitlib.faces import build_detector
+    from kitlib.stages.s03_crop_extract import export_boxes, follow_settings
+    from kitlib.visual.backbones import build_backbone, input_mean_std, load_backbone
+    from kitlib.visual.extract import extract_visual_features
+
+    dev = device(cfg)
+    image_size = int(row.get("image_size", cfg.stage1.image_size))
+    if row.get("checkpoint"):
+        backbone, record = load_backbone(cfg.path(row["checkpoint"]), device=dev)
+    else:
+        weights = cfg.path(row["weights"]) if row.get("weights") else None
+        backbone = build_backbone(arch=row["arch"], weights=weights, img_size=image_size,
+                                  overrides=row.get("arch_overrides") or {}).to(dev).eval()
+        record = {"arch": row["arch"], "weights": row.get("weights")}
+    mean, std = input_mean_std(backbone)
+    store = feature_store(cfg, f"visual_backbone_{row['name']}")
+    tracks = [t for t in index.tracks if t.split in ("Train_Set", "Validation_Set")]
+    table = extract_visual_features(
+        tracks, store, backbone.eval(), detector=build_detector("boxes", path=export_boxes(cfg)),
+        crop_scales=cfg.faces.crop_scales, image_size=image_size, mean=mean, std=std,
+        batch_size=cfg.visual.batch_size, max_gap=cfg.faces.max_gap, follow=follow_settings(cfg), device=dev,
+        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
+        manifest={"backbone": record, "params_digest": cfg.digest()})
+    report(cfg, f"visual_extraction_backbone_{row['name']}", table)
+    return store
+
+
+def backbone_comparison(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Seed 004 Table 1: this run's backbone and each ``visual.compare_backbones`` entry on the same faces,
+    scored by the linear probe (multi-scale mean feature, Train_Set -> Validation_Set macro F1).
+    Written to ``reports/table1_backbones.csv``; an empty list writes an empty table."""
+    columns = ["backbone", "arch", "val_f1", "train_frames", "val_frames"]
+    rows = cfg.visual.compare_backbones
+    if not rows:
+        table = pd.DataFrame(columns=columns)
+        report(cfg, "table1_backbones", table)
+        return table
+    for i, row in enumerate(rows):
+        unknown = sorted(set(row) - set(COMPARISON_KEYS))
+        if unknown or "name" not in row or not (row.get("arch") or row.get("checkpoint")):
+            raise config.ConfigError(f"visual.compare_backbones[{i}] = {row}: needs a name and an arch (or a "
+                                     f"checkpoint); valid keys: {', '.join(COMPARISON_KEYS)}")
+    settings = {"multi-scale mean": ("features", None)}
+    tables = [probe_table(cfg, index, labels, "visual", settings, "crop")
+              .assign(backbone=f"this run ({cfg.stage1.arch})", arch=cfg.stage1.arch)]
+    for row in rows:
+        store = _comparison_store(cfg, index, row)
+        tables.append(probe_table(cfg, index, labels, store.kind, settings, "crop")
+                      .assign(backbone=row["name"], arch=row.get("arch") or row.get("checkpoint")))
+    table = pd.concat(tables, ignore_index=True)[columns]
+    report(cfg, "table1_backbones", table)
     return table
 
 

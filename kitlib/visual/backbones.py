@@ -11,7 +11,9 @@ Three timm families are supported (``backbone_family``), each built with ``num_c
 - CLIP ``vit_large_patch14_clip_224`` (and ``vit_*_clip_*``): the CLS token after CLIP's ``ln_post``,
   before the image projection (D = 1024 for ViT-L/14). OpenAI's CLIP weights use QuickGELU: load
   them into ``vit_large_patch14_clip_quickgelu_224``; LAION / DFN weights use GELU
-  (``vit_large_patch14_clip_224``). The input statistics of every CLIP arch are CLIP's own
+  (``vit_large_patch14_clip_224``). A checkpoint whose activation is known (an HF ``config.json``,
+  an OpenAI TorchScript ``.pt`` or state dict, an open_clip folder's ``open_clip_config.json``) is
+  refused by an arch with the other one. The input statistics of every CLIP arch are CLIP's own
   (``OPENAI_CLIP_MEAN`` / ``_STD``), whatever timm's default tag for the arch says.
 
 Nothing is ever downloaded: the model is built with random weights, then a local checkpoint
@@ -33,6 +35,7 @@ import hashlib
 import json
 import logging
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,9 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _RECORD_KEY = "kit_record"          # safetensors metadata key holding the JSON record
 _WRAPPER_KEYS = ("model", "state_dict", "teacher", "student", "model_ema")
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+# entries only OpenAI's own CLIP model carries (its released .pt files are TorchScript archives of it);
+# OpenAI trained every CLIP with QuickGELU, so such a file needs a ``*_clip_quickgelu_*`` arch
+OPENAI_CLIP_MARKERS: tuple[str, ...] = ("input_resolution", "context_length", "vocab_size")
 
 
 def backbone_family(arch: str) -> str:
@@ -133,11 +139,25 @@ def resolve_weights_file(path: Path) -> Path:
                             f"backbone's checkpoint there, .safetensors/.pth/.bin, or its transformers folder)")
 
 
+def is_torchscript_archive(path: Path) -> bool:
+    """True for a TorchScript zip (``torch.jit.save``): the format of OpenAI's released CLIP ``.pt`` files."""
+    if path.suffix == ".safetensors" or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The raw tensors of a checkpoint file (on CPU), unwrapped from ``{"model": ...}``-style containers."""
+    """The raw tensors of a checkpoint file (on CPU), unwrapped from ``{"model": ...}``-style containers.
+
+    A TorchScript archive (OpenAI's CLIP ``.pt``) is read with ``torch.jit.load``, which restores
+    tensors and TorchScript code without running pickled Python; only its state dict is kept.
+    """
     try:
-        if path.suffix == ".safetensors":
-            state: Any = load_file(str(path), device="cpu")
+        if is_torchscript_archive(path):
+            state: Any = {k: v for k, v in torch.jit.load(str(path), map_location="cpu").state_dict().items()}
+        elif path.suffix == ".safetensors":
+            state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, pickle with code objects, wrong format
@@ -253,16 +273,45 @@ def _check_hf_clip_activation(model: torch.nn.Module, path: Path) -> None:
     quick = isinstance(model.blocks[0].mlp.act, QuickGELU)
     if (act == "quick_gelu") != quick:
         arch = model.kit_build["arch"]
-        hint = arch.replace("_clip_", "_clip_quickgelu_") if act == "quick_gelu" else arch.replace("_quickgelu", "")
+        hint = _activation_hint(arch, act == "quick_gelu")
         raise ValueError(f"{config_file} says hidden_act={act!r} but arch {arch} uses "
                          f"{'QuickGELU' if quick else 'GELU'}: set the arch to {hint}")
 
 
+def _activation_hint(arch: str, quick_gelu: bool) -> str:
+    """The arch of the same CLIP size with the other MLP activation (the one a checkpoint needs)."""
+    return arch.replace("_clip_", "_clip_quickgelu_") if quick_gelu else arch.replace("_quickgelu", "")
+
+
+def _check_openai_clip_activation(model: torch.nn.Module, path: Path, raw: dict[str, torch.Tensor]) -> None:
+    """OpenAI CLIP files (TorchScript ``.pt`` or their state dict) and open_clip folders saying
+    ``quick_gelu`` need a QuickGELU arch; refuse a GELU arch (it would load and give wrong features)."""
+    arch = model.kit_build["arch"]
+    if backbone_family(arch) != "clip":
+        return
+    quick = isinstance(model.blocks[0].mlp.act, QuickGELU)
+    source, needs_quick = None, None
+    if is_torchscript_archive(path) or any(k in raw for k in OPENAI_CLIP_MARKERS):
+        source, needs_quick = "an OpenAI CLIP checkpoint (OpenAI trained with QuickGELU)", True
+    elif (open_clip_config := path.parent / "open_clip_config.json").is_file():
+        model_cfg = json.loads(open_clip_config.read_text()).get("model_cfg", {})
+        source, needs_quick = f"open_clip ({open_clip_config} quick_gelu={model_cfg.get('quick_gelu', False)})", \
+            bool(model_cfg.get("quick_gelu", False))
+    if source is not None and needs_quick != quick:
+        raise ValueError(f"backbone checkpoint {path} is {source} but arch {arch} uses "
+                         f"{'QuickGELU' if quick else 'GELU'}: set the arch to {_activation_hint(arch, needs_quick)}")
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load a checkpoint of the model's family into ``model`` (position tables resampled to its grid)."""
+    """Load a checkpoint of the model's family into ``model`` (position tables resampled to its grid).
+
+    A CLIP checkpoint whose MLP activation is known (HF ``config.json``, an OpenAI file, an open_clip
+    folder) must match the arch's: GELU vs QuickGELU changes every feature without any shape error.
+    """
     raw = read_state_dict(path)
     if any(k.endswith("embeddings.class_embedding") for k in raw):
         _check_hf_clip_activation(model, path)
+    _check_openai_clip_activation(model, path, raw)
     state = _to_timm_keys(raw, model)
     arch = getattr(model, "kit_build", {}).get("arch")
     try:

@@ -7,6 +7,7 @@ the 8 ABAW classes (``kitlib.CLASSES``: 0 Neutral, 1 Anger, 2 Disgust, 3 Fear, 4
 * ``class_folder_items``     ``<root>/<ClassName>/*.png|jpg``
 * ``affectnet_items``        AffectNet (Contempt -> Other)
 * ``rafdb_items``            RAF-DB basic (no Other)
+* ``ferplus_items``          FERPlus (FER2013 images, 10 crowd votes each: majority vote, seed 004 sec. 3.2)
 * ``affwild2_frame_items``   Aff-Wild2 cropped frames + EXPR annotation files (label -1 skipped)
 
 ``FaceImageDataset`` loads them with the Stage-I train augmentation (mild random resized crop,
@@ -139,6 +140,81 @@ def affectnet_rafdb_items(affectnet_root: Path, rafdb_root: Path, split: str) ->
         raise ValueError(f"merged AffectNet + RAF-DB split must be 'train' or 'val', got {split!r}")
     items = affectnet_items(affectnet_root, split) + rafdb_items(rafdb_root, "train" if split == "train" else "test")
     log.info("AffectNet + RAF-DB %s: %d images, per class %s", split, len(items), label_counts(items).tolist())
+    return items
+
+
+# FERPlus fer2013new.csv vote columns, in file order, mapped to the ABAW class (-1: not an expression)
+FERPLUS_VOTES: tuple[str, ...] = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+                                  "contempt", "unknown", "NF")
+FERPLUS_TO_ABAW: np.ndarray = np.array([0, 4, 6, 5, 1, 2, 3, 7, -1, -1])
+# the release's image folders (generate_training_data.py) and their Usage value in the csv
+FERPLUS_SPLITS: dict[str, tuple[str, str]] = {"train": ("FER2013Train", "Training"),
+                                              "val": ("FER2013Valid", "PublicTest"),
+                                              "test": ("FER2013Test", "PrivateTest")}
+
+
+def ferplus_majority(votes: np.ndarray) -> np.ndarray:
+    """FERPlus's "majority" label per image from its vote counts (N, 10) -> index into ``FERPLUS_VOTES`` or -1.
+
+    As the FERPlus reference code (Barsoum et al. 2016, ``ferplus.py``, majority mode): a class with
+    a single vote is dropped as an outlier, then the label is the class holding MORE than half of
+    the remaining votes; no such class (a split vote) gives -1.
+    """
+    votes = np.asarray(votes, dtype=np.float64)
+    kept = np.where(votes > 1, votes, 0.0)                    # single votes are outliers
+    top = kept.argmax(axis=1)
+    has_majority = kept[np.arange(len(kept)), top] > 0.5 * kept.sum(axis=1)
+    return np.where(has_majority & (kept.sum(axis=1) > 0), top, -1)
+
+
+def ferplus_items(root: Path, split: str, *, label_file: str = "fer2013new.csv",
+                  drop_contempt: bool = False) -> list[Item]:
+    """FERPlus: ``<root>/fer2013new.csv`` and the images ``<root>/FER2013{Train,Valid,Test}/<Image name>``.
+
+    ``split`` train | val | test (the csv's Training / PublicTest / PrivateTest rows). Each image's
+    label is the majority of its 10 crowd votes (``ferplus_majority``), mapped to the ABAW classes:
+    neutral, happiness, surprise, sadness, anger, disgust, fear to their own class, contempt to
+    Other (as AffectNet's contempt; ``drop_contempt``: skipped, leaving the 6 basic expressions and
+    neutral that seed 004 sec. 3.2 / 4.1 train on). Skipped and counted in the log: rows without an
+    image name (FERPlus removed those faces), images without a majority, and images whose majority
+    is "unknown" or "NF" (not a face).
+    """
+    if split not in FERPLUS_SPLITS:
+        raise ValueError(f"FERPlus split must be one of {', '.join(FERPLUS_SPLITS)}, got {split!r}")
+    import pandas as pd
+
+    root = Path(root)
+    csv = root / label_file
+    if not csv.is_file():
+        raise FileNotFoundError(f"FERPlus label file {csv} does not exist (fer2013new.csv of the FERPlus release)")
+    table = pd.read_csv(csv)
+    table.columns = [c.strip() for c in table.columns]
+    missing = [c for c in ("Usage", "Image name", *FERPLUS_VOTES) if c not in table.columns]
+    if missing:
+        raise ValueError(f"{csv} lacks the column(s) {missing}; expected Usage, Image name, {', '.join(FERPLUS_VOTES)}")
+    folder_name, usage = FERPLUS_SPLITS[split]
+    folder = _require_dir(root / folder_name, "FERPlus")
+    rows = table[table["Usage"].astype(str).str.strip() == usage]
+    names = rows["Image name"].fillna("").astype(str).str.strip()
+    named = rows[names != ""]
+    majority = ferplus_majority(named[list(FERPLUS_VOTES)].to_numpy())
+    labels = np.where(majority >= 0, FERPLUS_TO_ABAW[np.maximum(majority, 0)], -1)
+    if drop_contempt:
+        labels = np.where(majority == FERPLUS_VOTES.index("contempt"), -1, labels)
+    present = {e.name for e in os.scandir(folder)}
+    items: list[Item] = []
+    for name, label in zip(names[names != ""], labels):
+        if label < 0:
+            continue
+        if name not in present:
+            raise FileNotFoundError(f"FERPlus image {folder / name} (listed in {csv}) is missing")
+        items.append((folder / name, int(label)))
+    if not items:
+        raise ValueError(f"FERPlus {csv} gives no labelled '{usage}' image in {folder}")
+    log.info("FERPlus %s: %d images kept of %d rows (%d without an image, %d without a majority or not a face%s); "
+             "per class %s", split, len(items), len(rows), len(rows) - len(named),
+             int((majority < 0).sum() + np.isin(majority, [8, 9]).sum()),
+             f", {int((majority == 7).sum())} contempt dropped" if drop_contempt else "", label_counts(items).tolist())
     return items
 
 

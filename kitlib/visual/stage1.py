@@ -338,8 +338,8 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
                  class_weight_power: float = 1.0, warmup_steps: int = 0, moe_structure: str = "kit",
                  head_dropout: float = 0.1, layer_decay: float | None = None, no_decay_bias_norm: bool = False,
                  grad_clip: float | None = None, lr_schedule: str = "step_cosine", lr_min: float = 0.0,
-                 trainable_tokens: bool = False, augment: str = "kit",
-                 class_weight_norm: str = "samples") -> dict[str, Any]:
+                 trainable_tokens: bool = False, augment: str = "kit", class_weight_norm: str = "samples",
+                 record_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Adapt ``backbone`` on face images and save the best epoch's backbone to ``out_path``.
 
     ``lr_schedule``: ``step_cosine`` (the kit: warm-up then cosine to 0, stepped per batch) or
@@ -347,6 +347,8 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
     stepped per epoch). ``moe_structure``, ``head_dropout``, ``layer_decay``, ``no_decay_bias_norm``,
     ``grad_clip`` (max gradient norm), ``trainable_tokens`` and ``augment`` (``kit`` | ``authors``,
     ``images.face_transform``): the reference code's options, see the module docstring.
+    ``record_extra`` joins the record saved with the backbone (a chained run says what it started
+    from and on which image set it trained).
 
     ``amp_dtype`` None = bfloat16 autocast on CUDA and none on CPU; pass ``torch.float32`` to
     switch autocast off on CUDA. Returns ``{"history": [{epoch, train_loss, val_f1, seconds,
@@ -451,7 +453,8 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
             if main:
                 record = dict(trained_by="kitlib.stage1.train_stage1", head_kind=head_kind, epochs=epochs,
                               best_epoch=best_epoch, best_val_f1=best_f1, params=params, history=history,
-                              n_train=len(train_set), n_val=len(val_set), class_counts=counts.tolist())
+                              n_train=len(train_set), n_val=len(val_set), class_counts=counts.tolist(),
+                              **(record_extra or {}))
                 save_backbone(bare.backbone, Path(out_path), record=record)
                 sha = checkpoint_hash(Path(out_path))
         log.info("epoch %d/%d: train loss %.4f, val macro F1 %.4f%s, %.0f s, %.1f img/s", epoch, epochs,
