@@ -11,11 +11,18 @@ exists; finished stages are skipped unless ``--rerun``. A run folder is tied to 
 it again with different params is refused (use another ``run.name``), so results always trace back
 to the params recorded beside them. A failing cell stops the run and names the notebook, the cell
 and the error.
+
+The folder's safety machinery is in ``kitlib.runfolder``: one runner per folder (a lock naming its
+holder), stage markers that record the digests of what each stage read (a stage whose inputs changed,
+and every finished stage after it, is out of date: re-run when selected, else refused with the command),
+stale partial files removed, writable folders and free space checked before each stage. Ctrl-C or
+SIGTERM ends with one line saying what is kept and the command that resumes.
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -23,10 +30,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import yaml
-
-from kitlib import config
-from kitlib.store import write_json_atomic
+from kitlib import config, runfolder
 
 STAGES = ("01_padaug_preview", "02_stage1_train", "03_crop_extract", "04_audio_align",
           "05_fusion_ablation", "06_smoothing_sweep", "07_submission")
@@ -85,30 +89,12 @@ def provenance(cfg: config.Config, argv: list[str]) -> dict:
 
 
 def prepare_run_dir(cfg: config.Config, *, argv: list[str]) -> Path:
-    """Create the run folder (or reopen it with the same params) and record params + provenance."""
+    """Create the run folder (or reopen it with the same params) and record params + provenance (with history)."""
     run_dir = cfg.run_dir
-    recorded = run_dir / "params.yaml"
-    if recorded.is_file():
-        old = yaml.safe_load(recorded.read_text())
-        if old != cfg.to_dict():
-            changed = sorted(_diff_keys(old, cfg.to_dict()))
-            raise SystemExit(f"{run_dir} was made with other params (changed: {', '.join(changed[:8])}); "
-                             f"use another run.name=... or delete the folder")
+    runfolder.record_params(run_dir, cfg)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    config.save(cfg, recorded)
-    write_json_atomic(run_dir / "provenance.json", provenance(cfg, argv))
+    runfolder.record_provenance(run_dir, provenance(cfg, argv))
     return run_dir
-
-
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for key in set(a) | set(b):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out |= _diff_keys(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.add(prefix + key)
-    return out
 
 
 def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "python3") -> float:
@@ -126,10 +112,43 @@ def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "p
         raise StageFailed(f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
                           f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target})") from None
     seconds = time.time() - start
-    write_json_atomic(run_dir / "stages" / f"{stage}.json",
-                      {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(),
-                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    runfolder.mark_finished(run_dir, stage, cfg, seconds=seconds)
     return seconds
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so both end the same way."""
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted()
+
+
+def plan_stages(selected: list[str], status: dict[str, runfolder.StageStatus], *, rerun: bool,
+                resume: list[str]) -> list[tuple[str, str]]:
+    """``(stage, what)`` for each selected stage: ``run``, ``rerun``, ``stale`` (run: out of date) or ``skip``.
+
+    Raises ``RunFolderError`` with the command to run when a selected stage is out of date because of an
+    earlier stage that is not selected (running it alone would build on stale outputs).
+    """
+    plan = []
+    for stage in selected:
+        st = status[stage]
+        if st.out_of_date:
+            first = next(s for s in status if status[s].out_of_date)
+            missing = [s for s in status if status[s].out_of_date and s not in selected
+                       and STAGES.index(s) < STAGES.index(stage)]
+            if missing:
+                last = selected[-1]
+                raise runfolder.RunFolderError(
+                    f"[{stage}] out of date: {missing[0]} is out of date ({status[missing[0]].why()}); run "
+                    f"{' '.join(resume)} --stages {first[:2]}-{last[:2]}")
+            plan.append((stage, "stale", st.why()))
+        elif not st.finished:
+            plan.append((stage, "run", ""))
+        else:
+            plan.append((stage, "rerun" if rerun else "skip", ""))
+    return plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,23 +167,53 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"params error: {exc}", file=sys.stderr)
         return 2
-    run_dir = prepare_run_dir(cfg, argv=["python", "-m", "kitlib.run", *argv])
+    command = ["python", "-m", "kitlib.run", *argv]
     stages = select_stages(args.stages)
-    print(f"run folder: {run_dir}\nstages: {', '.join(stages)}", flush=True)
-    total = time.time()
-    for stage in stages:
-        if (run_dir / "stages" / f"{stage}.json").is_file() and not args.rerun:
-            print(f"[{stage}] finished earlier, skipped (--rerun to run it again)", flush=True)
-            continue
-        print(f"[{stage}] running ...", flush=True)
-        try:
-            seconds = run_stage(stage, cfg, run_dir, kernel=args.kernel)
-        except StageFailed as exc:
-            print(f"\n{exc}", file=sys.stderr)
-            return 1
-        print(f"[{stage}] done in {seconds:.0f} s -> {run_dir / 'notebooks' / (stage + '.ipynb')}", flush=True)
-    print(f"all selected stages finished in {time.time() - total:.0f} s; outputs in {run_dir}", flush=True)
-    return 0
+    resume = ["python", "-m", "kitlib.run", *args.items]
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    current = None
+    try:
+        with runfolder.acquire_lock(cfg.run_dir, command=command):
+            run_dir = prepare_run_dir(cfg, argv=command)
+            removed = runfolder.remove_partial_files(run_dir)
+            if removed:
+                print(f"removed {len(removed)} unfinished file(s) left by a killed run (e.g. {removed[0]})", flush=True)
+            print(f"run folder: {run_dir}\nstages: {', '.join(stages)}", flush=True)
+            plan = plan_stages(stages, runfolder.stage_status(STAGES, cfg, run_dir), rerun=args.rerun, resume=resume)
+            total = time.time()
+            for stage, what, why in plan:
+                if what == "skip":
+                    print(f"[{stage}] finished earlier, skipped (--rerun to run it again)", flush=True)
+                    continue
+                if what == "stale":
+                    print(f"[{stage}] out of date ({why}): running it again", flush=True)
+                runfolder.check_can_write(stage, cfg, run_dir)
+                current = stage
+                runfolder.mark_started(run_dir, stage)
+                print(f"[{stage}] running ...", flush=True)
+                seconds = run_stage(stage, cfg, run_dir, kernel=args.kernel)
+                current = None
+                print(f"[{stage}] done in {seconds:.0f} s -> {run_dir / 'notebooks' / (stage + '.ipynb')}", flush=True)
+            print(f"all selected stages finished in {time.time() - total:.0f} s; outputs in {run_dir}", flush=True)
+            return 0
+    except runfolder.RunFolderError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except StageFailed as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if isinstance(exc, Interrupted) else "Ctrl-C"
+        rest = stages[stages.index(current):] if current else []
+        again = resume + (["--stages", rest[0][:2] + (f"-{rest[-1][:2]}" if len(rest) > 1 else "")] if rest else []) \
+            + (["--rerun"] if args.rerun else [])
+        kept = [s[:2] for s in STAGES if runfolder.marker_path(cfg.run_dir, s).is_file()]
+        print(f"\nstopped by {name}{f' during {current}' if current else ''}; kept: the finished stages "
+              f"({', '.join(kept) or 'none'}) and the feature files of finished tracks; resume with: {' '.join(again)}",
+              file=sys.stderr, flush=True)
+        return 130 if name == "Ctrl-C" else 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -34,16 +34,21 @@ def make_release(root: Path, rng: np.random.Generator) -> None:
     (root / "test" / "template.txt").write_text("image_location," + ",".join(CLASSES) + "\n" + "\n".join(rows) + "\n")
 
 
+def run_items(tmp_path: Path, *overrides: str) -> list[str]:
+    """The miniature's params as ``python -m kitlib.run`` items (a params file and overrides)."""
+    return ["params/tiny.yaml", f"run.outputs_root={tmp_path / 'outputs'}", f"data.root={tmp_path / 'data'}",
+            "data.generate_demo=false", "data.cropped_aligned_dir=null", "data.n_folds=2", "data.fold_trials=10",
+            "run.device=cpu", "fusion.final_head=gated", "fusion.hidden=8", "fusion.epochs=1",
+            "fusion.batch_size=64", "smoothing.final_window=5", *overrides]
+
+
 def make_run(tmp_path: Path, *overrides: str) -> config.Config:
     """The miniature finished run (stages 01-05 done by hand); ``overrides`` are params overrides."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    make_release(root, rng)
-    cfg = config.load("params/tiny.yaml", overrides=[
-        f"run.outputs_root={tmp_path / 'outputs'}", f"data.root={root}", "data.generate_demo=false",
-        "data.cropped_aligned_dir=null", "data.n_folds=2", "data.fold_trials=10", "run.device=cpu",
-        "fusion.final_head=gated", "fusion.hidden=8", "fusion.epochs=1", "fusion.batch_size=64",
-        "smoothing.final_window=5", *overrides])
+    make_release(tmp_path / "data", rng)
+    items = run_items(tmp_path, *overrides)
+    cfg = config.load(items[0], overrides=items[1:])
+    root = cfg.path(cfg.data.root)
     reports = cfg.run_dir / "reports"
     reports.mkdir(parents=True)
     pd.DataFrame([{"videoid": n, "video": str(root / "videos" / f"{n}.mp4"), "n_frames": FRAMES, "fps": 30.0,
