@@ -322,7 +322,8 @@ def stage_status(stages: tuple[str, ...], cfg: config.Config, run_dir: Path) -> 
 
 # ---------------------------------------------------------------------------- before a stage writes
 def estimated_output_bytes(stage: str, cfg: config.Config, run_dir: Path) -> int:
-    """A generous estimate of what ``stage`` writes: feature stores from the probed frame count, else a floor."""
+    """A generous estimate of what ``stage`` still writes: feature stores from the probed frame count (less what
+    a resumed extraction already holds), else a floor."""
     floor = 256 * 2 ** 20
     videos = Path(run_dir) / "reports" / "videos.csv"
     if stage not in ("03_crop_extract", "04_audio_align") or not videos.is_file():
@@ -330,13 +331,16 @@ def estimated_output_bytes(stage: str, cfg: config.Config, run_dir: Path) -> int
     import pandas as pd
 
     frames = int(pd.read_csv(videos, keep_default_na=False)["n_frames"].sum())
+    features = Path(run_dir) / "features"
     if stage == "03_crop_extract":
         dim = _visual_dim(cfg)
         per_frame = (1 + len(cfg.faces.crop_scales)) * dim * 2 + 64       # features, per scale, boxes and flags
         stores = max(1, len(cfg.stage1.table1_states))                   # Table-1 states get their own store
-        return floor + frames * per_frame * stores
+        held = sum(p.stat().st_size for p in features.glob("visual*/*.npz"))
+        return floor + max(0, frames * per_frame * stores - held)
     dim = _audio_dim(cfg)
-    return floor + frames * (2 + len(cfg.audio.ablation_windows_total_s)) * dim * 2
+    held = sum(p.stat().st_size for p in features.glob("audio/*.npz"))
+    return floor + max(0, frames * (2 + len(cfg.audio.ablation_windows_total_s)) * dim * 2 - held)
 
 
 def _visual_dim(cfg: config.Config) -> int:

@@ -8,7 +8,8 @@ every row needs a label.
 Fill policy ``nearest`` (the only one): a template frame with no prediction of its own (no face and
 no audio, or past the last decoded frame) takes the label of the nearest predicted frame of the same
 track (the earlier one on a tie). A template track with no prediction at all is an error, never a
-silent row.
+silent row; stage 07 gives a test track with no face and no audio in any frame the training prior's
+most frequent class (``source`` "prior", ``from_prior`` in the coverage report, and a warning).
 
 Both files are read as UTF-8 with an optional byte-order mark (editors such as Notepad and Excel
 write one; the organisers' tools accept it), so a BOM is never mistaken for a wrong header.
