@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -125,29 +127,23 @@ def _raise_interrupted(signum, frame) -> None:
 
 
 def plan_stages(selected: list[str], status: dict[str, runfolder.StageStatus], *, rerun: bool,
-                resume: list[str]) -> list[tuple[str, str]]:
-    """``(stage, what)`` for each selected stage: ``run``, ``rerun``, ``stale`` (run: out of date) or ``skip``.
+                resume: list[str]) -> list[tuple[str, str, str]]:
+    """``(stage, what, why)`` per selected stage; ``what``: ``run``, ``rerun``, ``stale`` (run: out of date) or ``skip``.
 
-    Raises ``RunFolderError`` with the command to run when a selected stage is out of date because of an
-    earlier stage that is not selected (running it alone would build on stale outputs).
+    Raises ``RunFolderError`` with the command to run when a stage that would run builds on an earlier
+    stage that is out of date and not selected (running it alone would build on stale outputs).
     """
     plan = []
     for stage in selected:
         st = status[stage]
-        if st.out_of_date:
-            first = next(s for s in status if status[s].out_of_date)
-            missing = [s for s in status if status[s].out_of_date and s not in selected
-                       and STAGES.index(s) < STAGES.index(stage)]
-            if missing:
-                last = selected[-1]
-                raise runfolder.RunFolderError(
-                    f"[{stage}] out of date: {missing[0]} is out of date ({status[missing[0]].why()}); run "
-                    f"{' '.join(resume)} --stages {first[:2]}-{last[:2]}")
-            plan.append((stage, "stale", st.why()))
-        elif not st.finished:
-            plan.append((stage, "run", ""))
-        else:
-            plan.append((stage, "rerun" if rerun else "skip", ""))
+        what = "stale" if st.out_of_date else "run" if not st.finished else "rerun" if rerun else "skip"
+        behind = [s for s in STAGES[:STAGES.index(stage)] if s not in selected and s in status
+                  and status[s].out_of_date]
+        if what != "skip" and behind:
+            raise runfolder.RunFolderError(
+                f"[{stage}] builds on {behind[0]}, which is out of date ({status[behind[0]].why()}); run "
+                f"{shlex.join(resume)} --stages {behind[0][:2]}-{selected[-1][:2]}")
+        plan.append((stage, what, st.why() if what == "stale" else ""))
     return plan
 
 
@@ -170,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     command = ["python", "-m", "kitlib.run", *argv]
     stages = select_stages(args.stages)
     resume = ["python", "-m", "kitlib.run", *args.items]
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    main_thread = threading.current_thread() is threading.main_thread()   # signal handlers: main thread only
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
     current = None
     try:
         with runfolder.acquire_lock(cfg.run_dir, command=command):
@@ -209,11 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             + (["--rerun"] if args.rerun else [])
         kept = [s[:2] for s in STAGES if runfolder.marker_path(cfg.run_dir, s).is_file()]
         print(f"\nstopped by {name}{f' during {current}' if current else ''}; kept: the finished stages "
-              f"({', '.join(kept) or 'none'}) and the feature files of finished tracks; resume with: {' '.join(again)}",
+              f"({', '.join(kept) or 'none'}) and the feature files of finished tracks; resume with: {shlex.join(again)}",
               file=sys.stderr, flush=True)
         return 130 if name == "Ctrl-C" else 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
