@@ -194,3 +194,25 @@ def test_too_little_free_space_fails_before_the_stage_runs_naming_path_and_size(
     err = capsys.readouterr().err
     assert f"[04_audio_align] {cfg.run_dir} has" in err and "GiB free, the stage needs about" in err
     assert runfolder.estimated_output_bytes("04_audio_align", cfg, cfg.run_dir) > 10 ** 10 * 4 * 2 * 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_real_notebook_ends_with_one_line(tmp_path):
+    """Ctrl-C as a terminal sends it (to the runner and its kernel) while notebook 01 runs on the tiny demo."""
+    import time
+
+    runner = subprocess.Popen([sys.executable, "-m", "kitlib.run", "params/demo.yaml", "params/tiny.yaml",
+                               f"run.outputs_root={tmp_path / 'out'}", f"data.root={tmp_path / 'data'}", "--stages",
+                               "01-02"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=config.repo_root(), start_new_session=True)
+    for line in runner.stdout:
+        if "[01_padaug_preview] running" in line:
+            break
+    time.sleep(4)
+    os.killpg(runner.pid, signal.SIGINT)
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode in (130, -signal.SIGINT)
+    assert "Traceback" not in err
+    assert "stopped by Ctrl-C during 01_padaug_preview; kept: the finished stages (none)" in err
+    assert err.strip().endswith("--stages 01-02")
+    assert not (tmp_path / "out" / "tiny" / "stages" / "01_padaug_preview.json").exists()
