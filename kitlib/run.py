@@ -147,6 +147,14 @@ def plan_stages(selected: list[str], status: dict[str, runfolder.StageStatus], *
     return plan
 
 
+def _stage_spec(stages: list[str]) -> str:
+    """``--stages`` for these stages: ``03`` / ``03-07`` when consecutive, else ``03,05``."""
+    first, last = STAGES.index(stages[0]), STAGES.index(stages[-1])
+    if list(STAGES[first:last + 1]) == list(stages):
+        return stages[0][:2] + (f"-{stages[-1][:2]}" if len(stages) > 1 else "")
+    return ",".join(s[:2] for s in stages)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m kitlib.run", description=__doc__.split("\n\n")[0],
@@ -202,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         name = "SIGTERM" if isinstance(exc, Interrupted) else "Ctrl-C"
         rest = stages[stages.index(current):] if current else []
-        again = resume + (["--stages", rest[0][:2] + (f"-{rest[-1][:2]}" if len(rest) > 1 else "")] if rest else []) \
-            + (["--rerun"] if args.rerun else [])
+        again = resume + (["--stages", _stage_spec(rest)] if rest else []) + (["--rerun"] if args.rerun else [])
         kept = [s[:2] for s in STAGES if runfolder.marker_path(cfg.run_dir, s).is_file()]
         print(f"\nstopped by {name}{f' during {current}' if current else ''}; kept: the finished stages "
               f"({', '.join(kept) or 'none'}) and the feature files of finished tracks; resume with: {shlex.join(again)}",
