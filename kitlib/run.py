@@ -11,22 +11,28 @@ exists; finished stages are skipped unless ``--rerun``. A run folder is tied to 
 it again with different params is refused (use another ``run.name``), so results always trace back
 to the params recorded beside them. A failing cell stops the run and names the notebook, the cell
 and the error.
+
+The folder's safety machinery is in ``kitlib.runfolder``: one runner per folder (a lock naming its
+holder), stage markers that record the digests of what each stage read (a stage whose inputs changed,
+and every finished stage after it, is out of date: re-run when selected, else refused with the command),
+stale partial files removed, writable folders and free space checked before each stage. Ctrl-C or
+SIGTERM ends with one line saying what is kept and the command that resumes.
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import yaml
-
-from kitlib import config
-from kitlib.store import write_json_atomic
+from kitlib import config, runfolder
 
 STAGES = ("01_padaug_preview", "02_stage1_train", "03_crop_extract", "04_audio_align",
           "05_fusion_ablation", "06_smoothing_sweep", "07_submission")
@@ -85,30 +91,12 @@ def provenance(cfg: config.Config, argv: list[str]) -> dict:
 
 
 def prepare_run_dir(cfg: config.Config, *, argv: list[str]) -> Path:
-    """Create the run folder (or reopen it with the same params) and record params + provenance."""
+    """Create the run folder (or reopen it with the same params) and record params + provenance (with history)."""
     run_dir = cfg.run_dir
-    recorded = run_dir / "params.yaml"
-    if recorded.is_file():
-        old = yaml.safe_load(recorded.read_text())
-        if old != cfg.to_dict():
-            changed = sorted(_diff_keys(old, cfg.to_dict()))
-            raise SystemExit(f"{run_dir} was made with other params (changed: {', '.join(changed[:8])}); "
-                             f"use another run.name=... or delete the folder")
+    runfolder.record_params(run_dir, cfg)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    config.save(cfg, recorded)
-    write_json_atomic(run_dir / "provenance.json", provenance(cfg, argv))
+    runfolder.record_provenance(run_dir, provenance(cfg, argv))
     return run_dir
-
-
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
-    out = set()
-    for key in set(a) | set(b):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out |= _diff_keys(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.add(prefix + key)
-    return out
 
 
 def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "python3") -> float:
@@ -126,10 +114,45 @@ def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "p
         raise StageFailed(f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
                           f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target})") from None
     seconds = time.time() - start
-    write_json_atomic(run_dir / "stages" / f"{stage}.json",
-                      {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(),
-                       "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    runfolder.mark_finished(run_dir, stage, cfg, seconds=seconds)
     return seconds
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so both end the same way."""
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted()
+
+
+def plan_stages(selected: list[str], status: dict[str, runfolder.StageStatus], *, rerun: bool,
+                resume: list[str]) -> list[tuple[str, str, str]]:
+    """``(stage, what, why)`` per selected stage; ``what``: ``run``, ``rerun``, ``stale`` (run: out of date) or ``skip``.
+
+    Raises ``RunFolderError`` with the command to run when a stage that would run builds on an earlier
+    stage that is out of date and not selected (running it alone would build on stale outputs).
+    """
+    plan = []
+    for stage in selected:
+        st = status[stage]
+        what = "stale" if st.out_of_date else "run" if not st.finished else "rerun" if rerun else "skip"
+        behind = [s for s in STAGES[:STAGES.index(stage)] if s not in selected and s in status
+                  and status[s].out_of_date]
+        if what != "skip" and behind:
+            raise runfolder.RunFolderError(
+                f"[{stage}] builds on {behind[0]}, which is out of date ({status[behind[0]].why()}); run "
+                f"{shlex.join(resume)} --stages {behind[0][:2]}-{selected[-1][:2]}")
+        plan.append((stage, what, st.why() if what == "stale" else ""))
+    return plan
+
+
+def _stage_spec(stages: list[str]) -> str:
+    """``--stages`` for these stages: ``03`` / ``03-07`` when consecutive, else ``03,05``."""
+    first, last = STAGES.index(stages[0]), STAGES.index(stages[-1])
+    if list(STAGES[first:last + 1]) == list(stages):
+        return stages[0][:2] + (f"-{stages[-1][:2]}" if len(stages) > 1 else "")
+    return ",".join(s[:2] for s in stages)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,23 +171,54 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"params error: {exc}", file=sys.stderr)
         return 2
-    run_dir = prepare_run_dir(cfg, argv=["python", "-m", "kitlib.run", *argv])
+    command = ["python", "-m", "kitlib.run", *argv]
     stages = select_stages(args.stages)
-    print(f"run folder: {run_dir}\nstages: {', '.join(stages)}", flush=True)
-    total = time.time()
-    for stage in stages:
-        if (run_dir / "stages" / f"{stage}.json").is_file() and not args.rerun:
-            print(f"[{stage}] finished earlier, skipped (--rerun to run it again)", flush=True)
-            continue
-        print(f"[{stage}] running ...", flush=True)
-        try:
-            seconds = run_stage(stage, cfg, run_dir, kernel=args.kernel)
-        except StageFailed as exc:
-            print(f"\n{exc}", file=sys.stderr)
-            return 1
-        print(f"[{stage}] done in {seconds:.0f} s -> {run_dir / 'notebooks' / (stage + '.ipynb')}", flush=True)
-    print(f"all selected stages finished in {time.time() - total:.0f} s; outputs in {run_dir}", flush=True)
-    return 0
+    resume = ["python", "-m", "kitlib.run", *args.items]
+    main_thread = threading.current_thread() is threading.main_thread()   # signal handlers: main thread only
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
+    current = None
+    try:
+        with runfolder.acquire_lock(cfg.run_dir, command=command):
+            run_dir = prepare_run_dir(cfg, argv=command)
+            removed = runfolder.remove_partial_files(run_dir)
+            if removed:
+                print(f"removed {len(removed)} unfinished file(s) left by a killed run (e.g. {removed[0]})", flush=True)
+            print(f"run folder: {run_dir}\nstages: {', '.join(stages)}", flush=True)
+            plan = plan_stages(stages, runfolder.stage_status(STAGES, cfg, run_dir), rerun=args.rerun, resume=resume)
+            total = time.time()
+            for stage, what, why in plan:
+                if what == "skip":
+                    print(f"[{stage}] finished earlier, skipped (--rerun to run it again)", flush=True)
+                    continue
+                if what == "stale":
+                    print(f"[{stage}] out of date ({why}): running it again", flush=True)
+                runfolder.check_can_write(stage, cfg, run_dir)
+                current = stage
+                runfolder.mark_started(run_dir, stage)
+                print(f"[{stage}] running ...", flush=True)
+                seconds = run_stage(stage, cfg, run_dir, kernel=args.kernel)
+                current = None
+                print(f"[{stage}] done in {seconds:.0f} s -> {run_dir / 'notebooks' / (stage + '.ipynb')}", flush=True)
+            print(f"all selected stages finished in {time.time() - total:.0f} s; outputs in {run_dir}", flush=True)
+            return 0
+    except runfolder.RunFolderError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except StageFailed as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        name = "SIGTERM" if isinstance(exc, Interrupted) else "Ctrl-C"
+        rest = stages[stages.index(current):] if current else []
+        again = resume + (["--stages", _stage_spec(rest)] if rest else []) + (["--rerun"] if args.rerun else [])
+        kept = [s[:2] for s in STAGES if runfolder.marker_path(cfg.run_dir, s).is_file()]
+        print(f"\nstopped by {name}{f' during {current}' if current else ''}; kept: the finished stages "
+              f"({', '.join(kept) or 'none'}) and the feature files of finished tracks; resume with: {shlex.join(again)}",
+              file=sys.stderr, flush=True)
+        return 130 if name == "Ctrl-C" else 143
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,21 @@ merges the per-rank manifests into ``manifest.json`` once every rank has finishe
 ``consolidate`` turns a store into one memory-mapped ``.npy`` per array key (written once per
 store contents), and ``RowView`` selects rows of it without copying, so Stage II fusion can train
 on the full release (~1.56 M frames x 2 x 1024 float16 = 6.4 GB) on a 24 GiB machine.
+
+The manifest also records every file's frame count, feature dimension and dtype (``files``), and
+every read (``FeatureStore.load``, ``consolidate``) is checked against it: a file replaced after the
+extraction (other features, another backbone) is an error that names the file, what the manifest
+expects and what was found, never a silent result or a shape error deep in a model.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,8 +52,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets the usual mode
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno in _DISK_ERRORS and str(path) not in str(exc):  # "No space left on device" names no file
+            raise OSError(exc.errno, f"{os.strerror(exc.errno)} while writing {path}") from exc
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -58,6 +72,23 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+class FeatureMismatch(ValueError):
+    """A feature file that differs from what its store's manifest records (names the file)."""
+
+
+def npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every array in an ``.npz``, read from the headers only (no array data)."""
+    out = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            with archive.open(name) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+            out[name.removesuffix(".npy")] = (tuple(int(n) for n in shape), np.dtype(dtype).name)
+    return out
 
 
 class FeatureStore:
@@ -72,6 +103,7 @@ class FeatureStore:
         self.root = Path(root) / kind
         self.kind = kind
         self.manifest_name = manifest_name  # a shard's own manifest under sharded extraction
+        self._manifest_cache: tuple[tuple[int, int], dict[str, Any]] | None = None
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npz"
@@ -103,10 +135,65 @@ class FeatureStore:
             raise FileNotFoundError(f"no {self.kind} features for {key!r}: {path} is missing "
                                     f"(run the extraction stage first)")
         with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+            entry = {k: data[k] for k in data.files}
+        self.check(key, frames=len(entry["frame_index"]) if "frame_index" in entry else None,
+                   features=entry.get("features"), mask=entry.get("mask"))
+        return entry
+
+    def check(self, key: str, *, frames: int | None, features: np.ndarray | None,
+              mask: np.ndarray | None = None) -> None:
+        """Raise ``FeatureMismatch`` naming the file when an entry read from it is not what the manifest records.
+
+        Checks that ``frame_index``, ``features`` and ``mask`` agree on the frame count, and (when
+        the store has a manifest) the frame count, feature dimension and dtype against the
+        manifest's record of this file.
+        """
+        path = self.path(key)
+        n = [len(a) for a in (features, mask) if a is not None] + ([frames] if frames is not None else [])
+        if len(set(n)) > 1:
+            raise FeatureMismatch(f"{path}: frame_index, features and mask disagree on the frame count ({n}); "
+                                  f"the file is damaged: delete it and re-run the {self.kind} extraction")
+        record = self.manifest_record(key)
+        if record is None or features is None:
+            return
+        found = {"frames": len(features), "dim": int(features.shape[1]) if features.ndim == 2 else None,
+                 "dtype": features.dtype.name}
+        if found != record:
+            raise FeatureMismatch(
+                f"{path}: features are {found['frames']} frames x {found['dim']} ({found['dtype']}), but the store's "
+                f"manifest {self.root / self.manifest_name} records {record['frames']} frames x {record['dim']} "
+                f"({record['dtype']}): the file changed after the extraction. Delete it and re-run the {self.kind} "
+                f"extraction (it resumes: only deleted tracks are extracted again)")
+
+    def manifest_record(self, key: str) -> dict[str, Any] | None:
+        """What the manifest records about ``key``'s file (frames, dim, dtype); None when there is no manifest yet."""
+        path = self.root / self.manifest_name
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._manifest_cache is None or self._manifest_cache[0] != stamp:
+            self._manifest_cache = (stamp, json.loads(path.read_text()))
+        files = self._manifest_cache[1].get("files")
+        if files is None:                               # a manifest written before files were recorded
+            return None
+        if key not in files:
+            raise FeatureMismatch(f"{self.path(key)} is not in the store's manifest {path} (added after the "
+                                  f"extraction finished?); re-run the {self.kind} extraction to record it")
+        return files[key]
+
+    def file_records(self) -> dict[str, dict[str, Any]]:
+        """Frame count, feature dimension and dtype of every finished file, from the file headers."""
+        records = {}
+        for key in self.keys():
+            shape, dtype = npz_shapes(self.path(key))["features"]
+            records[key] = {"frames": shape[0], "dim": shape[1] if len(shape) == 2 else None, "dtype": dtype}
+        return records
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json_atomic(self.root / self.manifest_name, manifest)
+        """Write the manifest, with the record of every finished file (``files``) taken from the files."""
+        write_json_atomic(self.root / self.manifest_name, {**manifest, "files": self.file_records()})
 
     def partial_files(self) -> list[Path]:
         """Temporary files of writes that never finished (a killed process); never taken as entries."""
@@ -250,6 +337,8 @@ def _build_consolidated(store: FeatureStore, keys: list[str], key: str, features
         for i, txtid in enumerate(tqdm(keys, desc=f"consolidate {store.kind}", unit="track", leave=False)):
             with np.load(store.path(txtid)) as entry:
                 feats = entry[key]
+                if key == "features":
+                    store.check(txtid, frames=lengths[i], features=feats)
                 rows = slice(offsets[i], offsets[i + 1])
                 if feats.ndim != 2 or len(feats) != lengths[i]:
                     raise ValueError(f"{store.path(txtid)}: {key} has shape {feats.shape}, expected "

@@ -13,6 +13,12 @@ def test_select_stages():
         run.select_stages("09")
 
 
+def test_resume_stage_spec():
+    assert run._stage_spec(list(run.STAGES[2:])) == "03-07" and run._stage_spec([run.STAGES[4]]) == "05"
+    assert run._stage_spec([run.STAGES[2], run.STAGES[4]]) == "03,05"
+    assert run.select_stages(run._stage_spec([run.STAGES[2], run.STAGES[4]])) == [run.STAGES[2], run.STAGES[4]]
+
+
 def test_run_folder_records_and_refuses_other_params(tmp_path):
     overrides = [f"run.outputs_root={tmp_path}"]
     cfg = config.load("params/demo.yaml", overrides=overrides)

@@ -13,7 +13,45 @@ def test_save_load_roundtrip(tmp_path):
     data = store.load("a")
     assert data["features"].dtype == np.float16 and data["mask"].dtype == bool and "extra" in data
     store.write_manifest({"dim": 2})
-    assert store.read_manifest() == {"dim": 2}
+    assert store.read_manifest() == {"dim": 2, "files": {"a": {"frames": 3, "dim": 2, "dtype": "float16"}}}
+
+
+def test_every_read_is_checked_against_the_manifest(tmp_path):
+    from kitlib.store import FeatureMismatch, consolidate
+
+    store = FeatureStore(tmp_path, "visual")
+    for key in ("a", "b"):
+        store.save(key, frame_index=np.arange(1, 5), features=np.ones((4, 8)), mask=np.ones(4))
+    store.write_manifest({"feature_dim": 8})
+    assert store.load("b")["features"].shape == (4, 8)
+    store.save("b", frame_index=np.arange(1, 5), features=np.ones((4, 512)), mask=np.ones(4))   # replaced later
+    with pytest.raises(FeatureMismatch, match=r"b.npz: features are 4 frames x 512 \(float16\), but the store's "
+                                              r"manifest .* records 4 frames x 8 \(float16\)"):
+        store.load("b")
+    with pytest.raises(FeatureMismatch, match="b.npz: features are 4 frames x 512"):
+        consolidate(store)
+    store.save("b", frame_index=np.arange(1, 7), features=np.ones((6, 8)), mask=np.ones(6))      # other frame count
+    with pytest.raises(FeatureMismatch, match="b.npz: features are 6 frames x 8"):
+        store.load("b")
+    store.save("c", frame_index=np.arange(1, 5), features=np.ones((4, 8)), mask=np.ones(4))
+    with pytest.raises(FeatureMismatch, match="c.npz is not in the store's manifest"):
+        store.load("c")
+    store.write_manifest({"feature_dim": 8})                               # re-extraction records what is there
+    assert store.load("b")["features"].shape == (6, 8) and store.load("c")["mask"].all()
+
+
+def test_disk_errors_name_the_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match=r"No space left on device while writing .*x.npz"):
+        with atomic_path(tmp_path / "x.npz") as tmp:
+            tmp.write_text("data")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_shape_mismatch_and_missing(tmp_path):

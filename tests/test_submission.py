@@ -74,3 +74,20 @@ def test_real_size_submission(tmp_path):
         preds[t] = sub.TrackPrediction(keep, rng.integers(0, 8, keep.size))
     sub.write_submission(tmp_path / "p.txt", tpl, preds)
     assert sub.validate_submission(tmp_path / "p.txt", tpl) == len(tpl) > 1_000_000
+
+
+def test_validator_accepts_a_byte_order_mark_and_points_at_a_blank_line(tmp_path):
+    tpl = sub.read_template(make_template(tmp_path / "t.txt", [("a", 3)]))
+    good = tmp_path / "good.txt"
+    sub.write_submission(good, tpl, {"a": sub.TrackPrediction(np.arange(1, 4), np.array([1, 2, 3]))})
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf" + good.read_bytes())       # as Excel / Notepad save "UTF-8"
+    assert sub.validate_submission(bom, tpl) == 3
+    bom_template = tmp_path / "bom_template.txt"
+    bom_template.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "t.txt").read_bytes())
+    assert sub.validate_submission(good, bom_template) == 3
+    lines = good.read_text().splitlines()
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n")
+    with pytest.raises(sub.SubmissionError, match="line 3 is blank"):
+        sub.validate_submission(blank, tpl)

@@ -8,7 +8,11 @@ every row needs a label.
 Fill policy ``nearest`` (the only one): a template frame with no prediction of its own (no face and
 no audio, or past the last decoded frame) takes the label of the nearest predicted frame of the same
 track (the earlier one on a tie). A template track with no prediction at all is an error, never a
-silent row.
+silent row; stage 07 gives a test track with no face and no audio in any frame the training prior's
+most frequent class (``source`` "prior", ``from_prior`` in the coverage report, and a warning).
+
+Both files are read as UTF-8 with an optional byte-order mark (editors such as Notepad and Excel
+write one; the organisers' tools accept it), so a BOM is never mistaken for a wrong header.
 """
 from __future__ import annotations
 
@@ -47,7 +51,7 @@ def read_template(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: template file missing (data.test_template)")
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
     if not lines or not lines[0].startswith("image_location"):
         raise SubmissionError(f"{path}: line 1 must be the header {HEADER!r}")
     locations = [line.split(",", 1)[0].strip() for line in lines[1:] if line.strip()]
@@ -118,21 +122,32 @@ def write_submission(path: Path, template: pd.DataFrame, predictions: dict[str, 
 def validate_submission(path: Path, template: pd.DataFrame | Path) -> int:
     """Check a submission against the template; return its row count or raise ``SubmissionError``.
 
-    Checks: the exact header; one row per template row; row i names the template's row i
-    (so order and names match); every label an integer 0-7.
+    Checks: the exact header (a UTF-8 byte-order mark before it is accepted); no blank line among
+    the rows; one row per template row; row i names the template's row i (so order and names
+    match); every label an integer 0-7.
     """
     path = Path(path)
     if not isinstance(template, pd.DataFrame):
         template = read_template(template)
     if not path.is_file():
         raise SubmissionError(f"{path}: no such submission file")
-    lines = path.read_text().splitlines()
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        log.info("%s starts with a UTF-8 byte-order mark (accepted)", path)
+    try:
+        lines = raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise SubmissionError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
     if not lines or lines[0].strip() != HEADER:
         raise SubmissionError(f"{path}: line 1 must be exactly {HEADER!r}, got {lines[0][:100]!r}" if lines
                               else f"{path}: empty file")
     body = [line for line in lines[1:]]
     while body and not body[-1].strip():
         body.pop()
+    blank = [i for i, line in enumerate(body) if not line.strip()]
+    if blank:
+        raise SubmissionError(f"{path}: line {blank[0] + 2} is blank (a blank line among the rows; "
+                              f"{len(blank)} in all): remove it")
     if len(body) != len(template):
         raise SubmissionError(f"{path}: {len(body)} rows, the template has {len(template)}")
     split = pd.Series(body).str.split(",", n=1, expand=True).reindex(columns=[0, 1])

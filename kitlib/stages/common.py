@@ -151,8 +151,9 @@ def extraction_report(cfg: Config, name: str, table: pd.DataFrame) -> pd.DataFra
     """Write an extraction report, keeping the earlier row of every track this run skipped as done.
 
     A resumed (or sharded, then re-run) extraction skips finished tracks; their frame counts and
-    face / audio coverage come from the report of the run that extracted them, so the notebook's
-    tables and plots stay complete.
+    face / audio coverage come from the report of the run that extracted them, or, when that run
+    was killed before writing its report, from the tracks' feature files (``figures_from_file``),
+    so the notebook's tables and plots stay complete.
     """
     path = cfg.run_dir / "reports" / f"{name}.csv"
     earlier = pd.read_csv(path) if path.is_file() else pd.DataFrame()
@@ -163,8 +164,34 @@ def extraction_report(cfg: Config, name: str, table: pd.DataFrame) -> pd.DataFra
             kept = extracted.set_index("txtid").loc[table.loc[swap, "txtid"]].reset_index()
             kept = kept.reindex(columns=table.columns).astype(table.dtypes.to_dict(), errors="ignore")
             table = pd.concat([table[~swap], kept]).set_index("txtid").loc[table["txtid"]].reset_index()
+    if len(table) and "status" in table:
+        kind = name.split("_extraction")[0]
+        rank = name.split(".rank")[1] if ".rank" in name else None
+        store = feature_store(cfg, kind, rank=int(rank) if rank else None)
+        for i in np.flatnonzero(table["status"].isin(RESUMED_STATUSES).to_numpy()):
+            if store.done(table.at[i, "txtid"]):
+                for column, value in figures_from_file(store, table.at[i, "txtid"]).items():
+                    if column in table:
+                        table.at[i, column] = value
     report(cfg, name, table)
     return table
+
+
+def figures_from_file(store: FeatureStore, txtid: str) -> dict[str, int]:
+    """A finished track's report figures read back from its feature file (frames; faces by kind, or audio)."""
+    from kitlib.faces import BRIDGED, DETECTED, FOLLOWED, MISSING
+
+    path = store.path(txtid)
+    with np.load(path) as entry:
+        mask = entry["mask"]
+        figures = {"frames": len(mask)}
+        if "status" in entry.files:
+            counts = np.bincount(entry["status"], minlength=4)
+            figures |= {name: int(counts[code]) for name, code in
+                        (("detected", DETECTED), ("followed", FOLLOWED), ("bridged", BRIDGED), ("missing", MISSING))}
+        else:
+            figures["frames_with_audio"] = int(mask.sum())
+    return figures
 
 
 def _probe_sets(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray], kind: str,

@@ -1,0 +1,218 @@
+"""The run folder under concurrency, change, interruption and bad disks (kitlib.runfolder and the runner).
+
+Runner tests replace the notebook execution (``run.run_stage``) by a stand-in that records the stage and
+marks it finished as the real one does, so what is checked is the runner's own decisions; the notebook tier
+runs the real notebooks."""
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from kitlib import config, run, runfolder
+from minirun import make_run, run_items
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """``run.run_stage`` as a stand-in: records the stage, runs ``actions[stage]`` if given, marks it finished."""
+    calls, actions = [], {}
+
+    def run_stage(stage, cfg, run_dir, *, kernel="python3"):
+        calls.append(stage)
+        if stage in actions:
+            actions[stage]()
+        runfolder.mark_finished(run_dir, stage, cfg, seconds=0.0)
+        return 0.0
+
+    monkeypatch.setattr(run, "run_stage", run_stage)
+    return calls, actions
+
+
+# ---------------------------------------------------------------------------- lock and params
+def test_a_live_holder_is_refused_with_its_pid_and_host(tmp_path):
+    with runfolder.acquire_lock(tmp_path / "r", command=["first"]):
+        with pytest.raises(runfolder.RunFolderError,
+                           match=rf"is in use by another run \(pid {os.getpid()} on host {socket.gethostname()}"):
+            runfolder.acquire_lock(tmp_path / "r", command=["second"])
+    with runfolder.acquire_lock(tmp_path / "r", command=["third"]) as lock:   # released on exit
+        assert lock.taken_over is None
+
+
+def test_the_lock_of_a_dead_holder_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from kitlib import runfolder; "
+        f"runfolder.acquire_lock({str(tmp_path / 'r')!r}, command=['killed']); print('locked', flush=True); "
+        "time.sleep(120)")], stdout=subprocess.PIPE, text=True, cwd=config.repo_root())
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(runfolder.RunFolderError, match=f"pid {holder.pid}"):
+        runfolder.acquire_lock(tmp_path / "r", command=["too early"])
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with runfolder.acquire_lock(tmp_path / "r", command=["after"]) as lock:
+        assert lock.taken_over["pid"] == holder.pid and lock.taken_over["command"] == ["killed"]
+
+
+def _start_together(args):
+    barrier, out_root, value = args
+    cfg = config.load("params/demo.yaml", overrides=[f"run.outputs_root={out_root}", f"fusion.epochs={value}"])
+    barrier.wait()
+    try:
+        with runfolder.acquire_lock(cfg.run_dir, command=[str(value)]):
+            run.prepare_run_dir(cfg, argv=[str(value)])
+        return "accepted"
+    except SystemExit as exc:
+        return str(exc)
+
+
+def test_two_runs_with_other_params_started_together_never_both_accepted(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(10):
+        with ctx.Manager() as manager:
+            barrier = manager.Barrier(2)
+            with ctx.Pool(2) as pool:
+                results = pool.map(_start_together, [(barrier, tmp_path / str(trial), v) for v in (1, 2)])
+        assert results.count("accepted") == 1, results
+        refused = next(r for r in results if r != "accepted")
+        assert "in use by another run" in refused or "made with other params (changed: fusion.epochs)" in refused
+
+
+def test_provenance_keeps_the_history_of_commands(tmp_path):
+    cfg = config.load("params/demo.yaml", overrides=[f"run.outputs_root={tmp_path}"])
+    run.prepare_run_dir(cfg, argv=["first", "command"])
+    run.prepare_run_dir(cfg, argv=["second", "command"])
+    prov = json.loads((cfg.run_dir / "provenance.json").read_text())
+    assert prov["command"] == ["second", "command"]
+    assert [h["command"] for h in prov["history"]] == [["first", "command"], ["second", "command"]]
+
+
+# ---------------------------------------------------------------------------- stale stages
+def test_a_changed_template_makes_stage_07_out_of_date(tmp_path, fake_stages, capsys):
+    calls, _ = fake_stages
+    cfg = make_run(tmp_path)
+    items = run_items(tmp_path)
+    assert run.main([*items, "--stages", "05-07"]) == 0 and calls == list(run.STAGES[4:])
+    assert run.main([*items, "--stages", "07"]) == 0 and calls == list(run.STAGES[4:])       # up to date: skipped
+    template = cfg.data_path(cfg.data.test_template)
+    template.write_text(template.read_text().replace("00040.jpg", "00041.jpg"))
+    status = runfolder.stage_status(run.STAGES, cfg, cfg.run_dir)
+    assert status["07_submission"].changed == ("template",) and not status["06_smoothing_sweep"].out_of_date
+    capsys.readouterr()
+    assert run.main([*items, "--stages", "07"]) == 0
+    assert calls[-1] == "07_submission" and len(calls) == 4
+    assert "[07_submission] out of date (its input(s) changed since it ran: template): running it again" \
+        in capsys.readouterr().out
+
+
+def test_changed_annotations_refuse_a_later_stage_alone_and_name_the_command(tmp_path, fake_stages, capsys):
+    calls, _ = fake_stages
+    cfg = make_run(tmp_path)
+    items = run_items(tmp_path)
+    assert run.main([*items, "--stages", "05-07"]) == 0
+    label_file = cfg.data_path(cfg.data.annotations_dir) / "Train_Set" / "trainA.txt"
+    label_file.write_text(label_file.read_text() + "3\n")
+    capsys.readouterr()
+    assert run.main([*items, "--stages", "07"]) == 1 and len(calls) == 3
+    err = capsys.readouterr().err
+    assert "[07_submission] builds on 05_fusion_ablation, which is out of date (its input(s) changed since it " \
+           "ran: annotations); run python -m kitlib.run params/tiny.yaml" in err and err.strip().endswith("--stages 05-07")
+    assert run.main([*items, "--stages", "05-07"]) == 0 and calls[3:] == list(run.STAGES[4:])
+
+
+# ---------------------------------------------------------------------------- leftovers and interruption
+def test_runner_removes_partial_files_of_a_killed_writer(tmp_path, fake_stages, capsys):
+    cfg = make_run(tmp_path)
+    visual = cfg.run_dir / "features" / "visual"
+    (visual / ".trainA.npz.k3j2.partial").write_bytes(b"half")
+    (cfg.run_dir / "fusion" / ".head.pt.x1.partial").mkdir()
+    assert run.main([*run_items(tmp_path), "--stages", "07"]) == 0
+    assert not list(cfg.run_dir.rglob("*.partial"))
+    assert "removed 2 unfinished file(s) left by a killed run" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how, rc, name", [("sigint", 130, "Ctrl-C"), ("sigterm", 143, "SIGTERM")])
+def test_interruption_ends_with_one_line_naming_what_is_kept_and_how_to_resume(tmp_path, fake_stages, capsys,
+                                                                               how, rc, name):
+    _, actions = fake_stages
+    make_run(tmp_path)
+    items = run_items(tmp_path)
+
+    def interrupt():
+        os.kill(os.getpid(), signal.SIGINT if how == "sigint" else signal.SIGTERM)
+
+    actions["06_smoothing_sweep"] = interrupt
+    capsys.readouterr()
+    assert run.main([*items, "--stages", "05-07"]) == rc
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"stopped by {name} during 06_smoothing_sweep; kept: the finished stages (05) and the feature "
+                   f"files of finished tracks; resume with: python -m kitlib.run {' '.join(items)} --stages 06-07"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# ---------------------------------------------------------------------------- unwritable folder, full disk
+def _make_read_only(folder):
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):                    # root: permissions do not stop it, the immutable flag does
+        subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+    try:
+        (folder / ".probe").write_text("x")
+    except OSError:
+        return True
+    (folder / ".probe").unlink()
+    return False
+
+
+def test_read_only_features_folder_fails_before_the_stage_runs(tmp_path, fake_stages, capsys):
+    calls, _ = fake_stages
+    cfg = make_run(tmp_path)
+    visual = cfg.run_dir / "features" / "visual"
+    try:
+        if not _make_read_only(visual):
+            pytest.skip("cannot make a folder read-only here (root without chattr)")
+        assert run.main([*run_items(tmp_path), "--stages", "03"]) == 1
+    finally:
+        subprocess.run(["chattr", "-i", str(visual)], capture_output=True)
+        visual.chmod(0o755)
+    assert calls == []
+    err = capsys.readouterr().err
+    assert f"[03_crop_extract] cannot write to {visual}" in err
+
+
+def test_too_little_free_space_fails_before_the_stage_runs_naming_path_and_size(tmp_path, fake_stages, capsys):
+    calls, _ = fake_stages
+    cfg = make_run(tmp_path)
+    videos = cfg.run_dir / "reports" / "videos.csv"
+    table = pd.read_csv(videos)
+    table["n_frames"] = 10 ** 10                       # an impossible release: petabytes of features
+    table.to_csv(videos, index=False)
+    assert run.main([*run_items(tmp_path), "--stages", "04"]) == 1 and calls == []
+    err = capsys.readouterr().err
+    assert f"[04_audio_align] {cfg.run_dir} has" in err and "GiB free, the stage needs about" in err
+    assert runfolder.estimated_output_bytes("04_audio_align", cfg, cfg.run_dir) > 10 ** 10 * 4 * 2 * 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_real_notebook_ends_with_one_line(tmp_path):
+    """Ctrl-C as a terminal sends it (to the runner and its kernel) while notebook 01 runs on the tiny demo."""
+    import time
+
+    runner = subprocess.Popen([sys.executable, "-m", "kitlib.run", "params/demo.yaml", "params/tiny.yaml",
+                               f"run.outputs_root={tmp_path / 'out'}", f"data.root={tmp_path / 'data'}", "--stages",
+                               "01-02"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=config.repo_root(), start_new_session=True)
+    for line in runner.stdout:
+        if "[01_padaug_preview] running" in line:
+            break
+    time.sleep(4)
+    os.killpg(runner.pid, signal.SIGINT)
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode in (130, -signal.SIGINT)
+    assert "Traceback" not in err
+    assert "stopped by Ctrl-C during 01_padaug_preview; kept: the finished stages (none)" in err
+    assert err.strip().endswith("--stages 01-02")
+    assert not (tmp_path / "out" / "tiny" / "stages" / "01_padaug_preview.json").exists()
