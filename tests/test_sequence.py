@@ -173,7 +173,7 @@ def test_build_head_options_are_checked():
 
 
 def test_tcn_prompt_is_registered():
-    pytest.importorskip("kitlib.tcn_prompt")
+    pytest.importorskip("kitlib.fusion.tcn_prompt")
     head = build_head("tcn_prompt", visual_dim=DV, audio_dim=DA, hidden=16, dropout=0.1,
                       options={"tcn_levels": 2, "n_heads": 2, "prompt_embeddings": torch.randn(8, 10)})
     assert is_sequence_head(head)
