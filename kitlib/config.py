@@ -229,9 +229,16 @@ class Config:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
     def path(self, value: str | os.PathLike) -> Path:
-        """A params path made absolute: relative paths are relative to the repository root."""
+        """A params path made absolute: relative paths are relative to the repository root. A Hugging
+        Face id (``facebook/dinov2-large``) that is no path here is its snapshot in the local cache."""
+        from kitlib import hub
+
         p = Path(value).expanduser()
-        return p if p.is_absolute() else repo_root() / p
+        if p.is_absolute():
+            return p
+        if not (repo_root() / p).exists() and (snapshot := hub.cached_snapshot(str(value))) is not None:
+            return snapshot
+        return repo_root() / p
 
     def data_path(self, value: str | os.PathLike) -> Path:
         """A path inside the dataset root (absolute paths are kept)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from kitlib import config
+from kitlib import config, progress, summary
 from kitlib.store import write_json_atomic
 
 STAGES = ("01_padaug_preview", "02_stage1_train", "03_crop_extract", "04_audio_align",
@@ -119,17 +119,38 @@ def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "p
     source = root / "notebooks" / f"{stage}.ipynb"
     target = run_dir / "notebooks" / f"{stage}.ipynb"
     start = time.time()
+    log_path = run_dir / "logs" / f"{stage}.log"
     try:
-        pm.execute_notebook(str(source), str(target), parameters={"params": cfg.to_dict()}, cwd=str(root),
-                            kernel_name=kernel, progress_bar=False, log_output=False, report_mode=False)
+        with progress.streaming(log_path):      # log lines + progress, live in the terminal and in logs/
+            pm.execute_notebook(str(source), str(target), parameters={"params": cfg.to_dict()}, cwd=str(root),
+                                kernel_name=kernel, progress_bar=False, log_output=False, report_mode=False)
     except pm.PapermillExecutionError as exc:
-        raise StageFailed(f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
-                          f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target})") from None
+        message = (f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
+                   f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target};"
+                   f" log: {log_path})")
+        with log_path.open("a", encoding="utf-8") as f:
+            f.write(message + "\n")
+        raise StageFailed(message) from None
     seconds = time.time() - start
     write_json_atomic(run_dir / "stages" / f"{stage}.json",
                       {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(),
                        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return seconds
+
+
+def preflight_passes(cfg: config.Config, items: list[str]) -> bool:
+    """The fast preflight (``kitlib.doctor --fast``): one line when it passes, the table when it does not."""
+    from kitlib.tools import doctor
+
+    checks = doctor.preflight(cfg, fast=True)
+    failed = [c for c in checks if c.status == doctor.FAIL]
+    if failed:
+        print(f"{doctor.table(checks)}\nfull check: python -m kitlib.doctor {' '.join(items)}; "
+              f"run anyway: --no-preflight", file=sys.stderr)
+        return False
+    warned = [f"{c.area} {c.what}: {c.detail}" for c in checks if c.status == doctor.WARN]
+    print(f"preflight: {len(checks)} checks passed" + (f"; note: {'; '.join(warned)}" if warned else ""), flush=True)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("items", nargs="*", help="params files (layered on params/base.yaml) and key=value overrides")
     parser.add_argument("--stages", help="subset: 03 | 03,05 | 03-05 | 05_fusion_ablation (default: all)")
     parser.add_argument("--rerun", action="store_true", help="run the selected stages even if finished")
+    parser.add_argument("--no-preflight", action="store_true", help="skip the fast preflight (kitlib.doctor --fast)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel for the notebooks")
     args = parser.parse_args(argv)
     files = [x for x in args.items if "=" not in x]
@@ -148,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"params error: {exc}", file=sys.stderr)
         return 2
+    if not args.no_preflight and not preflight_passes(cfg, args.items):
+        return 2
     run_dir = prepare_run_dir(cfg, argv=["python", "-m", "kitlib.run", *argv])
     stages = select_stages(args.stages)
     print(f"run folder: {run_dir}\nstages: {', '.join(stages)}", flush=True)
@@ -156,14 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         if (run_dir / "stages" / f"{stage}.json").is_file() and not args.rerun:
             print(f"[{stage}] finished earlier, skipped (--rerun to run it again)", flush=True)
             continue
-        print(f"[{stage}] running ...", flush=True)
+        last = progress.last_seconds(run_dir, stage)
+        took = f" (took {progress.duration(last[0])} last time{'' if last[1] == run_dir.name else ' in ' + last[1]})" if last else ""
+        print(f"[{stage}] running{took} ... log: {run_dir / 'logs' / (stage + '.log')}", flush=True)
         try:
             seconds = run_stage(stage, cfg, run_dir, kernel=args.kernel)
         except StageFailed as exc:
             print(f"\n{exc}", file=sys.stderr)
+            summary.write(run_dir)
             return 1
-        print(f"[{stage}] done in {seconds:.0f} s -> {run_dir / 'notebooks' / (stage + '.ipynb')}", flush=True)
-    print(f"all selected stages finished in {time.time() - total:.0f} s; outputs in {run_dir}", flush=True)
+        print(f"[{stage}] done in {progress.duration(seconds)} -> {run_dir / 'notebooks' / (stage + '.ipynb')}", flush=True)
+    print(f"all selected stages finished in {progress.duration(time.time() - total)}; outputs in {run_dir}", flush=True)
+    print(summary.terminal_lines(run_dir), flush=True)
     return 0
 
 

@@ -79,7 +79,7 @@ def video_table(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
     A video that cannot be decoded gets its error in the ``error`` column and is left out by the
     later stages, which report it again; the rest of the run goes on.
     """
-    from tqdm.auto import tqdm
+    from kitlib.progress import tqdm
 
     from kitlib.faces.video import VideoError, probe
 

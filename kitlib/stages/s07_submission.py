@@ -40,7 +40,7 @@ def _load_final_head(cfg: Config):
 
 def predict_test_logits(cfg: Config, index: data.DataIndex, table) -> np.ndarray:
     """Logits of the test frames: the final head, or the mean over fold models (``submission.ensemble_folds``)."""
-    from tqdm.auto import tqdm
+    from kitlib.progress import tqdm
 
     from kitlib.fusion import TrainedHead, count_parameters, train_head
 
