@@ -378,10 +378,14 @@ def _check_keys(layer: dict, reference: dict, where: str, prefix: str = "") -> N
             _check_keys(value, reference[key], where, f"{prefix}{key}.")
 
 
-def notebook_config(params: str | os.PathLike | dict) -> Config:
-    """The config a notebook works with: the dict the runner injects, or a profile path (JupyterLab)."""
+def notebook_config(params: str | os.PathLike | dict | list) -> Config:
+    """The config a notebook works with: the dict the runner injects, or in JupyterLab a profile path or
+    a list of params files and ``key=value`` overrides (as on the runner's command line)."""
     if isinstance(params, dict):
         return from_dict(params, "injected params")
+    if isinstance(params, (list, tuple)):
+        items = [str(p) for p in params]
+        return load(*[p for p in items if "=" not in p], overrides=[p for p in items if "=" in p])
     return load(params)
 
 

@@ -80,8 +80,14 @@ def provenance(cfg: config.Config, argv: list[str]) -> dict:
             versions[name] = None
     return {"git_commit": git("rev-parse", "--verify", "-q", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
             "params_digest": cfg.digest(), "seed": cfg.run.seed, "python": sys.version.split()[0],
-            "platform": platform.platform(), "packages": versions, "command": argv,
+            "platform": platform.platform(), "packages": versions, "command": argv, "gpu": _gpu_info(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _gpu_info() -> dict:
+    from kitlib.tools.doctor import gpu_info
+
+    return gpu_info()
 
 
 def prepare_run_dir(cfg: config.Config, *, argv: list[str]) -> Path:

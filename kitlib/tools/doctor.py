@@ -82,6 +82,17 @@ def _device(cfg: Config) -> list[Check]:
     return out
 
 
+def gpu_info() -> dict:
+    """GPU name and count, NVIDIA driver, the CUDA and cuDNN torch runs with (provenance of a run)."""
+    import torch
+
+    info = {"cuda_build": torch.version.cuda, "count": 0, "name": None, "driver": None, "cudnn": None}
+    if torch.cuda.is_available():
+        info.update(count=torch.cuda.device_count(), name=torch.cuda.get_device_name(0), driver=gpu_driver(),
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
 def gpu_driver() -> str | None:
     """The NVIDIA driver version (nvidia-smi), or None."""
     try:
