@@ -251,3 +251,10 @@ def xattn_grid(table: pd.DataFrame) -> plt.Figure:
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
+
+
+def video(path: Path, *, width: int = 480):
+    """An MP4 embedded in the notebook (so the executed copy in the run folder plays it too)."""
+    from IPython.display import Video
+
+    return Video(str(path), embed=True, width=width, html_attributes="controls loop muted")
