@@ -114,7 +114,7 @@ def _resolve(cfg: Config, value: str, key: str) -> tuple[Path | None, Check | No
                            "on a machine with internet: python -m kitlib.weights fetch <params...> "
                            "(or set HF_HUB_CACHE to the cache that holds it)")
     return None, Check("weights", key, FAIL, f"{path} does not exist",
-                       f"put the weights there, or set {key} to a hub id (README: Models) and fetch it")
+                       f"put the weights there, or set {key} to a hub id and fetch it (README: real weights)")
 
 
 def _weights(cfg: Config, *, fast: bool) -> list[Check]:
