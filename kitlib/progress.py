@@ -76,12 +76,16 @@ class tqdm(_std_tqdm):  # noqa: N801 (a drop-in for tqdm.tqdm)
             kwargs["dynamic_ncols"] = False
             kwargs.setdefault("ncols", 100)
         self._closing = False
+        self._logged_at = 0.0
         super().__init__(*args, **kwargs)
 
     def display(self, msg=None, pos=None):
         if not self._to_log:
             return super().display(msg, pos)
-        if not self._closing and msg != "" and self.n > 0:     # the bar's empty first draw says nothing
+        now = time.time()
+        # the bar's empty first draw says nothing; set_postfix redraws are throttled like updates
+        if not self._closing and msg != "" and self.n > 0 and now - self._logged_at >= LOG_EVERY_S:
+            self._logged_at = now
             _log_line(self.__str__() if msg is None else msg)
         if isinstance(self.fp, io.StringIO):        # keep the swallowed writes from growing
             self.fp.seek(0), self.fp.truncate()

@@ -89,3 +89,15 @@ def test_figure_cells_echo_no_path(path):
         last = ast.parse(source).body[-1]
         if isinstance(last, ast.Expr) and ast.get_source_segment(source, last).startswith("plots.save("):
             assert source.rstrip().endswith(";"), f"{path.name}: {source!r} echoes a PosixPath"
+
+
+def test_postfix_redraws_are_throttled_too(tmp_path, monkeypatch):
+    log = tmp_path / "s.log"
+    monkeypatch.setenv(progress.STAGE_LOG_ENV, str(log))
+    bar = progress.tqdm(total=100, desc="epoch 1")
+    for i in range(100):
+        bar.update(1)
+        bar.set_postfix(loss=1.0 / (i + 1))
+    bar.close()
+    lines = log.read_text().splitlines()
+    assert len(lines) <= 2 and lines[-1].endswith("(done)")          # not one line per batch
