@@ -178,8 +178,10 @@ def streaming(log_path: Path, *, echo: Callable[[str], None] | None = None):
     with log_path.open("a", encoding="utf-8") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} ===== {log_path.stem} started =====\n")
     echo = echo or TerminalEcho()
-    previous = os.environ.get(STAGE_LOG_ENV)
-    os.environ[STAGE_LOG_ENV] = str(log_path.resolve())
+    # the kernel inherits these: the stage log, and no Hugging Face bars (transformers' "Loading weights")
+    kernel_env = {STAGE_LOG_ENV: str(log_path.resolve()), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    previous = {k: os.environ.get(k) for k in kernel_env}
+    os.environ.update(kernel_env)
     stop = threading.Event()
     thread = threading.Thread(target=follow, args=(log_path, echo, stop), daemon=True)
     thread.start()
@@ -190,10 +192,11 @@ def streaming(log_path: Path, *, echo: Callable[[str], None] | None = None):
         thread.join(timeout=5)
         if hasattr(echo, "end"):
             echo.end()
-        if previous is None:
-            os.environ.pop(STAGE_LOG_ENV, None)
-        else:
-            os.environ[STAGE_LOG_ENV] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def last_seconds(run_dir: Path, stage: str) -> tuple[float, str] | None:
