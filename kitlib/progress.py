@@ -84,7 +84,8 @@ class tqdm(_std_tqdm):  # noqa: N801 (a drop-in for tqdm.tqdm)
             return super().display(msg, pos)
         now = time.time()
         # the bar's empty first draw says nothing; set_postfix redraws are throttled like updates
-        if not self._closing and msg != "" and self.n > 0 and now - self._logged_at >= LOG_EVERY_S:
+        finished = self.total is not None and self.n >= self.total        # close() logs that line, "(done)"
+        if not self._closing and msg != "" and 0 < self.n and not finished and now - self._logged_at >= LOG_EVERY_S:
             self._logged_at = now
             _log_line(self.__str__() if msg is None else msg)
         if isinstance(self.fp, io.StringIO):        # keep the swallowed writes from growing
