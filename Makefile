@@ -1,13 +1,14 @@
 # make demo   set up (first time) and run the whole notebook chain on the embedded demo
 # make test   set up (first time) and run the tests
-# make lab    open the notebooks in JupyterLab
+# make lab    open the repository in JupyterLab (notebooks/ and the runs' outputs/)
+# make hooks  keep notebook outputs out of git (pre-commit hook)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/demo.yaml
 
-.PHONY: setup demo test test-fast lab clean-demo
+.PHONY: setup demo test test-fast lint lab hooks clean-demo
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +21,21 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m kitlib.run $(PARAMS) $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not slow"
 
+lint: $(STAMP)
+	$(BIN)/ruff check --select F,E9 kitlib tests benchmarks
+	$(BIN)/python -m kitlib.tools.notebooks check notebooks/*.ipynb
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --notebook-dir=.
+
+hooks:
+	git config core.hooksPath .githooks
 
 clean-demo:
 	rm -rf outputs/demo data/demo

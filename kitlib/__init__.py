@@ -7,6 +7,11 @@ The numbered notebooks in ``notebooks/`` call ``kitlib.stages`` (one wiring modu
 only place that reads the params), which calls the domain packages (``data``, ``faces``, ``visual``,
 ``audio``, ``fusion``, ``smoothing``); see the README's "Architecture".
 """
+import warnings
+
+# The kit's bars are text bars (kitlib.progress); libraries that import tqdm.auto inside a Jupyter
+# kernel without ipywidgets would otherwise open every executed notebook with this warning.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 __version__ = "0.1.0"
 

@@ -274,9 +274,16 @@ class Config:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
     def path(self, value: str | os.PathLike) -> Path:
-        """A params path made absolute: relative paths are relative to the repository root."""
+        """A params path made absolute: relative paths are relative to the repository root. A Hugging
+        Face id (``facebook/dinov2-large``) that is no path here is its snapshot in the local cache."""
+        from kitlib import hub
+
         p = Path(value).expanduser()
-        return p if p.is_absolute() else repo_root() / p
+        if p.is_absolute():
+            return p
+        if not (repo_root() / p).exists() and (snapshot := hub.cached_snapshot(str(value))) is not None:
+            return snapshot
+        return repo_root() / p
 
     def data_path(self, value: str | os.PathLike) -> Path:
         """A path inside the dataset root (absolute paths are kept)."""
@@ -420,10 +427,14 @@ def _check_keys(layer: dict, reference: dict, where: str, prefix: str = "") -> N
             _check_keys(value, reference[key], where, f"{prefix}{key}.")
 
 
-def notebook_config(params: str | os.PathLike | dict) -> Config:
-    """The config a notebook works with: the dict the runner injects, or a profile path (JupyterLab)."""
+def notebook_config(params: str | os.PathLike | dict | list) -> Config:
+    """The config a notebook works with: the dict the runner injects, or in JupyterLab a profile path or
+    a list of params files and ``key=value`` overrides (as on the runner's command line)."""
     if isinstance(params, dict):
         return from_dict(params, "injected params")
+    if isinstance(params, (list, tuple)):
+        items = [str(p) for p in params]
+        return load(*[p for p in items if "=" not in p], overrides=[p for p in items if "=" in p])
     return load(params)
 
 

@@ -12,6 +12,24 @@ from kitlib import CLASSES
 
 sns.set_theme(context="notebook", style="whitegrid")
 
+# column names -> axis labels in words
+LABELS = {"val_f1": "validation macro F1", "official_val_f1": "official validation macro F1", "f1": "macro F1",
+          "train_loss": "training loss", "val_loss": "validation loss", "epoch": "epoch", "window": "window (frames)",
+          "frames": "frames", "crop": "crop", "alignment": "audio alignment", "head": "fusion head",
+          "cv_mean_f1": "5-fold mean macro F1", "lr": "learning rate"}
+WORST_SHOWN = 12       # per-track figures name this many worst tracks; the rest is a distribution
+
+
+def label(name: str) -> str:
+    """The words for a column name on an axis."""
+    return LABELS.get(name, name.replace("_", " "))
+
+
+def legend_outside(ax: plt.Axes, **kwargs) -> None:
+    """Move the axes' legend to the right of the plot, off the data."""
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, **kwargs)
+
 
 def save(fig: plt.Figure, run_dir: Path, name: str) -> Path:
     """Save ``fig`` as ``<run_dir>/figures/<name>.png`` and return the path."""
@@ -28,7 +46,10 @@ def class_histogram(hist: pd.DataFrame) -> plt.Figure:
         id_vars="split", var_name="class", value_name="frames")
     fig, ax = plt.subplots(figsize=(8, 3.2))
     sns.barplot(long, x="class", y="frames", hue="split", ax=ax)
+    ax.set_xlabel("expression class"), ax.set_ylabel("valid frames")
+    legend_outside(ax)
     ax.set_title("Valid frames per class")
+    fig.tight_layout()
     return fig
 
 
@@ -60,9 +81,13 @@ def training_curves(history: pd.DataFrame, *, x: str = "epoch", metrics: tuple[s
         return fig
     fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.2), squeeze=False)
     hue = "head" if "head" in history else None
+    from matplotlib.ticker import MaxNLocator
+
     for ax, metric in zip(axes[0], present):
-        sns.lineplot(history, x=x, y=metric, hue=hue, marker="o", ax=ax)
-        ax.set_title(metric)
+        sns.lineplot(history, x=x, y=metric, hue=hue, marker="o", ax=ax, legend=ax is axes[0][-1])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(label(x)), ax.set_ylabel(label(metric)), ax.set_title(label(metric))
+    legend_outside(axes[0][-1])
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -75,6 +100,8 @@ def bar_table(table: pd.DataFrame, *, x: str, y: str, hue: str | None = None, ti
     sns.barplot(table, x=x, y=y, hue=hue, ax=ax)
     if err is not None and hue is None:
         ax.errorbar(np.arange(len(table)), table[y], yerr=table[err].fillna(0), fmt="none", ecolor="black", capsize=3)
+    ax.set_xlabel(label(x)), ax.set_ylabel(label(y))
+    legend_outside(ax)
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
@@ -102,7 +129,7 @@ def smoothing_sweep(sweep: pd.DataFrame, *, title: str = "") -> plt.Figure:
         lines = part[part["strategy"] != "none"]
         sns.lineplot(lines, x="window", y="f1", hue="strategy", errorbar=errorbar, ax=ax, legend=ax is axes[0][-1])
         ax.axhline(part.loc[part["strategy"] == "none", "f1"].mean(), color="grey", ls="--", lw=1)
-        ax.set_title(name)
+        ax.set_xlabel(label("window")), ax.set_ylabel(label("f1")), ax.set_title(name)
     if axes[0][-1].get_legend():
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1, 1))
     fig.suptitle(title or "Temporal smoothing: macro F1 by window size")
@@ -134,16 +161,43 @@ def image(array: np.ndarray, *, title: str = "") -> plt.Figure:
 
 
 def face_coverage(extraction: pd.DataFrame) -> plt.Figure:
-    """Per track: frames with a detected, followed, bridged or interpolated face, and frames with no face (stacked bars)."""
+    """Face coverage per annotation file, readable at the release's size (~600 tracks): the distribution of
+    the share of frames with a detected, followed, bridged, interpolated or no face (left), and the tracks with the
+    most frames without a face, named, with their parts stacked (right)."""
     parts = [c for c in ("detected", "followed", "bridged", "interpolated", "missing") if c in extraction]
-    table = extraction.set_index("txtid")[parts].astype(float)
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(table)), 3.4))
-    bottom = np.zeros(len(table))
-    for part, colour in zip(parts, sns.color_palette("deep", len(parts))):
-        ax.bar(table.index, table[part], bottom=bottom, label=part, color=colour)
-        bottom += table[part].to_numpy()
-    ax.set_ylabel("frames"), ax.legend(), ax.set_title("Face track per annotation file")
-    ax.tick_params(axis="x", rotation=60, labelsize=8)
+    table = extraction.set_index("txtid")[parts].astype(float).fillna(0)
+    table = table[table.sum(axis=1) > 0]
+    share = table.div(table.sum(axis=1), axis=0)
+    return _distribution_and_worst(share, table, worst_by="missing" if "missing" in parts else parts[-1],
+                                   what="frames", title="Face track per annotation file",
+                                   share_label="share of the track's frames", worst_title="most frames without a face")
+
+
+def _distribution_and_worst(share: pd.DataFrame, counts: pd.DataFrame, *, worst_by: str, what: str, title: str,
+                            share_label: str, worst_title: str) -> plt.Figure:
+    """Left: a box per part over all tracks (points when there are few); right: the ``WORST_SHOWN`` tracks
+    with the largest ``worst_by`` share as named horizontal stacked bars."""
+    colours = dict(zip(share.columns, sns.color_palette("deep", len(share.columns))))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.28 * min(len(share), WORST_SHOWN) + 2.6),
+                                      gridspec_kw={"width_ratios": [1, 1.3]})
+    long = share.reset_index(names="track").melt(id_vars="track", var_name="part", value_name="share")
+    sns.boxplot(long, x="share", y="part", hue="part", palette=colours, ax=left, fliersize=2, legend=False)
+    if len(share) <= 60:
+        sns.stripplot(long, x="share", y="part", color="black", size=2.5, ax=left)
+    left.set_xlim(-0.02, 1.02), left.set_xlabel(share_label), left.set_ylabel("")
+    left.set_title(f"all {len(share)} tracks")
+    worst = share.sort_values(worst_by, ascending=False).head(WORST_SHOWN)
+    rows = counts.loc[worst.index][::-1]
+    left_edge = np.zeros(len(rows))
+    for part in rows.columns:
+        right.barh(rows.index, rows[part], left=left_edge, color=colours[part], label=part)
+        left_edge += rows[part].to_numpy()
+    for y, (track, frac) in enumerate(worst[worst_by][::-1].items()):
+        right.text(left_edge[y], y, f" {frac:.0%}", va="center", fontsize=8)
+    right.set_xlabel(what), right.set_title(f"{len(worst)} tracks with the {worst_title} (% of the track)")
+    right.tick_params(axis="y", labelsize=8)
+    right.legend(loc="upper left", bbox_to_anchor=(1.08, 1), frameon=False)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -167,15 +221,15 @@ def fold_scores(table: pd.DataFrame) -> plt.Figure:
 
 
 def coverage(table: pd.DataFrame) -> plt.Figure:
-    """Submission coverage per track: template frames by where their label came from."""
+    """Submission coverage: where each test frame's label came from, as a distribution over tracks, and
+    the tracks with the most frames filled by the fill policy, named."""
     parts = [c for c in table.columns if c.startswith("from_")] + ["filled"]
-    long = table.melt(id_vars="txtid", value_vars=parts, var_name="source", value_name="frames")
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(table)), 3.4))
-    sns.barplot(long, x="txtid", y="frames", hue="source", ax=ax)
-    ax.tick_params(axis="x", rotation=45)
-    ax.set_title("Test frames by prediction source")
-    fig.tight_layout()
-    return fig
+    counts = table.set_index("txtid")[parts].astype(float).rename(columns=lambda c: c.replace("from_", "from "))
+    counts = counts[counts.sum(axis=1) > 0]
+    share = counts.div(counts.sum(axis=1), axis=0)
+    return _distribution_and_worst(share, counts, worst_by="filled", what="template frames",
+                                   title="Test frames by prediction source", share_label="share of the track's template frames",
+                                   worst_title="most filled frames")
 
 
 def xattn_grid(table: pd.DataFrame) -> plt.Figure:
@@ -204,3 +258,10 @@ def xattn_grid(table: pd.DataFrame) -> plt.Figure:
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig
+
+
+def video(path: Path, *, width: int = 480):
+    """An MP4 embedded in the notebook (so the executed copy in the run folder plays it too)."""
+    from IPython.display import Video
+
+    return Video(str(path), embed=True, width=width, html_attributes="controls loop muted")

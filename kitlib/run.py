@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from kitlib import config, runfolder
+from kitlib import config, progress, runfolder, summary
 
 STAGES = ("01_padaug_preview", "02_stage1_train", "03_crop_extract", "04_audio_align",
           "05_fusion_ablation", "06_smoothing_sweep", "07_submission")
@@ -86,8 +86,14 @@ def provenance(cfg: config.Config, argv: list[str]) -> dict:
             versions[name] = None
     return {"git_commit": git("rev-parse", "--verify", "-q", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
             "params_digest": cfg.digest(), "seed": cfg.run.seed, "python": sys.version.split()[0],
-            "platform": platform.platform(), "packages": versions, "command": argv,
+            "platform": platform.platform(), "packages": versions, "command": argv, "gpu": _gpu_info(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _gpu_info() -> dict:
+    from kitlib.tools.doctor import gpu_info
+
+    return gpu_info()
 
 
 def prepare_run_dir(cfg: config.Config, *, argv: list[str]) -> Path:
@@ -107,12 +113,19 @@ def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "p
     source = root / "notebooks" / f"{stage}.ipynb"
     target = run_dir / "notebooks" / f"{stage}.ipynb"
     start = time.time()
+    log_path = run_dir / "logs" / f"{stage}.log"
     try:
-        pm.execute_notebook(str(source), str(target), parameters={"params": cfg.to_dict()}, cwd=str(root),
-                            kernel_name=kernel, progress_bar=False, log_output=False, report_mode=False)
+        with progress.streaming(log_path):      # log lines + progress, live in the terminal and in logs/
+            pm.execute_notebook(str(source), str(target), parameters={"params": cfg.to_dict()}, cwd=str(root),
+                                kernel_name=kernel, progress_bar=False, log_output=False, report_mode=False,
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no kernel transport chatter
     except pm.PapermillExecutionError as exc:
-        raise StageFailed(f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
-                          f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target})") from None
+        message = (f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
+                   f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target};"
+                   f" log: {log_path})")
+        with log_path.open("a", encoding="utf-8") as f:
+            f.write(message + "\n")
+        raise StageFailed(message) from None
     seconds = time.time() - start
     runfolder.mark_finished(run_dir, stage, cfg, seconds=seconds)
     return seconds
@@ -153,6 +166,19 @@ def _stage_spec(stages: list[str]) -> str:
     if list(STAGES[first:last + 1]) == list(stages):
         return stages[0][:2] + (f"-{stages[-1][:2]}" if len(stages) > 1 else "")
     return ",".join(s[:2] for s in stages)
+def preflight_passes(cfg: config.Config, items: list[str]) -> bool:
+    """The fast preflight (``kitlib.doctor --fast``): one line when it passes, the table when it does not."""
+    from kitlib.tools import doctor
+
+    checks = doctor.preflight(cfg, fast=True)
+    failed = [c for c in checks if c.status == doctor.FAIL]
+    if failed:
+        print(f"{doctor.table(checks)}\nfull check: python -m kitlib.doctor {' '.join(items)}; "
+              f"run anyway: --no-preflight", file=sys.stderr)
+        return False
+    warned = [f"{c.area} {c.what}: {c.detail}" for c in checks if c.status == doctor.WARN]
+    print(f"preflight: {len(checks)} checks passed" + (f"; note: {'; '.join(warned)}" if warned else ""), flush=True)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("items", nargs="*", help="params files (layered on params/base.yaml) and key=value overrides")
     parser.add_argument("--stages", help="subset: 03 | 03,05 | 03-05 | 05_fusion_ablation (default: all)")
     parser.add_argument("--rerun", action="store_true", help="run the selected stages even if finished")
+    parser.add_argument("--no-preflight", action="store_true", help="skip the fast preflight (kitlib.doctor --fast)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel for the notebooks")
     args = parser.parse_args(argv)
     files = [x for x in args.items if "=" not in x]
@@ -170,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load(*files, overrides=overrides)
     except config.ConfigError as exc:
         print(f"params error: {exc}", file=sys.stderr)
+        return 2
+    if not args.no_preflight and not preflight_passes(cfg, args.items):
         return 2
     command = ["python", "-m", "kitlib.run", *argv]
     stages = select_stages(args.stages)
@@ -195,11 +224,21 @@ def main(argv: list[str] | None = None) -> int:
                 runfolder.check_can_write(stage, cfg, run_dir)
                 current = stage
                 runfolder.mark_started(run_dir, stage)
-                print(f"[{stage}] running ...", flush=True)
-                seconds = run_stage(stage, cfg, run_dir, kernel=args.kernel)
+                last = progress.last_seconds(run_dir, stage)
+                took = (f" (took {progress.duration(last[0])} last time"
+                        f"{'' if last[1] == run_dir.name else ' in ' + last[1]})") if last else ""
+                print(f"[{stage}] running{took} ... log: {run_dir / 'logs' / (stage + '.log')}", flush=True)
+                try:
+                    seconds = run_stage(stage, cfg, run_dir, kernel=args.kernel)
+                except StageFailed:
+                    summary.write(run_dir)
+                    raise
                 current = None
-                print(f"[{stage}] done in {seconds:.0f} s -> {run_dir / 'notebooks' / (stage + '.ipynb')}", flush=True)
-            print(f"all selected stages finished in {time.time() - total:.0f} s; outputs in {run_dir}", flush=True)
+                print(f"[{stage}] done in {progress.duration(seconds)} -> {run_dir / 'notebooks' / (stage + '.ipynb')}",
+                      flush=True)
+            print(f"all selected stages finished in {progress.duration(time.time() - total)}; outputs in {run_dir}",
+                  flush=True)
+            print(summary.terminal_lines(run_dir), flush=True)
             return 0
     except runfolder.RunFolderError as exc:
         print(str(exc), file=sys.stderr)

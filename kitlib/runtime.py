@@ -31,8 +31,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """One log line per stage event, with the time, on stderr (shown in notebooks too)."""
-    if not log.handlers:
+    """One log line per stage event, with the time, on stderr (shown in notebooks too) and, under the
+    runner, in ``<run>/logs/<stage>.log`` (``kitlib.progress``)."""
+    from kitlib.progress import attach_stage_log
+
+    attach_stage_log(log)
+    if not any(type(h) is logging.StreamHandler for h in log.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)

@@ -321,7 +321,7 @@ def consolidate(store: FeatureStore, key: str = "features") -> Consolidated:
 
 
 def _build_consolidated(store: FeatureStore, keys: list[str], key: str, features_path: Path, index_path: Path) -> None:
-    from tqdm.auto import tqdm
+    from kitlib.progress import tqdm
 
     lengths, dim, dtype = [], None, None
     for txtid in keys:                                   # pass 1: row counts (small arrays only)

@@ -116,3 +116,23 @@ def test_failing_cell_names_notebook_and_error(tiny_run, capsys):
     assert run.main(bad + ["--stages", "05"]) == 1
     err = capsys.readouterr().err
     assert "stage 05_fusion_ablation failed in cell" in err and "no_such_head" in err
+
+
+def test_stage_logs_summary_page_overlay_and_clean_notebooks(tiny_run):
+    """What a user sees of a run: a log per stage, the summary page, the overlay video, and executed
+    notebooks without widget warnings, progress-bar redraws or echoed paths."""
+    _, run_dir, _ = tiny_run
+    for stage in run.STAGES:
+        assert "started =====" in (run_dir / "logs" / f"{stage}.log").read_text()
+        nb = json.loads((run_dir / "notebooks" / f"{stage}.ipynb").read_text())
+        outputs = [o for c in nb["cells"] for o in c.get("outputs", [])]
+        streams = "".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream")
+        assert "IProgress" not in streams and "\r" not in streams, stage
+        assert not [o for o in outputs if "PosixPath" in "".join(o.get("data", {}).get("text/plain", ""))], stage
+    extraction_log = (run_dir / "logs" / "03_crop_extract.log").read_text()
+    assert "kitlib.visual.extract INFO" in extraction_log and "videos: 100%" in extraction_log
+    page = json.loads((run_dir / "summary.json").read_text())
+    assert 0 <= page["headline"]["official_val_f1"] <= 1 and page["headline"]["test_frames"] > 0
+    assert len(page["stages"]) == len(run.STAGES) and (run_dir / "summary.html").is_file()
+    overlays = list((run_dir / "figures").glob("overlay_*.mp4"))
+    assert len(overlays) == 1 and overlays[0].stat().st_size > 10_000 and overlays[0].with_suffix(".png").is_file()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from kitlib.progress import tqdm
 
 from kitlib.runtime import pick_device
 

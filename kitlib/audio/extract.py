@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from kitlib.progress import tqdm
 
 from kitlib.audio.alignment import align_to_frames, frame_centre_times
 from kitlib.audio.encoders import AudioEncoder, encode

@@ -1,4 +1,6 @@
-"""Raw-video decoding with decord: frames in batches, frame times from the container.
+"""Raw-video decoding with decord (or PyAV where decord has no wheel): frames in batches, frame times
+from the container. ``KITLIB_VIDEO_BACKEND=pyav`` (or ``decord``) forces one; by default decord when
+it is installed.
 
 Frame numbers are 1-based everywhere in the kit, as in the annotation files (line i = frame
 ``{i:05d}.jpg``). Frame times are read from the container's timestamps, not derived from the
@@ -7,6 +9,7 @@ nominal fps, because real Aff-Wild2 files have variable frame rates and odd dura
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +45,34 @@ class FrameBatch:
     frames: np.ndarray   # (B, H, W, 3) uint8 RGB
 
 
-def _open(path: Path):
-    import decord
+def backend() -> str:
+    """``decord`` or ``pyav``: ``$KITLIB_VIDEO_BACKEND`` if set, else decord when it imports, else PyAV."""
+    forced = os.environ.get("KITLIB_VIDEO_BACKEND")
+    if forced:
+        if forced not in ("decord", "pyav"):
+            raise ValueError(f"KITLIB_VIDEO_BACKEND must be decord or pyav, not {forced!r}")
+        return forced
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return "pyav"
+    return "decord"
 
+
+def _open(path: Path):
     path = Path(path)
     if not path.is_file():
         raise VideoError(path, "file not found")
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
-    except Exception as exc:  # decord raises DECORDError / RuntimeError with C++ text
+        if backend() == "pyav":
+            from kitlib.faces.pyav_reader import PyAVReader
+
+            reader = PyAVReader(path)
+        else:
+            import decord
+
+            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
+    except Exception as exc:  # decord raises DECORDError / RuntimeError with C++ text; PyAV its own errors
         raise VideoError(path, f"cannot open as a video ({str(exc).splitlines()[0][:200]})") from exc
     if len(reader) == 0:
         raise VideoError(path, "the container holds no video frames")
@@ -61,7 +83,7 @@ def probe(path: Path | str) -> VideoInfo:
     """Frame count, fps, size and duration of a video, or a ``VideoError`` naming the file."""
     reader = _open(Path(path))
     n = len(reader)
-    height, width = reader[0].shape[:2]
+    height, width = (reader.height, reader.width) if hasattr(reader, "height") else reader[0].shape[:2]
     stamps = reader.get_frame_timestamp(np.array([n - 1]))
     return VideoInfo(path=Path(path), n_frames=n, fps=float(reader.get_avg_fps()), width=int(width),
                      height=int(height), duration_s=float(stamps[0, 1]))
@@ -86,7 +108,8 @@ def iter_frames(path: Path | str, *, batch_size: int = 64, step: int = 1) -> Ite
     for start in range(0, len(wanted), batch_size):
         idx = wanted[start:start + batch_size]
         try:
-            frames = reader.get_batch(idx.tolist()).asnumpy()
+            frames = reader.get_batch(idx.tolist())
+            frames = frames if isinstance(frames, np.ndarray) else frames.asnumpy()
             times = reader.get_frame_timestamp(idx)[:, 0]
         except Exception as exc:
             raise VideoError(path, f"decoding failed at frame {int(idx[0]) + 1} of {n} "

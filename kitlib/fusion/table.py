@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
+from kitlib.progress import tqdm
 
 from kitlib.data import Track
 from kitlib.store import FeatureStore, RowView, consolidate, take_rows

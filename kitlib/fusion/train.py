@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from kitlib.progress import tqdm
 
 from kitlib import NUM_CLASSES
 from kitlib.fusion.heads import HEADS, SEQUENCE_HEADS, FusionHead, build_head, count_parameters, known_heads

@@ -53,7 +53,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numba
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from kitlib.progress import tqdm
 
 from kitlib.metrics import f1_from_confusion
 from kitlib.smoothing.kernels import (_argmax_window_sums, _confusion_parts, _median_blocks, _weighted_argmax,

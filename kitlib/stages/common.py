@@ -24,10 +24,28 @@ def start(cfg: Config) -> Path:
     """Every notebook's first call: logging, seeds, the run folder, and the demo data if asked for."""
     runtime.setup_logging()
     runtime.seed_everything(cfg.run.seed)
+    check_run_params(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.generate_demo:
         ensure_demo(cfg)
     return cfg.run_dir
+
+
+def check_run_params(cfg: Config) -> None:
+    """The runner's rule for a notebook run by hand: a run folder belongs to the params it was made with,
+    so params that differ from its ``params.yaml`` are refused (they would overwrite its reports)."""
+    import yaml
+
+    from kitlib.tools.compare import flatten
+
+    recorded = cfg.run_dir / "params.yaml"
+    if not recorded.is_file():
+        return
+    old, new = flatten(yaml.safe_load(recorded.read_text()) or {}), flatten(cfg.to_dict())
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+        raise config.ConfigError(f"{cfg.run_dir} was made with other params (changed: {', '.join(changed[:8])}); "
+                                 f"set run.name to another folder, or use that folder's params.yaml")
 
 
 def ensure_demo(cfg: Config) -> dict:
@@ -79,7 +97,7 @@ def video_table(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
     A video that cannot be decoded gets its error in the ``error`` column and is left out by the
     later stages, which report it again; the rest of the run goes on.
     """
-    from tqdm.auto import tqdm
+    from kitlib.progress import tqdm
 
     from kitlib.faces.video import VideoError, probe
 

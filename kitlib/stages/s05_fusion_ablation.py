@@ -160,7 +160,7 @@ def xattn_grid(cfg: Config, index: data.DataIndex, labels: dict[str, np.ndarray]
     ``reports/table3_xattn_grid.csv``."""
     import dataclasses
 
-    from tqdm.auto import tqdm
+    from kitlib.progress import tqdm
 
     from kitlib import fusion
 

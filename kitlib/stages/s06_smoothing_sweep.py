@@ -9,13 +9,14 @@ import pandas as pd
 
 from kitlib import config, data
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import data_index, folds, frame_labels, load_logits, read_report, report, start
+from kitlib.stages.common import (data_index, feature_store, folds, frame_labels, load_logits, read_report, report,
+                                  start)
 
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
 __all__ = ['notebook_config', 'start', 'data_index', 'read_report', 'smoothing_sweep', 'smoothing_table',
-           'smoothing_example']
+           'smoothing_example', 'overlay_video']
 
 
 def _sweep_windows(cfg: Config) -> range:
@@ -81,3 +82,43 @@ def smoothing_example(cfg: Config, index: data.DataIndex) -> dict:
                      f"{s.final_strategy} {s.final_window}": smooth_logits(
                          x, s.final_window, s.final_strategy, edge=s.final_edge,
                          sigma_divisor=s.gaussian_sigma_divisor).argmax(1)}}
+
+
+def overlay_video(cfg: Config, index: data.DataIndex, *, txtid: str | None = None, seconds: float = 10.0):
+    """An MP4 of one validation track (default: the longest, as in ``smoothing_example``): face box, predicted
+    (after the final smoothing) and true label, class probabilities, in ``<run>/figures/overlay_<txtid>.mp4``."""
+    from kitlib.overlay import write_overlay
+    from kitlib.smoothing import smooth_logits
+
+    logits = load_logits(cfg, "val")
+    txtid = txtid or max(logits, key=lambda t: len(logits[t]))
+    if txtid not in logits:
+        raise KeyError(f"{txtid!r} has no validation logits; validation tracks: {', '.join(sorted(logits))}")
+    track = index.by_txtid()[txtid]
+    s = cfg.smoothing
+    smoothed = smooth_logits(logits[txtid], s.final_window, s.final_strategy, edge=s.final_edge,
+                             sigma_divisor=s.gaussian_sigma_divisor)
+    probs = np.exp(smoothed - smoothed.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    visual = feature_store(cfg, "visual")
+    frame_index = visual.load(txtid)["frame_index"] if visual.done(txtid) else np.arange(1, len(probs) + 1)
+    if len(frame_index) != len(probs):
+        frame_index = np.arange(1, len(probs) + 1)
+    boxes_file = visual.root / "boxes.csv"
+    boxes = {}
+    if boxes_file.is_file():
+        table = pd.read_csv(boxes_file)
+        table = table[table["videoid"] == track.videoid]
+        boxes = {int(f): g[["x1", "y1", "x2", "y2"]].to_numpy() for f, g in table.groupby("frame")}
+    fps = probe_fps(track.video_path)
+    path = write_overlay(track.video_path, cfg.run_dir / "figures" / f"overlay_{txtid}.mp4", probs=probs,
+                         frame_index=np.asarray(frame_index), truth=frame_labels(cfg, index)[txtid],
+                         pred=probs.argmax(1), boxes=boxes, max_frames=int(round(seconds * fps)))
+    log.info("overlay of %s (%.0f s, %s %d smoothing) -> %s", txtid, seconds, s.final_strategy, s.final_window, path)
+    return path
+
+
+def probe_fps(video_path) -> float:
+    from kitlib.faces.video import probe
+
+    return probe(video_path).fps or 30.0

@@ -240,6 +240,35 @@ def _hf_beit_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] 
     return out
 
 
+def _hf_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """Hugging Face ``Dinov2Model`` keys (the hub's ``facebook/dinov2-*`` folders: ``attention.attention.query``,
+    or transformers-5 ``attention.q_proj``) -> timm VisionTransformer keys; None if not that layout."""
+    state = _strip_to(state, "embeddings.patch_embeddings.projection.weight")
+    if state is None or not any(k.endswith("layer_scale1.lambda1") for k in state):
+        return None
+    renames = [(r"^embeddings\.cls_token$", "cls_token"), (r"^embeddings\.position_embeddings$", "pos_embed"),
+               (r"^embeddings\.register_tokens$", "reg_token"),
+               (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."), (r"^encoder\.layer\.", "blocks."),
+               (r"\.attention\.output\.dense\.", ".attn.proj."), (r"\.attention\.o_proj\.", ".attn.proj."),
+               (r"\.layer_scale(\d)\.lambda1$", r".ls\1.gamma"), (r"^layernorm\.", "norm.")]
+    qkv = re.compile(r"^encoder\.layer\.(\d+)\.attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$")
+    parts: dict[int, dict[str, torch.Tensor]] = {}
+    out = {}
+    for key, value in state.items():
+        if key == "embeddings.mask_token":
+            continue                                       # masked-image training only
+        if (m := qkv.match(key)):
+            parts.setdefault(int(m.group(1)), {})[f"{(m.group(2) or m.group(3))[0]}.{m.group(4)}"] = value
+            continue
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    for i, p in parts.items():
+        for part in ("weight", "bias"):
+            out[f"blocks.{i}.attn.qkv.{part}"] = torch.cat([p[f"{w}.{part}"] for w in "qkv"])
+    return out
+
+
 def _drop_heads(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items()
             if not k.startswith(("head.", "dino_head.", "ibot_head.", "lm_head.", "visual_projection.", "classifier."))}
@@ -251,7 +280,8 @@ def _to_timm_keys(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dic
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     family = backbone_family(model.kit_build["arch"])
-    converted = _hf_beit_to_timm(state) if family == "beit" else _hf_clip_to_timm(state) if family == "clip" else None
+    converters = {"beit": _hf_beit_to_timm, "clip": _hf_clip_to_timm, "dinov2": _hf_dinov2_to_timm}
+    converted = converters[family](state)
     if converted is not None:
         state = converted
     # original DINOv2 training checkpoints with block_chunks > 0: blocks.<chunk>.<i>.* (i is global)
@@ -423,3 +453,39 @@ def checkpoint_hash(path: Path, *, n_hex: int = 16) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()[:n_hex]
+
+
+def weights_fit_problems(arch: str, path: Path, *, img_size: int | None = None,
+                         overrides: dict[str, Any] | None = None) -> list[str]:
+    """Why the checkpoint at ``path`` would not load into ``arch`` (empty list: it fits), from the
+    tensor names and shapes only: the model is built on the meta device and no weight is read."""
+    path = resolve_weights_file(Path(path))
+    with torch.device("meta"):
+        model = create_model(arch, img_size=img_size, overrides=overrides)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                state: Any = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        else:
+            state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - corrupt or foreign file: that is the answer
+        return [f"cannot read {path}: {err}"]
+    for key in _WRAPPER_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        state = _to_timm_keys(state, model)
+    except Exception as err:  # noqa: BLE001
+        return [f"{path} does not convert to {arch}'s layout: {err}"]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} (model: {tuple(v.shape)})" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"lacks {len(missing)} of {len(expected)} weights of {arch}, e.g. {missing[:3]}")
+    if wrong:
+        problems.append(f"{len(wrong)} tensors of another shape, e.g. {wrong[:2]}")
+    return problems

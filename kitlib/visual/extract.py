@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from kitlib.progress import tqdm
 
 from kitlib.data import Track
 from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FaceDetector, FaceTrack, FollowSettings, bridge_gaps,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
+from kitlib.progress import tqdm
 
 from kitlib import CLASSES, NUM_CLASSES
 from kitlib.data import read_labels

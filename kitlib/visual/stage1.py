@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from tqdm.auto import tqdm
+from kitlib.progress import tqdm
 
 from kitlib import NUM_CLASSES
 from kitlib.metrics import macro_f1

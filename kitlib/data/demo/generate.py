@@ -14,7 +14,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
+from kitlib.progress import tqdm
 
 from kitlib import CLASSES, NUM_CLASSES
 from kitlib.data import HEADER

@@ -1,0 +1,73 @@
+"""One page per run (summary.json / .html / .md from what the stages wrote) and runs compared."""
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from kitlib import config, summary
+from kitlib.tools import compare
+
+
+def fake_run(root, name, *, epochs=40, gated=0.70, smoothed=0.72, stages=True):
+    """A run folder as the stages leave it: params, reports, markers, a figure and a notebook."""
+    run_dir = root / name
+    cfg = config.load("params/demo.yaml", overrides=[f"run.name={name}", f"fusion.epochs={epochs}"])
+    (run_dir / "reports").mkdir(parents=True)
+    config.save(cfg, run_dir / "params.yaml")
+    (run_dir / "provenance.json").write_text(json.dumps({"git_commit": "abc", "seed": 0, "params_digest": cfg.digest()}))
+    pd.DataFrame({"head": ["a_only", "gated", "safe_xattn"], "official_val_f1": [0.6, gated, 0.74],
+                  "cv_mean_f1": [0.45, 0.54, 0.51], "cv_std_f1": [0.03, 0.04, 0.07]}).to_csv(
+        run_dir / "reports" / "table3_fusion.csv", index=False)
+    pd.DataFrame({"strategy": ["single-frame", "median"], "official_val_f1": [gated, smoothed], "cv_mean_f1": [0.54, 0.57],
+                  "cv_std_f1": [0.04, 0.05], "window": [1, 51]}).to_csv(run_dir / "reports" / "table4_smoothing.csv", index=False)
+    pd.DataFrame({"txtid": ["t1", "t2"], "template_frames": [500, 600], "from_face": [450, 600], "from_audio": [40, 0],
+                  "filled": [10, 0]}).to_csv(run_dir / "reports" / "submission_coverage.csv", index=False)
+    if stages:
+        (run_dir / "stages").mkdir()
+        (run_dir / "stages" / "05_fusion_ablation.json").write_text(json.dumps({"stage": "05_fusion_ablation", "seconds": 84.8}))
+    for folder, file in (("figures", "table3_val.png"), ("notebooks", "05_fusion_ablation.ipynb")):
+        (run_dir / folder).mkdir()
+        (run_dir / folder / file).write_bytes(b"x")
+    return run_dir
+
+
+def test_summary_page_has_headline_scores_figures_and_links(tmp_path):
+    run_dir = fake_run(tmp_path, "demo")
+    page = summary.write(run_dir)
+    data = json.loads((run_dir / "summary.json").read_text())
+    h = data["headline"]
+    assert (h["final_head"], h["official_val_f1"], h["cv_mean_f1"], h["smoothed_official_val_f1"]) == ("gated", 0.7, 0.54, 0.72)
+    assert (h["test_tracks"], h["test_frames"], h["test_frames_filled"]) == (2, 1100, 10)
+    assert h["best_head"] == {"head": "safe_xattn", "official_val_f1": 0.74}
+    text = page.read_text()
+    assert '<img src="figures/table3_val.png"' in text and 'href="notebooks/05_fusion_ablation.ipynb"' in text
+    assert "0.540 ± 0.040" in text and "1 min 25 s" in text
+    assert "| official validation macro F1 | 0.700 |" in (run_dir / "summary.md").read_text()
+    assert "official val F1 0.700" in summary.terminal_lines(run_dir)
+
+
+def test_summary_of_an_unfinished_run_shows_dashes(tmp_path):
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    config.save(config.load("params/demo.yaml"), run_dir / "params.yaml")
+    h = json.loads((summary.write(run_dir).parent / "summary.json").read_text())["headline"]
+    assert h["official_val_f1"] is None and h["test_frames"] is None
+    assert "—" in (run_dir / "summary.html").read_text()
+
+
+def test_compare_shows_the_params_that_differ_and_the_scores(tmp_path, capsys):
+    fake_run(tmp_path, "demo")
+    fake_run(tmp_path, "demo-e5", epochs=5, gated=0.61)
+    (tmp_path / "not-a-run").mkdir()
+    assert compare.main([str(p) for p in sorted(tmp_path.iterdir())] + ["--out", str(tmp_path / "cmp")]) == 0
+    table = pd.read_csv(tmp_path / "cmp" / "compare.csv")
+    assert list(table["run"]) == ["demo", "demo-e5"] and list(table["fusion.epochs"]) == [40, 5]
+    assert "run.name" not in table and "fusion.hidden" not in table            # only what differs
+    assert list(table["official val F1"]) == pytest.approx([0.7, 0.61])
+    assert (tmp_path / "cmp" / "compare.png").stat().st_size > 5000
+    assert "fusion.epochs" in capsys.readouterr().out
+
+
+def test_flatten_keeps_lists_as_leaves():
+    assert compare.flatten(yaml.safe_load("a: {b: 1, c: [1, 2]}\nd: x")) == {"a.b": 1, "a.c": "[1, 2]", "d": "x"}
