@@ -96,14 +96,14 @@ def test_a_changed_template_makes_stage_07_out_of_date(tmp_path, fake_stages, ca
     calls, _ = fake_stages
     cfg = make_run(tmp_path)
     items = run_items(tmp_path)
-    assert run.main([*items, "--stages", "05-07"]) == 0 and calls == list(run.STAGES[4:])
-    assert run.main([*items, "--stages", "07"]) == 0 and calls == list(run.STAGES[4:])       # up to date: skipped
+    assert run.main(["--no-preflight", *items, "--stages", "05-07"]) == 0 and calls == list(run.STAGES[4:])
+    assert run.main(["--no-preflight", *items, "--stages", "07"]) == 0 and calls == list(run.STAGES[4:])       # up to date: skipped
     template = cfg.data_path(cfg.data.test_template)
     template.write_text(template.read_text().replace("00040.jpg", "00041.jpg"))
     status = runfolder.stage_status(run.STAGES, cfg, cfg.run_dir)
     assert status["07_submission"].changed == ("template",) and not status["06_smoothing_sweep"].out_of_date
     capsys.readouterr()
-    assert run.main([*items, "--stages", "07"]) == 0
+    assert run.main(["--no-preflight", *items, "--stages", "07"]) == 0
     assert calls[-1] == "07_submission" and len(calls) == 4
     assert "[07_submission] out of date (its input(s) changed since it ran: template): running it again" \
         in capsys.readouterr().out
@@ -113,15 +113,15 @@ def test_changed_annotations_refuse_a_later_stage_alone_and_name_the_command(tmp
     calls, _ = fake_stages
     cfg = make_run(tmp_path)
     items = run_items(tmp_path)
-    assert run.main([*items, "--stages", "05-07"]) == 0
+    assert run.main(["--no-preflight", *items, "--stages", "05-07"]) == 0
     label_file = cfg.data_path(cfg.data.annotations_dir) / "Train_Set" / "trainA.txt"
     label_file.write_text(label_file.read_text() + "3\n")
     capsys.readouterr()
-    assert run.main([*items, "--stages", "07"]) == 1 and len(calls) == 3
+    assert run.main(["--no-preflight", *items, "--stages", "07"]) == 1 and len(calls) == 3
     err = capsys.readouterr().err
     assert "[07_submission] builds on 05_fusion_ablation, which is out of date (its input(s) changed since it " \
            "ran: annotations); run python -m kitlib.run params/tiny.yaml" in err and err.strip().endswith("--stages 05-07")
-    assert run.main([*items, "--stages", "05-07"]) == 0 and calls[3:] == list(run.STAGES[4:])
+    assert run.main(["--no-preflight", *items, "--stages", "05-07"]) == 0 and calls[3:] == list(run.STAGES[4:])
 
 
 # ---------------------------------------------------------------------------- leftovers and interruption
@@ -130,7 +130,7 @@ def test_runner_removes_partial_files_of_a_killed_writer(tmp_path, fake_stages, 
     visual = cfg.run_dir / "features" / "visual"
     (visual / ".trainA.npz.k3j2.partial").write_bytes(b"half")
     (cfg.run_dir / "fusion" / ".head.pt.x1.partial").mkdir()
-    assert run.main([*run_items(tmp_path), "--stages", "07"]) == 0
+    assert run.main(["--no-preflight", *run_items(tmp_path), "--stages", "07"]) == 0
     assert not list(cfg.run_dir.rglob("*.partial"))
     assert "removed 2 unfinished file(s) left by a killed run" in capsys.readouterr().out
 
@@ -147,7 +147,7 @@ def test_interruption_ends_with_one_line_naming_what_is_kept_and_how_to_resume(t
 
     actions["06_smoothing_sweep"] = interrupt
     capsys.readouterr()
-    assert run.main([*items, "--stages", "05-07"]) == rc
+    assert run.main(["--no-preflight", *items, "--stages", "05-07"]) == rc
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"stopped by {name} during 06_smoothing_sweep; kept: the finished stages (05) and the feature "
                    f"files of finished tracks; resume with: python -m kitlib.run {' '.join(items)} --stages 06-07"]
@@ -174,7 +174,7 @@ def test_read_only_features_folder_fails_before_the_stage_runs(tmp_path, fake_st
     try:
         if not _make_read_only(visual):
             pytest.skip("cannot make a folder read-only here (root without chattr)")
-        assert run.main([*run_items(tmp_path), "--stages", "03"]) == 1
+        assert run.main(["--no-preflight", *run_items(tmp_path), "--stages", "03"]) == 1
     finally:
         subprocess.run(["chattr", "-i", str(visual)], capture_output=True)
         visual.chmod(0o755)
@@ -190,7 +190,7 @@ def test_too_little_free_space_fails_before_the_stage_runs_naming_path_and_size(
     table = pd.read_csv(videos)
     table["n_frames"] = 10 ** 10                       # an impossible release: petabytes of features
     table.to_csv(videos, index=False)
-    assert run.main([*run_items(tmp_path), "--stages", "04"]) == 1 and calls == []
+    assert run.main(["--no-preflight", *run_items(tmp_path), "--stages", "04"]) == 1 and calls == []
     err = capsys.readouterr().err
     assert f"[04_audio_align] {cfg.run_dir} has" in err and "GiB free, the stage needs about" in err
     assert runfolder.estimated_output_bytes("04_audio_align", cfg, cfg.run_dir) > 10 ** 10 * 4 * 2 * 2
