@@ -103,6 +103,8 @@ class Stage1Params:
     padaug_max_frac: float
     amp: str                # bf16 | fp16 | none (autocast on CUDA only)
     max_steps_per_epoch: int | None
+    num_workers: int | None  # image-loading processes; null = the machine's cores; 0 = in the training process
+    prefetch_factor: int     # batches each loader worker prepares ahead
     table1_states: list[str]  # extra backbone states for Table 1: pretrained, mlp, moe, moe_padaug, mlp_padaug
 
 
@@ -110,6 +112,11 @@ class Stage1Params:
 class VisualParams:
     batch_size: int         # crops per backbone batch
     amp: str                # bf16 | fp16 | none
+    extractor: str          # serial (decode -> detect -> track -> encode in turn) | pipelined (kitlib.visual.pipelined)
+    decode_workers: int | None  # pipelined: videos decoded ahead in parallel threads; null = min(cores, 8)
+    queue_batches: int      # pipelined: decoded batches each decode worker may hold (bounds host memory)
+    compile: bool           # pipelined: torch.compile the backbone (CUDA; pays off on long runs)
+    weights_bf16: bool      # pipelined, CUDA: cast the backbone's weights to visual.amp instead of autocast
 
 
 @dataclass

@@ -55,7 +55,7 @@ def train_stage1(cfg: Config, *, head: str | None = None, use_padaug: bool | Non
         lr_head=s.lr_head, weight_decay=s.weight_decay, mixup_alpha=s.mixup_alpha, label_smoothing=s.label_smoothing,
         padaug=padaug(cfg) if use_padaug else None, n_frozen_blocks=s.n_frozen_blocks, image_size=s.image_size,
         device=dev, amp_dtype=amp_dtype(s.amp, dev) or torch.float32, seed=cfg.run.seed, out_path=out_path or backbone_path(cfg),
-        max_steps_per_epoch=s.max_steps_per_epoch)
+        max_steps_per_epoch=s.max_steps_per_epoch, num_workers=s.num_workers, prefetch_factor=s.prefetch_factor)
     return result
 
 
