@@ -46,19 +46,28 @@ def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Trac
     from kitlib.faces import build_detector
     from kitlib.visual.backbones import input_mean_std
     from kitlib.visual.extract import extract_visual_features
+    from kitlib.visual.pipelined import extract_visual_features_pipelined
 
+    v = cfg.visual
+    extractors = {"serial": (extract_visual_features, {}),
+                  "pipelined": (extract_visual_features_pipelined,
+                                dict(decode_workers=v.decode_workers, queue_batches=v.queue_batches, compile=v.compile,
+                                     weights_bf16=v.weights_bf16))}
+    if v.extractor not in extractors:
+        raise ValueError(f"visual.extractor: {v.extractor!r} is not one of {sorted(extractors)}")
+    extract, extractor_options = extractors[v.extractor]
     dev = dev or device(cfg)
     backbone, record = adapted_backbone(cfg)
     mean, std = input_mean_std(backbone)
     options = {"path": cfg.path(cfg.faces.boxes_file)} if cfg.faces.detector == "boxes" else {}
     detector = build_detector(cfg.faces.detector, **options)
-    table = extract_visual_features(
+    table = extract(
         index.tracks if tracks is None else tracks, feature_store(cfg, "visual", rank=rank), backbone,
         detector=detector, crop_scales=cfg.faces.crop_scales,
         image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size,
         max_gap=cfg.faces.max_gap, follow=follow_settings(cfg), device=dev,
         dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
-        manifest={"backbone": record, "params_digest": cfg.digest()})
+        manifest={"backbone": record, "params_digest": cfg.digest()}, **extractor_options)
     return extraction_report(cfg, "visual_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)
 
 
