@@ -259,7 +259,7 @@ def main() -> None:
         f"inference_mode, {'bf16 autocast, ' if cuda else 'fp32, '}sdpa={model.blocks[0].attn.fused_attn}",
         base_rate, f"fp32 batch 1 x {n_single}", extra)
     print(f"{'':22s} FLOPs/crop = {formula}")
-    del model, images
+    model = images = None  # free the large backbone before the end-to-end run
     reset_peak(device)
 
     # ---- end to end
