@@ -189,6 +189,7 @@ class FusionParams:
     focal_gamma: float      # focal loss gamma (seed 004 eq. 5), both head kinds
     cross_validation: bool  # also report the K video-level folds
     memmap_features: bool   # frame tables read features through a memory-mapped cache (store.consolidate)
+    resident_features: bool  # on CUDA: training tables copied onto the GPU once, batches gathered there
     sequence: SequenceParams
     head_options: HeadOptions
     text_encoder: str       # local transformers text encoder folder for tcn_prompt's label prompts

@@ -29,7 +29,8 @@ def train_kwargs(cfg: Config) -> dict:
     return dict(hidden=f.hidden, dropout=f.dropout, epochs=f.epochs, batch_size=f.batch_size, lr=f.lr,
                 weight_decay=f.weight_decay, patience=f.patience, seed=cfg.run.seed, device=device(cfg),
                 class_weights=None if f.class_weights == "none" else f.class_weights,
-                effective_beta=f.effective_beta, loss=f.loss, focal_gamma=f.focal_gamma)
+                effective_beta=f.effective_beta, loss=f.loss, focal_gamma=f.focal_gamma,
+                resident_features=f.resident_features)
 
 
 def text_encoder_path(cfg: Config) -> Path:
