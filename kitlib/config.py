@@ -131,6 +131,8 @@ class AudioParams:
     align_window_total_s: float   # TOTAL length of the centred window (half-width = align_window_total_s / 2)
     ablation_windows_total_s: list[float]  # further total window lengths stored for Table 2
     amp: str
+    batch_videos: int       # videos encoded together (their chunks share batches: a GPU wants 8+); 1 = one at a time
+    batch_chunks: int       # chunks per encoder forward when batch_videos > 1
 
 
 @dataclass

@@ -47,7 +47,8 @@ def extract_audio(cfg: Config, index: data.DataIndex, *, tracks: list[data.Track
         index.tracks if tracks is None else tracks, feature_store(cfg, "audio", rank=rank), encoder,
         sample_rate=a.sample_rate,
         chunk_s=a.chunk_s, overlap_s=a.overlap_s, layers=layers, method=a.align, align_window_s=a.align_window_total_s,
-        manifest={"encoder": str(path), "params_digest": cfg.digest()}, extra_windows_s=a.ablation_windows_total_s)
+        manifest={"encoder": str(path), "params_digest": cfg.digest()}, extra_windows_s=a.ablation_windows_total_s,
+        batch_videos=a.batch_videos, batch_chunks=a.batch_chunks)
     return extraction_report(cfg, "audio_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)
 
 
