@@ -30,6 +30,10 @@ if [ "${1:-}" = "fetch-wheels" ]; then
   # shellcheck disable=SC2086
   "$PIP" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat -d .whl \
     decord==0.6.0 av==18.1.0 || exit 1
+  # optional: fp8 backbone inference (the visual step's --fp8 row says "skipped" without it)
+  # shellcheck disable=SC2086
+  "$PIP" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat -d .whl \
+    torchao==0.18.0 || echo "torchao not fetched: no fp8 figures"
   # papermill and its notebook kernel: the names the GPU image lacks (its own numpy/pyyaml/tqdm/... are kept)
   # shellcheck disable=SC2086
   "$PIP" -m pip download --only-binary=:all: --python-version 3.12 --implementation cp $plat -d .whl/kernel \
@@ -51,6 +55,8 @@ OUT=$(cd "$OUT" && pwd)
 if [ -z "${PYTHON:-}" ]; then
   if [ "$DRY" = 1 ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
+REC=python3  # records the steps (json module only): independent of the python under test
+command -v python3 > /dev/null || REC=$PYTHON
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 STEPS="$OUT/steps.jsonl"
 : > "$STEPS"
@@ -76,7 +82,7 @@ step() {
   echo "== $name (limit ${limit} s): $*"
   timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
-  "$PYTHON" - "$STEPS" "$name" "$rc" "$(( $(date +%s) - t0 ))" "$json" "$OUT/$name.log" "$*" <<'EOF'
+  "$REC" - "$STEPS" "$name" "$rc" "$(( $(date +%s) - t0 ))" "$json" "$OUT/$name.log" "$*" <<'EOF'
 import json, sys
 steps, name, rc, seconds, figures, log, command = sys.argv[1:]
 lines = open(log, errors="replace").read().splitlines()
@@ -107,7 +113,7 @@ else
   step gpu_tests 75 - "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu -rs tests
   step visual_pipelined 140 "$OUT/visual_pipelined.json" "$PYTHON" benchmarks/pipelined_extraction.py --device cuda \
     --sizes 720p 1080p --clips 2 --seconds 5 --arch vit_large_patch14_dinov2 --image-size 224 --batch-size 384 \
-    --decode-workers 8 --json "$OUT/visual_pipelined.json"
+    --decode-workers 8 --fp8 --json "$OUT/visual_pipelined.json"
   step audio 40 - "$PYTHON" benchmarks/audio_throughput.py --device cuda --shapes large --audio-s 300 --baseline-s 5
   step stage1 50 - "$PYTHON" benchmarks/stage1_training.py --device cuda --steps 15 --workers 16
   step fusion 40 "$OUT/fusion.json" "$PYTHON" benchmarks/fusion_gpu.py --device cuda --json "$OUT/fusion.json"
@@ -122,7 +128,7 @@ else
 fi
 
 # one JSON: the machine, every step (rc, seconds, result lines) and every figures file the steps wrote
-"$PYTHON" - "$OUT" "$STEPS" "$DEV" "$(( $(date +%s) - START ))" "$DRY" <<'EOF'
+"$REC" - "$OUT" "$STEPS" "$DEV" "$(( $(date +%s) - START ))" "$DRY" <<'EOF'
 import json, pathlib, platform, subprocess, sys, datetime
 out, steps, device, total, dry = sys.argv[1:]
 records = [json.loads(l) for l in open(steps)]

@@ -135,6 +135,42 @@ def parallel_decode_rate(paths: list[Path], *, workers: int, decode_batch: int, 
     return frames / (time.perf_counter() - tic)
 
 
+def fp8_backbone(bb: torch.nn.Module, images: torch.Tensor, *, device: torch.device, compile: bool, bf16_rate: float,
+                 flops: float, peak: float, emit) -> dict:
+    """fp8 (e4m3, dynamic per-row activation scales) inference of a copy of the bf16 backbone through torchao:
+    crops/s and the cosine agreement of its features with bf16's. Skipped (said why) where it cannot run."""
+    import copy
+
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as exc:
+        emit("backbone fp8", f"skipped: torchao is not installed ({exc})")
+        return {"skipped": f"torchao: {exc}"}
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        emit("backbone fp8", "skipped: needs a CUDA GPU with fp8 tensor cores (Ada / Hopper)")
+        return {"skipped": "no fp8 GPU"}
+    fp8 = copy.deepcopy(bb)
+    quantize_(fp8, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    if compile:
+        fp8 = torch.compile(fp8)
+    with torch.inference_mode():
+        reference = bb(images).float()
+        out = fp8(images).float()
+        sync(device)
+        tic = time.perf_counter()
+        for _ in range(10):
+            fp8(images)
+        sync(device)
+    rate = 10 * len(images) / (time.perf_counter() - tic)
+    cosine = torch.nn.functional.cosine_similarity(out, reference, dim=1)
+    result = {"crops_per_s": rate, "speedup_over_bf16": rate / bf16_rate, "cosine_min": float(cosine.min()),
+              "cosine_mean": float(cosine.mean()), "fraction_of_bf16_peak": flops * rate / 1e12 / peak}
+    emit("backbone fp8", f"{rate:8.1f} crops/s (torchao fp8 e4m3, per-row dynamic scales{', compiled' if compile else ''}; "
+                         f"x{rate / bf16_rate:.2f} over bf16; cosine with bf16 features min {result['cosine_min']:.4f}, "
+                         f"mean {result['cosine_mean']:.4f})")
+    return result
+
+
 def release_counts(metadata: Path) -> dict[str, float] | None:
     """Decoded frames (videos), track frames (annotation files) and audio hours of the whole release."""
     files = [metadata / f for f in ("expr_video_meta.csv", "expr_test_video_meta.csv", "expr_video_index.csv",
@@ -162,6 +198,7 @@ def main() -> None:
     parser.add_argument("--detector", default="opencv-haar", help="a registered face detector")
     parser.add_argument("--crop-scales", type=float, nargs="+", default=[0.9, 1.2, 1.5])
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone in the pipelined run")
+    parser.add_argument("--fp8", action="store_true", help="also time an fp8 copy of the backbone (torchao, Hopper)")
     parser.add_argument("--no-serial", action="store_true", help="skip the serial end-to-end run")
     parser.add_argument("--metadata", type=Path, default=METADATA)
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
@@ -262,6 +299,9 @@ def main() -> None:
     emit("backbone", f"{crops_rate:8.1f} crops/s ({arch} @{image_size}px, batch {batch_size}, weights {input_dtype}, "
                      f"sdpa={bb.blocks[0].attn.fused_attn}; {flops / 1e9:.1f} GFLOP/crop -> {achieved:.2f} TFLOP/s "
                      f"= {achieved / peak:.0%} of the measured peak)")
+    if args.fp8:
+        figures["fp8"] = fp8_backbone(bb, images, device=device, compile=args.compile, bf16_rate=crops_rate,
+                                      flops=flops, peak=peak, emit=emit)
     del bb, images
 
     # ---- end to end: serial vs pipelined on the same clips
