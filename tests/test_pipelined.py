@@ -145,3 +145,37 @@ def test_the_extractor_is_a_param():
     cfg = config.load("params/demo.yaml", overrides=["visual.extractor=fast"])
     with pytest.raises(ValueError, match="pipelined"):
         extract_visual(cfg, None)
+
+
+@pytest.mark.slow
+def test_sharded_extraction_runs_the_pipelined_extractor(tmp_path):
+    """Two gloo ranks of ``kitlib.tools.distributed extract`` with ``visual.extractor: pipelined``."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from kitlib import config, data
+    from kitlib.stages import common
+    from test_distributed import REPO, _demo_with_boxes, _overrides
+
+    overrides = [*_overrides(tmp_path), "visual.extractor=pipelined", "visual.decode_workers=2"]
+    cfg = config.load("params/demo.yaml", "params/tiny.yaml", overrides=overrides)
+    _demo_with_boxes(cfg, tmp_path)
+    args = [sys.executable, "-m", "kitlib.tools.distributed", "extract", "params/demo.yaml", "params/tiny.yaml",
+            *overrides, "--kind", "visual"]
+    port = 29900 + os.getpid() % 90
+    procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+             for rank in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for rank, (proc, out) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, f"rank {rank} failed:\n{out[-3000:]}"
+    index = data.discover(cfg.path(cfg.data.root), videos_dir=cfg.data.videos_dir,
+                          annotations_dir=cfg.data.annotations_dir, test_names=cfg.data.test_names)
+    store = common.feature_store(cfg, "visual")
+    assert store.keys() == sorted(t.txtid for t in index.tracks)
+    merged = pd.read_csv(cfg.run_dir / "reports" / "visual_extraction.csv")
+    assert not merged["status"].str.startswith("error").any() and store.read_manifest()["shards"] == 2
