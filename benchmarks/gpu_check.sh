@@ -102,7 +102,8 @@ if [ "$DRY" = 1 ]; then
   step gpu_tests 240 - "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_pipelined.py
   step visual_pipelined 300 "$OUT/visual_pipelined.json" "$PYTHON" benchmarks/pipelined_extraction.py --device cpu \
     --sizes 360p --clips 2 --seconds 0.5 --image-size 28 --batch-size 48 --decode-workers 2 --json "$OUT/visual_pipelined.json"
-  step audio 120 - "$PYTHON" benchmarks/audio_throughput.py --device cpu --shapes base --audio-s 2 --baseline-s 0.5
+  step audio 120 - "$PYTHON" benchmarks/audio_throughput.py --device cpu --shapes base --audio-s 2 --baseline-s 0 \
+    --chunk-s 1.0 --overlap-s 0.2 --batch-videos 2
   step stage1 180 - "$PYTHON" benchmarks/stage1_training.py --device cpu --image-size 56 --batch-size 4 --steps 1 --no-baseline
   step fusion 240 "$OUT/fusion.json" "$PYTHON" benchmarks/fusion_gpu.py --device cpu --frames 3000 --dim 64 --epochs 1 --json "$OUT/fusion.json"
   step tiny_chain 300 "$OUT/tiny_chain.json" "$PYTHON" benchmarks/chain_without_jupyter.py params/demo.yaml params/tiny.yaml \
@@ -114,7 +115,8 @@ else
   step visual_pipelined 140 "$OUT/visual_pipelined.json" "$PYTHON" benchmarks/pipelined_extraction.py --device cuda \
     --sizes 720p 1080p --clips 2 --seconds 5 --arch vit_large_patch14_dinov2 --image-size 224 --batch-size 384 \
     --decode-workers 8 --fp8 --json "$OUT/visual_pipelined.json"
-  step audio 40 - "$PYTHON" benchmarks/audio_throughput.py --device cuda --shapes large --audio-s 300 --baseline-s 5
+  step audio 40 - "$PYTHON" benchmarks/audio_throughput.py --device cuda --shapes large --audio-s 120 --baseline-s 3 \
+    --batch-videos 8
   step stage1 50 - "$PYTHON" benchmarks/stage1_training.py --device cuda --steps 15 --workers 16
   step fusion 40 "$OUT/fusion.json" "$PYTHON" benchmarks/fusion_gpu.py --device cuda --json "$OUT/fusion.json"
   step tiny_chain 100 "$OUT/tiny_chain.json" bash -c "if $PYTHON -c 'import papermill' 2>/dev/null; then \
