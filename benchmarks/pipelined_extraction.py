@@ -12,8 +12,8 @@ measures on ``--device``:
 * crop                  ``crop_faces`` on the device from full-resolution frames (3 scales)
 * backbone              ``--arch`` at ``--image-size``, batches of ``--batch-size`` crops (bf16 weights on
                         CUDA, timm's SDPA attention): crops/s, GFLOP/crop, fraction of the measured peak
-* end to end            ``extract_visual_features`` (serial) and ``extract_visual_features_pipelined`` on
-                        the SAME clips, one after the other: frames/s each and their ratio, where the
+* end to end            ``extract_visual_features`` (serial) and ``extract_visual_features_pipelined`` (faces
+                        detected in its decode workers) on the SAME clips, one after the other: frames/s each and their ratio, where the
                         pipelined main thread spent its time, GPU busy (backbone forwards, CUDA events) /
                         wall, peak GPU and host memory, and the largest feature difference between the two
 * projection            the whole release's visual extraction time from the metadata's frame counts
@@ -325,9 +325,9 @@ def main() -> None:
             if name == "serial":
                 report = extract_visual_features(tracks, store, model, **common)
             else:
-                report = extract_visual_features_pipelined(tracks, store, model, decode_workers=workers,
-                                                           queue_batches=2, compile=args.compile,
-                                                           stage_times=times, **common)
+                report = extract_visual_features_pipelined(
+                    tracks, store, model, decode_workers=workers, queue_batches=2, compile=args.compile,
+                    stage_times=times, detector_factory=lambda: build_detector(args.detector), **common)
             sync(device)
             wall = time.perf_counter() - tic
         busy_s = busy.seconds()

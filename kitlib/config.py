@@ -117,6 +117,7 @@ class VisualParams:
     queue_batches: int      # pipelined: decoded batches each decode worker may hold (bounds host memory)
     compile: bool           # pipelined: torch.compile the backbone (CUDA; pays off on long runs)
     weights_bf16: bool      # pipelined, CUDA: cast the backbone's weights to visual.amp instead of autocast
+    detect_in_workers: bool  # pipelined: each decode worker detects its video's faces (own detector), in parallel
 
 
 @dataclass

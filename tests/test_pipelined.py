@@ -40,7 +40,8 @@ def test_pipelined_writes_the_serial_files(tmp_path, videos):
     serial, piped = FeatureStore(tmp_path / "serial", "visual"), FeatureStore(tmp_path / "piped", "visual")
     report_s = run(tracks, serial)
     times = StageTimes()
-    report_p = run_pipelined(tracks, piped, stage_times=times)
+    report_p = run_pipelined(tracks, piped, stage_times=times,
+                             detector_factory=lambda: build_detector("opencv-haar"))  # detection in the workers
 
     assert list(report_p.columns) == list(REPORT_COLUMNS)
     cols = ["txtid", "status", "frames", "detected", "followed", "bridged", "missing"]

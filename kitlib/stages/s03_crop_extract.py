@@ -49,17 +49,19 @@ def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Trac
     from kitlib.visual.pipelined import extract_visual_features_pipelined
 
     v = cfg.visual
+    options = {"path": cfg.path(cfg.faces.boxes_file)} if cfg.faces.detector == "boxes" else {}
     extractors = {"serial": (extract_visual_features, {}),
                   "pipelined": (extract_visual_features_pipelined,
                                 dict(decode_workers=v.decode_workers, queue_batches=v.queue_batches, compile=v.compile,
-                                     weights_bf16=v.weights_bf16))}
+                                     weights_bf16=v.weights_bf16,
+                                     detector_factory=(lambda: build_detector(cfg.faces.detector, **options))
+                                     if v.detect_in_workers else None))}
     if v.extractor not in extractors:
         raise ValueError(f"visual.extractor: {v.extractor!r} is not one of {sorted(extractors)}")
     extract, extractor_options = extractors[v.extractor]
     dev = dev or device(cfg)
     backbone, record = adapted_backbone(cfg)
     mean, std = input_mean_std(backbone)
-    options = {"path": cfg.path(cfg.faces.boxes_file)} if cfg.faces.detector == "boxes" else {}
     detector = build_detector(cfg.faces.detector, **options)
     table = extract(
         index.tracks if tracks is None else tracks, feature_store(cfg, "visual", rank=rank), backbone,

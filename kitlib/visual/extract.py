@@ -169,7 +169,8 @@ def _track_and_encode(tracks: list[Track], *, detector: FaceDetector, max_gap: i
     times: list[np.ndarray] = []
     n_seen = n_done = 0
     for batch in iter_frames(video_path, batch_size=decode_batch) if batches is None else batches:
-        detections = video_detector.detect(batch.frames, frame_index=batch.index)
+        detections = batch.detections if batch.detections is not None else \
+            video_detector.detect(batch.frames, frame_index=batch.index)  # found ahead by a decode worker, or now
         for state in states:
             picks, followed = state.tracker.update(detections, batch.frames)
             state.picks.append(picks)

@@ -6,8 +6,9 @@ batch, so on a GPU box the GPU waits for the CPU most of the time. This module k
 per-video code (``extract._track_and_encode``: the registry's detector, the tracker, ``bridge_gaps``,
 ``crop_faces``; ``extract._save_tracks``: the same files, atomic per track) and overlaps the stages:
 
-- **decode** in ``decode_workers`` threads, one video each, running ahead of the GPU on the next
-  videos (decord releases the GIL while it decodes); each worker hands over batches through a queue
+- **decode** (and, with ``detector_factory``, face detection) in ``decode_workers`` threads, one video
+  each, running ahead of the GPU on the next videos (decord and OpenCV release the GIL while they
+  work); tracking stays in order on the main thread; each worker hands over batches through a queue
   of at most ``queue_batches`` batches, so host memory stays flat on a 2-hour video; on CUDA the
   batches are copied into pinned (page-locked) host memory there;
 - **upload** of each batch to the GPU as soon as it is taken (``non_blocking`` from pinned memory),
@@ -28,7 +29,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -68,11 +69,12 @@ class _Decoder:
     """Decodes one video on a worker thread into a bounded queue: first its ``VideoInfo``, then its
     batches (copied into pinned memory when ``pin``), then ``_END``; an error is handed over in turn."""
 
-    def __init__(self, path: Path, *, decode_batch: int, max_batches: int, pin: bool):
+    def __init__(self, path: Path, *, decode_batch: int, max_batches: int, pin: bool,
+                 detector: Callable[[], FaceDetector] | None = None):
         self.path = path
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, max_batches))
         self.cancel = threading.Event()  # set by the consumer: the worker stops at its next batch
-        self._decode_batch, self._pin = decode_batch, pin
+        self._decode_batch, self._pin, self._detector = decode_batch, pin, detector
 
     def _put(self, item: Any) -> bool:
         while not self.cancel.is_set():
@@ -87,7 +89,10 @@ class _Decoder:
         try:
             if not self._put(probe(self.path)):
                 return
+            detector = self._detector() if self._detector is not None else None
             for batch in iter_frames(self.path, batch_size=self._decode_batch):
+                if detector is not None:  # detection ahead, in this worker: parallel across videos
+                    batch = replace(batch, detections=detector.detect(batch.frames, frame_index=batch.index))
                 if self._pin:  # page-locked, so the upload runs asynchronously on the copy engine
                     pinned = torch.from_numpy(batch.frames).pin_memory()
                     batch = replace(batch, frames=pinned.numpy(), pixels=pinned)
@@ -199,11 +204,15 @@ def extract_visual_features_pipelined(
         batch_size: int = 256, max_gap: int = 15, follow: FollowSettings | None = None, device: torch.device,
         dtype: torch.dtype = torch.float32, decode_batch: int = 128, manifest: dict[str, Any],
         decode_workers: int | None = None, queue_batches: int = 2, compile: bool = False, weights_bf16: bool = True,
+        detector_factory: Callable[[], FaceDetector] | None = None,
         stage_times: StageTimes | None = None) -> pd.DataFrame:
     """``extract.extract_visual_features`` with its stages overlapped (module docstring): the same
     arguments, files, report and manifest, plus ``decode_workers`` (videos decoded ahead in parallel;
     None = min(cores, 8)), ``queue_batches`` (decoded batches each worker may hold), ``compile``,
-    ``weights_bf16`` (see ``prepare_backbone``) and ``stage_times`` (filled with where the time went).
+    ``weights_bf16`` (see ``prepare_backbone``), ``detector_factory`` (builds a detector like ``detector``:
+    each decode worker then detects the faces of its own video ahead, with its own detector, so a CPU
+    detector such as Haar scales with the cores; None: detection in the main thread) and
+    ``stage_times`` (filled with where the time went).
     """
     device = torch.device(device)
     times = stage_times if stage_times is not None else StageTimes()
@@ -225,6 +234,14 @@ def extract_visual_features_pipelined(
     pending: deque[tuple[list[Track], Future]] = deque()
     frames_bar = tqdm(desc="frames", unit="frame", leave=False, position=1)
     next_video = 0
+    local = threading.local()  # one detector per decode worker thread (detectors need not be thread-safe)
+
+    def video_detector(videoid: str) -> Callable[[], FaceDetector]:
+        def build() -> FaceDetector:
+            if not hasattr(local, "detector"):
+                local.detector = detector_factory()
+            return local.detector.for_video(videoid)
+        return build
 
     def collect(block_until: int) -> None:  # report rows of finished writes; wait while more than block_until
         while pending and (len(pending) > block_until or pending[0][1].done()):
@@ -243,7 +260,8 @@ def extract_visual_features_pipelined(
                 while next_video < len(videos) and len(decoders) < workers:  # keep the decode workers busy
                     videoid, todo = videos[next_video]
                     decoder = _Decoder(todo[0].video_path, decode_batch=decode_batch, max_batches=queue_batches,
-                                       pin=device.type == "cuda")
+                                       pin=device.type == "cuda",
+                                       detector=video_detector(videoid) if detector_factory is not None else None)
                     decode_pool.submit(decoder.run)
                     decoders.append((videoid, todo, decoder))
                     next_video += 1
