@@ -92,7 +92,8 @@ class _Decoder:
             detector = self._detector() if self._detector is not None else None
             for batch in iter_frames(self.path, batch_size=self._decode_batch):
                 if detector is not None:  # detection ahead, in this worker: parallel across videos
-                    batch = replace(batch, detections=detector.detect(batch.frames, frame_index=batch.index))
+                    with torch.inference_mode():  # thread-local: a CNN detector records no graph here either
+                        batch = replace(batch, detections=detector.detect(batch.frames, frame_index=batch.index))
                 if self._pin:  # page-locked, so the upload runs asynchronously on the copy engine
                     pinned = torch.from_numpy(batch.frames).pin_memory()
                     batch = replace(batch, frames=pinned.numpy(), pixels=pinned)
