@@ -8,7 +8,8 @@
 #   GPU_CHECK_DRY_RUN=1 bash benchmarks/gpu_check.sh    # anywhere: the same steps on the CPU at toy sizes
 #                                                       # (checks the script itself; tests/test_gpu_check.py)
 #   bash benchmarks/gpu_check.sh fetch-wheels           # HERE (registry reachable): the missing packages as
-#                                                       # Python 3.12 x86-64 wheels in .whl/, to carry along
+#                                                       # Python 3.12 x86-64 wheels in .whl/ (52 MB), to carry
+#                                                       # along; `fetch-wheels papermill` adds papermill (+13 MB)
 #
 # Packages: the GPU image has torch, timm, transformers, OpenCV, scikit-image, pandas, pytest, ...;
 # decord and PyAV (video and audio decoding) and papermill are not there. This script installs ONLY
@@ -25,7 +26,7 @@ ROOT=$(pwd)
 if [ "${1:-}" = "fetch-wheels" ]; then
   PIP=${PYTHON:-python3}
   mkdir -p .whl
-  echo "downloading Python 3.12 manylinux x86-64 wheels into .whl/ (decord, PyAV, papermill + its kernel stack)"
+  echo "downloading Python 3.12 manylinux x86-64 wheels into .whl/ (decord, PyAV, torchao; papermill if asked)"
   plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any"
   # shellcheck disable=SC2086
   "$PIP" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat -d .whl \
@@ -34,12 +35,16 @@ if [ "${1:-}" = "fetch-wheels" ]; then
   # shellcheck disable=SC2086
   "$PIP" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat -d .whl \
     torchao==0.18.0 || echo "torchao not fetched: no fp8 figures"
-  # papermill and its notebook kernel: the names the GPU image lacks (its own numpy/pyyaml/tqdm/... are kept)
+  # papermill and its notebook kernel (13 MB more, over the 64 MiB a device call carries with decord + PyAV):
+  # only with `fetch-wheels papermill`; otherwise the chain runs without Jupyter (chain_without_jupyter.py)
+  if [ "${2:-}" = "papermill" ]; then
   # shellcheck disable=SC2086
   "$PIP" -m pip download --only-binary=:all: --python-version 3.12 --implementation cp $plat -d .whl/kernel \
     papermill==2.7.0 ipykernel==7.4.0 nbformat==5.11.1 || echo "papermill wheels not fetched: the chain will run without Jupyter"
+  fi
   have="numpy|pyyaml|tqdm|requests|attrs|psutil|pygments|packaging|click|urllib3|idna|certifi|charset_normalizer|typing_extensions|aiohttp|aiosignal|frozenlist|multidict|yarl|propcache|aiohappyeyeballs|six|python_dateutil|platformdirs|jinja2|markupsafe|rpds_py"
   for w in .whl/kernel/*.whl; do
+    [ -e "$w" ] || continue
     name=$(basename "$w" | cut -d- -f1 | tr 'A-Z' 'a-z')
     if echo "$name" | grep -Eqx "$have"; then rm -f "$w"; else mv "$w" .whl/; fi
   done
