@@ -236,7 +236,7 @@ def main() -> None:
         for k in range(args.clips):
             clips.append(write_clip(workdir / f"{size}_{k}.mp4", width=width, height=height,
                                     n_frames=int(seconds * 30), seed=k))
-    emit("clips", f"{len(clips)} x {seconds:.0f} s H.264 at {', '.join(args.sizes)} written in "
+    emit("clips", f"{len(clips)} x {seconds:g} s H.264 at {', '.join(args.sizes)} written in "
                   f"{time.perf_counter() - tic:.0f} s ({workdir})")
 
     # ---- per size: decode, detect, crop
