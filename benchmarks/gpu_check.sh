@@ -107,7 +107,7 @@ if [ "$DRY" = 1 ]; then
   step gpu_tests 240 - "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_pipelined.py
   step visual_pipelined 300 "$OUT/visual_pipelined.json" "$PYTHON" benchmarks/pipelined_extraction.py --device cpu \
     --sizes 360p --clips 2 --seconds 0.5 --image-size 28 --batch-size 48 --decode-workers 2 --json "$OUT/visual_pipelined.json"
-  step audio 120 - "$PYTHON" benchmarks/audio_throughput.py --device cpu --shapes base --audio-s 2 --baseline-s 0 \
+  step audio 300 - "$PYTHON" benchmarks/audio_throughput.py --device cpu --shapes base --audio-s 2 --baseline-s 0 \
     --chunk-s 1.0 --overlap-s 0.2 --batch-videos 2
   step stage1 180 - "$PYTHON" benchmarks/stage1_training.py --device cpu --image-size 56 --batch-size 4 --steps 1 --no-baseline
   step fusion 240 "$OUT/fusion.json" "$PYTHON" benchmarks/fusion_gpu.py --device cpu --frames 3000 --dim 64 --epochs 1 --json "$OUT/fusion.json"
