@@ -18,7 +18,7 @@
 # (the notebooks' cells executed in one process: the same stage functions).
 # Environment: PYTHON (default python3; .venv/bin/python in a dry run); GPU_CHECK_STEPS=a,b runs only those steps
 # (environment, gpu_tests, visual_pipelined, audio, stage1, fusion, tiny_chain). The step limits add up to
-# 7 min 55 s on the GPU; a step that runs out is recorded as timed out and the next one starts.
+# 7 min 45 s on the GPU; a step that runs out is recorded as timed out and the next one starts.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -124,7 +124,7 @@ else
     --batch-videos 8
   step stage1 50 - "$PYTHON" benchmarks/stage1_training.py --device cuda --steps 15 --workers 16
   step fusion 40 "$OUT/fusion.json" "$PYTHON" benchmarks/fusion_gpu.py --device cuda --json "$OUT/fusion.json"
-  step tiny_chain 100 "$OUT/tiny_chain.json" bash -c "if $PYTHON -c 'import papermill' 2>/dev/null; then \
+  step tiny_chain 90 "$OUT/tiny_chain.json" bash -c "if $PYTHON -c 'import papermill' 2>/dev/null; then \
       $PYTHON -m kitlib.run params/demo.yaml params/tiny.yaml run.device=cuda run.name=gpu-check-tiny stage1.amp=bf16 \
         visual.amp=bf16 audio.amp=bf16 visual.extractor=pipelined && $PYTHON -c \"import json, pathlib; \
         p = pathlib.Path('outputs/gpu-check-tiny/stages'); json.dump({'runner': 'papermill', 'stage_seconds': \
