@@ -101,6 +101,8 @@ EOF
   echo "   rc=$rc in $(( $(date +%s) - t0 )) s"
 }
 
+rm -rf outputs/gpu-check-dry outputs/gpu-check-tiny outputs/gpu-check-tiny-nojupyter  # this check's own run
+# folders, made fresh each time (a run folder refuses params that changed since it was made)
 if [ "$DRY" = 1 ]; then
   DEV=cpu
   step environment 60 - "$PYTHON" -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
