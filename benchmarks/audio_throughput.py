@@ -12,6 +12,7 @@ Each row prints peak host memory and, on CUDA, peak GPU memory.
 
     .venv/bin/python benchmarks/audio_throughput.py                      # CPU, 60 s of audio
     .venv/bin/python benchmarks/audio_throughput.py --device cuda --audio-s 600   # bf16 on CUDA
+    .venv/bin/python benchmarks/audio_throughput.py --device cuda --audio-s 120 --batch-videos 8   # + batched across videos
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kitlib.audio import AudioEncoder, encode  # noqa: E402
+from kitlib.audio.encoders import encode_many  # noqa: E402
 from kitlib.runtime import pick_device, seed_everything  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,6 +85,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--baseline-s", type=float, default=None, help="seconds for the per-frame baseline "
                         "(default 2 CPU, 20 CUDA; 0: none)")
+    parser.add_argument("--batch-videos", type=int, default=0,
+                        help="also encode this many videos of --audio-s together (encode_many: chunks share batches)")
+    parser.add_argument("--batch-chunks", type=int, default=8, help="chunks per forward with --batch-videos")
     parser.add_argument("--fps", type=float, default=30.0, help="video frame rate of the per-frame baseline")
     parser.add_argument("--align-window-s", type=float, default=0.5, help="window per frame of the baseline")
     args = parser.parse_args()
@@ -118,6 +123,22 @@ def main() -> None:
         print(f"{shape:5s} ({params:.0f}M params): {args.audio_s / wall:8.1f} audio s / wall s = x real time "
               f"({wall:.2f} s wall, {cpu:.2f} s process CPU for {args.audio_s:.0f} s; "
               f"{len(features)} frames x {features.shape[1]}{gpu_busy}); {peak.summary()}", flush=True)
+        if args.batch_videos > 1:  # several videos at once: their chunks share the encoder's batches
+            waves = [np.roll(waveform, 1000 * k)[: len(waveform) - 1600 * k] for k in range(args.batch_videos)]
+            busy = GpuBusy(encoder.model, device)
+            with PeakMemory(device=device) as batch_peak:
+                tic = time.perf_counter()
+                encode_many(waves, encoder, chunk_s=args.chunk_s, overlap_s=args.overlap_s, layers=layers,
+                            batch_chunks=args.batch_chunks)
+                sync(device)
+                batch_wall = time.perf_counter() - tic
+            total_s = sum(len(w) for w in waves) / 16000
+            batch_busy = f", GPU busy {busy.seconds() / batch_wall:.0%} of wall" if device.type == "cuda" else ""
+            busy.close()
+            print(f"      {args.batch_videos} videos batched ({args.batch_chunks} chunks per forward): "
+                  f"{total_s / batch_wall:8.1f} audio s / wall s = x real time ({batch_wall:.2f} s for {total_s:.0f} s; "
+                  f"x{total_s / batch_wall / (args.audio_s / wall):.2f} over one video at a time{batch_busy}); "
+                  f"{batch_peak.summary()}", flush=True)
         if baseline_s:
             with PeakMemory(device=device) as base_peak:
                 base = per_frame_rate(encoder.model, waveform, seconds=baseline_s, fps=args.fps,

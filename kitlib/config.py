@@ -122,6 +122,8 @@ class Stage1Params:
     padaug_max_frac: float
     amp: str                # bf16 | fp16 | none (autocast on CUDA only)
     max_steps_per_epoch: int | None
+    num_workers: int | None  # image-loading processes; null = the machine's cores; 0 = in the training process
+    prefetch_factor: int     # batches each loader worker prepares ahead
     table1_states: list[str]  # extra backbone states for Table 1: pretrained, mlp, moe, moe_padaug, mlp_padaug
     chain: list[dict[str, Any]]  # further Stage-I runs, each from the previous one's backbone (seed 004 sec. 3.2)
 
@@ -132,6 +134,12 @@ class VisualParams:
     amp: str                # bf16 | fp16 | none
     probe: str              # Table 1's linear probe: sklearn (logistic regression) | torch (reference: AdamW 20 epochs, best)
     compare_backbones: list[dict[str, Any]]  # seed 004 Table 1: further backbones probed on this run's faces
+    extractor: str          # serial (decode -> detect -> track -> encode in turn) | pipelined (kitlib.visual.pipelined)
+    decode_workers: int | None  # pipelined: videos decoded ahead in parallel threads; null = min(cores, 8)
+    queue_batches: int      # pipelined: decoded batches each decode worker may hold (bounds host memory)
+    compile: bool           # pipelined: torch.compile the backbone (CUDA; pays off on long runs)
+    weights_bf16: bool      # pipelined, CUDA: cast the backbone's weights to visual.amp instead of autocast
+    detect_in_workers: bool  # pipelined: each decode worker detects its video's faces (own detector), in parallel
 
 
 @dataclass
@@ -152,6 +160,8 @@ class AudioParams:
     align_empty: str        # mask (an empty window has no audio) | nearest (it takes the nearest encoder step)
     frame_time: str         # container (frame start times) | centre ((i + 0.5) / fps, the reference code)
     amp: str
+    batch_videos: int       # videos encoded together (their chunks share batches: a GPU wants 8+); 1 = one at a time
+    batch_chunks: int       # chunks per encoder forward when batch_videos > 1
 
 
 @dataclass
@@ -222,6 +232,7 @@ class FusionParams:
     frame_head_overrides: dict[str, Any]  # per frame head: {lr, weight_decay, dropout} replacing the fusion.* values
     missing_frames: str     # mask (zero a faceless frame's visual) | impute (val/test: nearest frame with it)
     memmap_features: bool   # frame tables read features through a memory-mapped cache (store.consolidate)
+    resident_features: bool  # on CUDA: training tables copied onto the GPU once, batches gathered there
     sequence: SequenceParams
     head_options: HeadOptions
     text_encoder: str       # local transformers text encoder folder for tcn_prompt's label prompts

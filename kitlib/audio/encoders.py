@@ -330,3 +330,76 @@ def encode(waveform: np.ndarray, encoder: AudioEncoder, *, sample_rate: int = 16
     return features, times
 
 
+def _forward_batch(encoder: AudioEncoder, chunks: list[np.ndarray], last_k: int | None) -> list[torch.Tensor]:
+    """``_forward`` of several chunks in one pass: each normalised on its own, zero-padded to the longest
+    with an attention mask; per chunk its (frames, D) float32 features on the host."""
+    if len(chunks) == 1:
+        return [_forward(encoder, chunks[0], last_k)]
+    lengths = [len(c) for c in chunks]
+    x = torch.zeros(len(chunks), max(lengths), dtype=torch.float32)
+    mask = torch.zeros(len(chunks), max(lengths), dtype=torch.long)
+    for row, chunk in enumerate(chunks):
+        c = torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))
+        if encoder.do_normalize:  # as Wav2Vec2FeatureExtractor does, on each chunk's own samples
+            c = (c - c.mean()) / torch.sqrt(c.var(unbiased=False) + 1e-7)
+        x[row, :len(c)] = c
+        mask[row, :len(c)] = 1
+    autocast = (torch.autocast(device_type=encoder.device.type, dtype=encoder.dtype)
+                if encoder.dtype != torch.float32 else nullcontext())
+    with torch.inference_mode(), autocast:
+        out = encoder.model(x.to(encoder.device, non_blocking=True), attention_mask=mask.to(encoder.device),
+                            output_hidden_states=last_k is not None)
+        if last_k is None:
+            hidden = out.last_hidden_state.float()
+        else:  # as in ``_forward``
+            stack = [*out.hidden_states[-last_k:-1], out.last_hidden_state] if last_k > 1 else [out.last_hidden_state]
+            hidden = torch.stack([h.float() for h in stack]).mean(0)
+    hidden = hidden.cpu()  # one copy to the host per batch
+    return [hidden[row, :encoder.geometry.n_frames(n)] for row, n in enumerate(lengths)]
+
+
+def encode_many(waveforms: list[np.ndarray], encoder: AudioEncoder, *, sample_rate: int = 16000,
+                chunk_s: float = 30.0, overlap_s: float = 5.0, layers: str | int = "last",
+                start_times_s: list[float] | None = None, batch_chunks: int = 8,
+                progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``encode`` of several waveforms (videos) at once: their chunks, longest first, go through the model
+    ``batch_chunks`` at a time (padded, with an attention mask), so a GPU sees large batches.
+
+    The chunks and the kept frames are those of ``encode``; padding changes nothing a chunk sees
+    for models with a layer-norm conv stack (wav2vec2-large-lv60k, HuBERT / WavLM large: the
+    masked positions are zeroed before the positional convolution and left out of attention), up
+    to float rounding. Models with a group-norm conv stack (base-style, ``feat_extract_norm:
+    group``) would mix the padding into their normalisation, so for them only chunks of equal
+    length share a batch.
+    """
+    if sample_rate != encoder.sampling_rate:
+        raise ValueError(f"the encoder expects {encoder.sampling_rate} Hz audio, got {sample_rate} Hz")
+    if batch_chunks < 1:
+        raise ValueError(f"batch_chunks must be >= 1, got {batch_chunks}")
+    waveforms = [np.asarray(w, dtype=np.float32) for w in waveforms]
+    if any(w.ndim != 1 for w in waveforms):
+        raise ValueError("every waveform must be mono (1-D)")
+    starts = list(start_times_s) if start_times_s is not None else [0.0] * len(waveforms)
+    last_k = _parse_layers(layers, encoder.num_layers)
+    geometry = encoder.geometry
+    hop = geometry.hop_samples
+    features = [np.zeros((geometry.n_frames(len(w)), encoder.hidden_size), np.float32) for w in waveforms]
+    jobs = [(i, start, end, lo, hi) for i, w in enumerate(waveforms)
+            for start, end, lo, hi in chunk_plan(len(w), geometry, chunk_samples=int(round(chunk_s * sample_rate)),
+                                                 overlap_samples=int(round(overlap_s * sample_rate))) if hi > lo]
+    jobs.sort(key=lambda job: job[1] - job[2])  # longest first: little padding within a batch
+    padding_ok = getattr(encoder.model.config, "feat_extract_norm", "layer") == "layer"
+    batches: list[list[tuple[int, int, int, int, int]]] = []
+    for job in jobs:
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_chunks and (padding_ok or last[0][2] - last[0][1] == job[2] - job[1]):
+            last.append(job)
+        else:
+            batches.append([job])
+    for batch in tqdm(batches, desc="audio chunk batches", unit="batch", leave=False,
+                      disable=not progress or len(batches) < 2):
+        hidden = _forward_batch(encoder, [waveforms[i][start:end] for i, start, end, _, _ in batch], last_k)
+        for (i, start, _, lo, hi), h in zip(batch, hidden):
+            features[i][lo:hi] = h[lo - start // hop:hi - start // hop].numpy()
+    return [(f, geometry.centres_s(len(f), sample_rate=sample_rate, start_time_s=t0)) for f, t0 in zip(features, starts)]
+

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from kitlib.progress import tqdm
 
 from kitlib.audio.alignment import align_to_frames, frame_centre_times
-from kitlib.audio.encoders import AudioEncoder, encode
+from kitlib.audio.encoders import AudioEncoder, encode, encode_many
 from kitlib.audio.waveform import AudioTrack, NoAudioError, load_audio
 from kitlib.data import Track
 from kitlib.faces.video import VideoError, frame_times, probe
+from kitlib.progress import tqdm
 from kitlib.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
                            sample_rate: int = 16000, chunk_s: float = 30.0, overlap_s: float = 5.0,
                            layers: str | int = "last", method: str = "window", align_window_s: float = 0.5,
                            manifest: dict[str, Any], extra_windows_s: Sequence[float] = (),
-                           length_tolerance_s: float = 0.1, empty: str = "mask",
-                           frame_time: str = "container") -> pd.DataFrame:
+                           length_tolerance_s: float = 0.1, empty: str = "mask", frame_time: str = "container",
+                           batch_videos: int = 1, batch_chunks: int = 8) -> pd.DataFrame:
     """Encode each raw video's audio once and save frame-aligned features for each of its tracks.
 
     Per track: ``frame_index`` 1..N (the video's frames), ``features`` (N, D) with ``method`` /
@@ -59,6 +59,9 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
     cannot be decoded is reported ("error: ...") and not saved, so a re-run retries it. Tracks
     already in the store are skipped ("resumed"). The manifest (``manifest`` plus the audio
     settings) is written at the end. Returns one report row per track.
+
+    ``batch_videos`` > 1 encodes that many videos together, their chunks ``batch_chunks`` at a time
+    (``encoders.encode_many``: large batches for a GPU); 1 encodes each video on its own (``encode``).
     """
     by_video: dict[Path, list[Track]] = {}
     for track in tracks:
@@ -72,52 +75,87 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
             rows.append(dict(txtid=track.txtid, videoid=track.videoid, frames=frames, audio_s=audio_s,
                              video_s=video_s, frames_with_audio=with_audio, status=status, seconds=seconds))
 
-    for video_path, group in tqdm(by_video.items(), desc="audio features", unit="video"):
-        todo = [t for t in group if not store.done(t.txtid)]
-        if not todo:
-            report(group, "resumed")
-            continue
-        tic = time.perf_counter()
+    def prepare(video_path: Path) -> dict[str, Any]:  # frame times and the waveform (None: no audio track)
+        times = frame_times(video_path)
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
         try:
-            times = frame_times(video_path)
-            centres = frame_centre_times(len(times), probe(video_path).fps) if frame_time == "centre" else times
-            step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
-            video_end_s = float(times[-1]) + step
-            try:
-                audio = load_audio(video_path, sample_rate=sample_rate)
-            except NoAudioError:
-                audio = None
-            if audio is None:
-                feats = np.zeros((0, encoder.hidden_size), np.float32)
-                feat_times = np.zeros(0)
-                status, audio_s = "no audio", 0.0
-            else:
-                feats, feat_times = encode(audio.waveform, encoder, sample_rate=sample_rate, chunk_s=chunk_s,
-                                           overlap_s=overlap_s, layers=layers, start_time_s=audio.start_time_s,
-                                           progress=True)
-                status = _coverage_status(audio, times, video_end_s, length_tolerance_s)
-                audio_s = audio.duration_s
-            aligned, mask = align_to_frames(feats, feat_times, centres, method=method, align_window_s=align_window_s,
-                                            empty=empty)
-            extra: dict[str, np.ndarray] = {}
-            if windows:
-                for key, kwargs in [("nearest", dict(method="nearest")), ("interpolate", dict(method="interpolate"))] + [
-                        (_window_key(w), dict(method="window", align_window_s=w)) for w in windows]:
-                    values, values_mask = align_to_frames(feats, feat_times, centres, empty=empty, **kwargs)
-                    extra[key], extra[f"{key}_mask"] = values.astype(np.float16), values_mask
-            for track in todo:
-                store.save(track.txtid, frame_index=np.arange(1, len(times) + 1), features=aligned, mask=mask,
-                           times_s=times, **extra)
-        except Exception as exc:  # one bad video must not end a multi-video run
-            reason = exc.reason if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
-            log.warning("%s: skipped (%s)", video_path, reason, exc_info=not isinstance(exc, VideoError))
-            report(todo, f"error: {reason}", seconds=time.perf_counter() - tic)
-            report([t for t in group if t not in todo], "resumed")
-            continue
-        seconds = time.perf_counter() - tic
+            audio = load_audio(video_path, sample_rate=sample_rate)
+        except NoAudioError:
+            audio = None
+        centres = frame_centre_times(len(times), probe(video_path).fps) if frame_time == "centre" else times
+        return dict(times=times, centres=centres, video_end_s=float(times[-1]) + step, audio=audio)
+
+    def finish(group: list[Track], todo: list[Track], job: dict[str, Any], feats: np.ndarray,
+               feat_times: np.ndarray) -> None:  # align to the frames and save each track of the video
+        times, centres, audio, video_end_s = job["times"], job["centres"], job["audio"], job["video_end_s"]
+        if audio is None:
+            status, audio_s = "no audio", 0.0
+        else:
+            status, audio_s = _coverage_status(audio, times, video_end_s, length_tolerance_s), audio.duration_s
+        aligned, mask = align_to_frames(feats, feat_times, centres, method=method, align_window_s=align_window_s,
+                                        empty=empty)
+        extra: dict[str, np.ndarray] = {}
+        if windows:
+            for key, kwargs in [("nearest", dict(method="nearest")), ("interpolate", dict(method="interpolate"))] + [
+                    (_window_key(w), dict(method="window", align_window_s=w)) for w in windows]:
+                values, values_mask = align_to_frames(feats, feat_times, centres, empty=empty, **kwargs)
+                extra[key], extra[f"{key}_mask"] = values.astype(np.float16), values_mask
+        for track in todo:
+            store.save(track.txtid, frame_index=np.arange(1, len(times) + 1), features=aligned, mask=mask,
+                       times_s=times, **extra)
         report(todo, status, frames=len(times), audio_s=audio_s, video_s=video_end_s - float(times[0]),
-               with_audio=int(mask.sum()), seconds=seconds)
+               with_audio=int(mask.sum()), seconds=time.perf_counter() - job["tic"])
         report([t for t in group if t not in todo], "resumed")
+
+    def failed(group: list[Track], todo: list[Track], video_path: Path, exc: Exception, tic: float) -> None:
+        reason = exc.reason if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
+        log.warning("%s: skipped (%s)", video_path, reason, exc_info=not isinstance(exc, VideoError))
+        report(todo, f"error: {reason}", seconds=time.perf_counter() - tic)
+        report([t for t in group if t not in todo], "resumed")
+
+    videos = list(by_video.items())
+    bar = tqdm(total=len(videos), desc="audio features", unit="video")
+    for first in range(0, len(videos), max(1, batch_videos)):  # videos whose chunks share the encoder's batches
+        jobs: list[tuple[Path, list[Track], list[Track], dict[str, Any]]] = []
+        for video_path, group in videos[first:first + max(1, batch_videos)]:
+            todo = [t for t in group if not store.done(t.txtid)]
+            if not todo:
+                report(group, "resumed")
+                continue
+            tic = time.perf_counter()
+            try:
+                jobs.append((video_path, group, todo, {**prepare(video_path), "tic": tic}))
+            except Exception as exc:  # one bad video must not end a multi-video run
+                failed(group, todo, video_path, exc, tic)
+        with_audio = [job for job in jobs if job[3]["audio"] is not None]
+        try:
+            if batch_videos > 1 and len(with_audio) > 1:
+                encoded = encode_many([j[3]["audio"].waveform for j in with_audio], encoder, sample_rate=sample_rate,
+                                      chunk_s=chunk_s, overlap_s=overlap_s, layers=layers, batch_chunks=batch_chunks,
+                                      start_times_s=[j[3]["audio"].start_time_s for j in with_audio], progress=True)
+            else:
+                encoded = [encode(j[3]["audio"].waveform, encoder, sample_rate=sample_rate, chunk_s=chunk_s,
+                                  overlap_s=overlap_s, layers=layers, start_time_s=j[3]["audio"].start_time_s,
+                                  progress=True) for j in with_audio]
+        except Exception as exc:  # the batch failed as a whole: encode its videos one by one, each reported
+            log.warning("audio batch of %d videos failed (%s); encoding them one by one", len(with_audio), exc)
+            encoded = None
+        by_path = dict(zip([j[0] for j in with_audio], encoded)) if encoded is not None else {}
+        for video_path, group, todo, job in jobs:
+            try:
+                if job["audio"] is None:
+                    feats, feat_times = np.zeros((0, encoder.hidden_size), np.float32), np.zeros(0)
+                elif video_path in by_path:
+                    feats, feat_times = by_path[video_path]
+                else:
+                    feats, feat_times = encode(job["audio"].waveform, encoder, sample_rate=sample_rate,
+                                               chunk_s=chunk_s, overlap_s=overlap_s, layers=layers,
+                                               start_time_s=job["audio"].start_time_s, progress=True)
+                finish(group, todo, job, feats, feat_times)
+            except Exception as exc:  # one bad video must not end a multi-video run
+                failed(group, todo, video_path, exc, job["tic"])
+        bar.update(min(len(videos), first + max(1, batch_videos)) - first)
+    bar.close()
 
     table = pd.DataFrame(rows, columns=["txtid", "videoid", "frames", "audio_s", "video_s", "frames_with_audio",
                                         "status", "seconds"])

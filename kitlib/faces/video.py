@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,15 @@ class FrameBatch:
     index: np.ndarray    # (B,) int64, 1-based frame numbers
     times_s: np.ndarray  # (B,) float64, presentation time of each frame's start
     frames: np.ndarray   # (B, H, W, 3) uint8 RGB
+    pixels: Any = None   # the same frames uploaded ahead as a (B, 3, H, W) uint8 torch tensor on the compute
+                         # device (kitlib.visual.pipelined); None = not uploaded
+    detections: Any = None  # per frame (k, 5) boxes + scores found ahead by a decode worker; None = not yet
+
+    def tail(self, start: int) -> "FrameBatch":
+        """The frames from position ``start`` on (views, no copy)."""
+        return replace(self, index=self.index[start:], times_s=self.times_s[start:], frames=self.frames[start:],
+                       pixels=None if self.pixels is None else self.pixels[start:],
+                       detections=None if self.detections is None else self.detections[start:])
 
 
 def backend() -> str:

@@ -144,14 +144,68 @@ def _labelled_batch(table: FrameTable, rows: np.ndarray,
             torch.from_numpy(labels).to(device).view(shape))
 
 
+@dataclass
+class ResidentTable:
+    """A frame table's rows on the GPU, gathered there by row index (no host gather, no per-batch copy).
+
+    ``audio`` has its filled frames zeroed already (as ``_batch`` does per batch); the release is
+    about 6 GB of float16 features, which an 80 GB GPU holds beside any head.
+    """
+
+    visual: torch.Tensor       # (N, Dv) float16
+    audio: torch.Tensor        # (N, Da) float16, zeros where the audio was filled
+    visual_mask: torch.Tensor  # (N,) bool
+    labels: torch.Tensor       # (N,) int64
+
+
+def resident_table(table: FrameTable, device: torch.device, *, max_fraction: float = 0.5,
+                   on_cpu: bool = False) -> ResidentTable | None:
+    """``table`` copied onto the CUDA ``device`` once; None on the CPU (host batches are already local; ``on_cpu``
+    copies anyway, for tests) or when its features would take more than ``max_fraction`` of the free GPU
+    memory (logged: host batches then)."""
+    if (device.type != "cuda" and not on_cpu) or len(table) == 0:
+        return None
+    nbytes = len(table) * (table.visual_dim + table.audio_dim) * 2
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")
+    if nbytes > max_fraction * free:
+        log.info("fusion: %.1f GiB of features would not fit in %.0f%% of the %.1f GiB free on %s; batches are "
+                 "gathered on the host", nbytes / 2**30, 100 * max_fraction, free / 2**30, device)
+        return None
+    rows = 1 << 16  # copied in slices: a memory-mapped table is never read whole into host memory
+
+    def upload(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        out = torch.empty((len(table), *array.shape[1:]), dtype=dtype, device=device)
+        for start in range(0, len(table), rows):
+            out[start:start + rows] = torch.from_numpy(np.ascontiguousarray(array[start:start + rows])).to(
+                device, dtype=dtype)
+        return out
+    visual = upload(table.visual, torch.float16)
+    audio = upload(table.audio, torch.float16) * upload(table.audio_mask, torch.float16).unsqueeze(-1)
+    return ResidentTable(visual=visual, audio=audio, visual_mask=upload(table.visual_mask, torch.bool),
+                         labels=upload(table.labels, torch.int64))
+
+
+def _resident_batch(res: ResidentTable, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``_labelled_batch`` on the device: rows (B,) or (B, W) of row indices on the device, -1 = padding."""
+    shape = rows.shape
+    keep = (rows >= 0).reshape(-1)
+    safe = rows.clamp(min=0).reshape(-1)
+    visual, audio = res.visual[safe].float(), res.audio[safe].float()
+    vmask, labels = res.visual_mask[safe] & keep, torch.where(keep, res.labels[safe], -1)
+    audio = audio * keep.to(audio.dtype).unsqueeze(-1)
+    return visual.view(*shape, -1), audio.view(*shape, -1), vmask.view(shape), labels.view(shape)
+
+
 @torch.inference_mode()
 def predict_logits(module: nn.Module, table: FrameTable, *, batch_size: int = 4096,
-                   device: torch.device | str = "cpu", window: int = 64, stride: int = 8) -> np.ndarray:
+                   device: torch.device | str = "cpu", window: int = 64, stride: int = 8,
+                   resident: ResidentTable | None = None) -> np.ndarray:
     """Logits (N, C) float32 of every row of ``table`` (eval mode).
 
     A frame head scores ``batch_size`` rows at a time. A sequence head scores every window of
     ``window`` frames, stride ``stride`` (``sequence.sliding_windows``), ``batch_size`` windows at a
     time, and a frame's logits are the mean over the windows covering it (soft voting, seed 004 sec. 3.6).
+    ``resident``: the table already on the device (``resident_table``): batches are gathered there.
     """
     device = torch.device(device)
     module.eval().to(device)
@@ -161,15 +215,22 @@ def predict_logits(module: nn.Module, table: FrameTable, *, batch_size: int = 40
         starts = range(0, len(windows), batch_size)
         for start in tqdm(starts, desc="predict windows", unit="batch", leave=False, disable=len(starts) < 20):
             rows = windows[start:start + batch_size]
-            visual, audio, vmask, _ = _labelled_batch(table, rows, device)
+            visual, audio, vmask, _ = (_labelled_batch(table, rows, device) if resident is None else
+                                       _resident_batch(resident, torch.from_numpy(rows).to(device)))
             add_votes(total, count, torch.from_numpy(rows).to(device),
                       module(visual, audio, vmask, frame_mask=frame_mask_of(rows, device=device)))
         return (total / count.clamp(min=1).unsqueeze(1)).cpu().numpy()
     chunks = []
     starts = range(0, len(table), batch_size)
     for start in tqdm(starts, desc="predict", unit="batch", leave=False, disable=len(starts) < 20):
+        if resident is not None:  # on the device, copied to the host once at the end
+            rows_t = torch.arange(start, min(start + batch_size, len(table)), device=device)
+            chunks.append(module(*_resident_batch(resident, rows_t)[:3]).float())
+            continue
         rows = np.arange(start, min(start + batch_size, len(table)))
         chunks.append(module(*_batch(table, rows, device)).float().cpu().numpy())
+    if resident is not None:
+        return torch.cat(chunks).cpu().numpy() if chunks else np.zeros((0, NUM_CLASSES), dtype=np.float32)
     return np.concatenate(chunks) if chunks else np.zeros((0, NUM_CLASSES), dtype=np.float32)
 
 
@@ -205,7 +266,8 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
                focal_gamma: float = 2.0, options: Mapping[str, Any] | None = None, window: int = 64,
                stride: int = 8, max_invalid: float = 0.25, structure: str = "kit", input_norm: str = "none",
                input_dropout: tuple[float, float] = (0.0, 0.0), lr_schedule: str = "constant",
-               lr_min: float = 0.0, complete_frames_only: bool = False) -> TrainedHead:
+               lr_min: float = 0.0, complete_frames_only: bool = False,
+               resident_features: bool = True) -> TrainedHead:
     """Train one head (frame or sequence) with AdamW and a class-weighted frame criterion over valid frames.
 
     ``loss``: ``ce`` (eq. 13 of seed 000) or ``focal`` (eq. 5 of seed 004, ``focal_gamma``), both with
@@ -224,6 +286,9 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
     ``epochs``). ``complete_frames_only``: frame heads train on the labelled frames that have both a
     face and audio (the reference code's training set), not on every labelled frame, and the epoch
     is chosen on the validation frames that have both (not imputed), as the reference code scores.
+    ``resident_features`` (CUDA): the tables are copied onto the GPU once (``resident_table``) and every
+    batch is drawn there by row index, with the loss summed there too, so no step waits for the host;
+    the batches are the same as without it.
     """
     device = torch.device(device)
     seed_everything(seed)
@@ -264,7 +329,10 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
         if lr_schedule == "cosine" else None
     generator = np.random.default_rng(seed)
     n_params = count_parameters(module)
-    predict_kwargs = dict(batch_size=4 * batch_size, device=device, window=window, stride=stride)
+    train_res = resident_table(train, device) if resident_features else None
+    val_res = resident_table(val, device) if resident_features and val is not None and train_res is not None else None
+    units_t = torch.from_numpy(units).to(device) if train_res is not None else None
+    predict_kwargs = dict(batch_size=4 * batch_size, device=device, window=window, stride=stride, resident=val_res)
     log.info("train %s (%d params): %d labelled train frames%s, %s val frames, up to %d epochs on %s",
              head_name, n_params, int((train.labels >= 0).sum()),
              f" in {len(units)} windows of {window} (stride {stride})" if sequence else "",
@@ -280,10 +348,15 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
         start = time.perf_counter()
         module.train()
         order = generator.permutation(len(units))
-        total, seen = 0.0, 0
+        order_t = torch.from_numpy(order).to(device) if train_res is not None else None
+        total, seen = (torch.zeros((), device=device), 0) if train_res is not None else (0.0, 0)
         for first in range(0, len(order), batch_size):
-            batch = units[np.sort(order[first:first + batch_size])]  # sorted rows: faster gathers, same batch
-            visual, audio, vmask, labels = _labelled_batch(train, batch, device)
+            if train_res is not None:  # the same batch, gathered on the device
+                batch = units_t[order_t[first:first + batch_size].sort().values]
+                visual, audio, vmask, labels = _resident_batch(train_res, batch)
+            else:
+                batch = units[np.sort(order[first:first + batch_size])]  # sorted rows: faster gathers, same batch
+                visual, audio, vmask, labels = _labelled_batch(train, batch, device)
             if sequence:
                 batch_loss = module.training_loss(visual, audio, vmask, labels, criterion,
                                                   frame_mask=frame_mask_of(batch, device=device))
@@ -292,10 +365,15 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             optimizer.step()
-            n_valid = len(batch) if not sequence else int((labels >= 0).sum())
-            total += float(batch_loss.detach()) * n_valid
+            if train_res is not None:  # summed on the device: no host synchronisation per step
+                n_valid = len(batch) if not sequence else (labels >= 0).sum()
+                total = total + batch_loss.detach() * n_valid
+            else:
+                n_valid = len(batch) if not sequence else int((labels >= 0).sum())
+                total += float(batch_loss.detach()) * n_valid
             seen += n_valid
-        record = {"epoch": epoch, "train_loss": total / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+        record = {"epoch": epoch, "train_loss": float(total) / max(float(seen), 1),
+                  "lr": optimizer.param_groups[0]["lr"]}
         if scheduler is not None:
             scheduler.step()
         if val is not None:

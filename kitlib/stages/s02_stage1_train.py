@@ -62,7 +62,7 @@ def train_stage1(cfg: Config, *, head: str | None = None, use_padaug: bool | Non
         max_steps_per_epoch=s.max_steps_per_epoch, moe_structure=s.moe_structure, head_dropout=s.head_dropout,
         layer_decay=s.layer_decay, no_decay_bias_norm=s.no_decay_bias_norm, grad_clip=s.grad_clip,
         lr_schedule=s.lr_schedule, lr_min=s.lr_min, trainable_tokens=s.trainable_tokens, augment=s.augment,
-        class_weight_norm=s.class_weight_norm,
+        class_weight_norm=s.class_weight_norm, num_workers=s.num_workers, prefetch_factor=s.prefetch_factor,
         record_extra={"dataset": s.dataset, "images_root": s.images_root, **(record_extra or {})})
     return result
 

@@ -87,16 +87,26 @@ def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Trac
     """
     from kitlib.visual.backbones import input_mean_std
     from kitlib.visual.extract import extract_visual_features
+    from kitlib.visual.pipelined import extract_visual_features_pipelined
 
+    v = cfg.visual
     dev = dev or device(cfg)
+    extractors = {"serial": (extract_visual_features, {}),
+                  "pipelined": (extract_visual_features_pipelined,
+                                dict(decode_workers=v.decode_workers, queue_batches=v.queue_batches, compile=v.compile,
+                                     weights_bf16=v.weights_bf16,
+                                     detector_factory=(lambda: face_detector(cfg, dev)) if v.detect_in_workers else None))}
+    if v.extractor not in extractors:
+        raise ValueError(f"visual.extractor: {v.extractor!r} is not one of {sorted(extractors)}")
+    extract, extractor_options = extractors[v.extractor]
     detector = face_detector(cfg, dev)   # first: missing weights fail before any decoding or training
     backbone, record = adapted_backbone(cfg)
     mean, std = input_mean_std(backbone)
-    table = extract_visual_features(
+    table = extract(
         index.tracks if tracks is None else tracks, feature_store(cfg, "visual", rank=rank), backbone,
         detector=detector, image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size,
         device=dev, dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, detect_every=cfg.faces.detect_every,
-        manifest={"backbone": record, "params_digest": cfg.digest()}, **_face_args(cfg))
+        manifest={"backbone": record, "params_digest": cfg.digest()}, **_face_args(cfg), **extractor_options)
     return extraction_report(cfg, "visual_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)
 
 

@@ -50,7 +50,8 @@ def extract_audio(cfg: Config, index: data.DataIndex, *, tracks: list[data.Track
         sample_rate=a.sample_rate,
         chunk_s=a.chunk_s, overlap_s=a.overlap_s, layers=layers, method=a.align, align_window_s=used_total,
         manifest={"encoder": str(path), "params_digest": cfg.digest()},
-        extra_windows_s=[total for _, total, _ in extra], empty=a.align_empty, frame_time=a.frame_time)
+        extra_windows_s=[total for _, total, _ in extra], empty=a.align_empty, frame_time=a.frame_time,
+        batch_videos=a.batch_videos, batch_chunks=a.batch_chunks)
     return extraction_report(cfg, "audio_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)
 
 

@@ -31,7 +31,8 @@ def train_kwargs(cfg: Config) -> dict:
                 class_weights=None if f.class_weights == "none" else f.class_weights,
                 effective_beta=f.effective_beta, loss=f.loss, focal_gamma=f.focal_gamma,
                 structure=f.head_structure, input_norm=f.input_norm, input_dropout=tuple(f.input_dropout),
-                lr_schedule=f.lr_schedule, lr_min=f.lr_min, complete_frames_only=f.missing_frames == "impute")
+                lr_schedule=f.lr_schedule, lr_min=f.lr_min, complete_frames_only=f.missing_frames == "impute",
+                resident_features=f.resident_features)
 
 
 def evaluation_table(cfg: Config, table):

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from kitlib.progress import tqdm
 
 from kitlib.data import Track
 from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FaceDetector, FaceTrack, FollowSettings, bridge_gaps,
@@ -33,7 +32,8 @@ from kitlib.faces.assign import AssignSettings, JointTracker, overlap_frames
 from kitlib.faces.detectors import detector_record
 from kitlib.faces.selection import strategies_of
 from kitlib.faces.tracking import INTERPOLATED
-from kitlib.faces.video import FrameBatch, VideoError, iter_frames, probe
+from kitlib.faces.video import FrameBatch, VideoError, VideoInfo, iter_frames, probe
+from kitlib.progress import tqdm
 from kitlib.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -102,28 +102,47 @@ def _encoder_args(backbone: torch.nn.Module, *, crop_scales: Sequence[float], im
                 batch_size=batch_size, dim=dim, autocast=autocast)
 
 
+def _frames_on_device(buffer: list[FrameBatch], take: int, device: torch.device) -> torch.Tensor:
+    """The first ``take`` buffered frames as one (take, 3, H, W) uint8 tensor on ``device`` (batches
+    uploaded ahead, ``FrameBatch.pixels``, are used as they are)."""
+    parts, left = [], take
+    for b in buffer:
+        if left <= 0:
+            break
+        n = min(left, len(b.index))
+        parts.append(b.pixels[:n] if b.pixels is not None
+                     else torch.from_numpy(b.frames[:n]).to(device).permute(0, 3, 1, 2))
+        left -= n
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _process_ready(buffer: list[FrameBatch], states: list[_TrackFeatures], *, n_ready: int, n_done: int,
-                   max_gap: int, skipped: list[np.ndarray], device: torch.device, **encode_args) -> list[FrameBatch]:
-    """Encode the buffered frames whose face boxes are final (frame numbers <= ``n_ready``)."""
+                   max_gap: int, skipped: list[np.ndarray], device: torch.device,
+                   encode: Callable[..., Any] | None = None, **encode_args) -> list[FrameBatch]:
+    """Encode the buffered frames whose face boxes are final (frame numbers <= ``n_ready``).
+
+    ``encode`` (default ``_encode``) turns (frames, boxes) into the (n, S, D) features kept per track.
+    """
     if not buffer or n_ready <= n_done:
         return buffer
-    frames = np.concatenate([b.frames for b in buffer])
+    encode = encode or _encode
     index = np.concatenate([b.index for b in buffer])
     take = int(np.searchsorted(index, n_ready, side="right"))
-    frames_t = torch.from_numpy(frames[:take]).to(device).permute(0, 3, 1, 2)
+    frames_t = _frames_on_device(buffer, take, device)
     for state in states:
         track = bridge_gaps(np.concatenate(state.picks), max_gap=max_gap, followed=np.concatenate(state.followed),
                             skipped=np.concatenate(skipped))
         sl = slice(int(index[0]) - 1, int(index[0]) - 1 + take)
         boxes, status = track.boxes[sl], track.status[sl]
-        state.by_scale.append(_encode(frames_t, boxes, **encode_args))
+        state.by_scale.append(encode(frames_t, boxes, **encode_args))
         state.boxes.append(boxes)
         state.status.append(status)
-    rest = frames[take:]
-    if len(rest) == 0:
-        return []
-    times = np.concatenate([b.times_s for b in buffer])
-    return [FrameBatch(index=index[take:], times_s=times[take:], frames=rest)]
+    rest, start = [], 0
+    for b in buffer:  # the frames not encoded yet, as views of their batches
+        if start + len(b.index) > take:
+            rest.append(b.tail(max(0, take - start)))
+        start += len(b.index)
+    return rest
 
 
 def _detect(detector: FaceDetector, batch: FrameBatch, detect_every: int) -> list[np.ndarray | None]:
@@ -134,16 +153,30 @@ def _detect(detector: FaceDetector, batch: FrameBatch, detect_every: int) -> lis
     return [next(found) if hit else None for hit in look]
 
 
-def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDetector, max_gap: int,
-                   follow: FollowSettings | None, decode_batch: int, device: torch.device, frames_bar: tqdm,
-                   strategies: list[str], assign: AssignSettings | None = None, detect_every: int = 1,
-                   **encode_args) -> list[dict[str, Any]]:
-    """Decode one video once and save the features of each of its ``tracks``; one report row per track.
+@dataclass
+class _VideoPass:
+    """One video after decode, detection, joint tracking and encoding: what ``_save_tracks`` writes."""
 
-    All tracks of the video are assigned jointly (``JointTracker``): no two take one face on a frame."""
+    video_path: Path
+    states: list[_TrackFeatures]
+    n_seen: int
+    times_s: np.ndarray
+    started: float
+    identity_switches: np.ndarray   # per track (JointTracker)
+    overlap_iou: float              # boxes of two tracks overlapping more than this count as an overlap frame
+
+
+def _track_and_encode(tracks: list[Track], *, detector: FaceDetector, max_gap: int, follow: FollowSettings | None,
+                      decode_batch: int, device: torch.device, frames_bar: tqdm, strategies: list[str],
+                      assign: AssignSettings | None = None, detect_every: int = 1,
+                      batches: Iterable[FrameBatch] | None = None, info: VideoInfo | None = None,
+                      **encode_args) -> _VideoPass:
+    """Decode one video once (or read its ``batches``, decoded ahead with ``info``), detect, track all of
+    its ``tracks`` jointly (``JointTracker``: no two take one face on a frame) and encode the face crops;
+    the features stay in the returned states."""
     started = time.perf_counter()
     video_path = tracks[0].video_path
-    info = probe(video_path)
+    info = info or probe(video_path)
     video_detector = detector.for_video(tracks[0].videoid)
     states = [_TrackFeatures(track=t, strategy=s) for t, s in zip(tracks, strategies)]
     joint = JointTracker(frame_size=(info.width, info.height), strategies=strategies, settings=assign, follow=follow)
@@ -153,8 +186,10 @@ def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDe
     times: list[np.ndarray] = []
     skipped: list[np.ndarray] = []
     n_seen = n_done = 0
-    for batch in iter_frames(video_path, batch_size=decode_batch):
-        detections = _detect(video_detector, batch, detect_every)
+    for batch in iter_frames(video_path, batch_size=decode_batch) if batches is None else batches:
+        # found ahead by a decode worker (every frame), or now (every detect_every-th frame)
+        detections = list(batch.detections) if batch.detections is not None else \
+            _detect(video_detector, batch, detect_every)
         picks, followed = joint.update(detections, batch.frames)
         for i, state in enumerate(states):
             state.picks.append(picks[i])
@@ -172,11 +207,17 @@ def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDe
         raise VideoError(video_path, "no frames could be decoded")
     _process_ready(buffer, states, n_ready=n_seen, n_done=n_done, max_gap=max_gap, skipped=skipped, device=device,
                    **encode_args)
+    return _VideoPass(video_path=video_path, states=states, n_seen=n_seen, times_s=np.concatenate(times),
+                      started=started, identity_switches=np.asarray(joint.identity_switches),
+                      overlap_iou=joint.settings.overlap_iou)
 
+
+def _save_tracks(done: _VideoPass, store: FeatureStore) -> list[dict[str, Any]]:
+    """Save the features of each track of one video pass (atomic per track); one report row per track."""
     rows = []
-    times_s = np.concatenate(times)
+    n_seen, video_path, states = done.n_seen, done.video_path, done.states
     final = [FaceTrack(boxes=np.concatenate(st.boxes), status=np.concatenate(st.status)) for st in states]
-    overlap = overlap_frames(final, min_iou=joint.settings.overlap_iou)
+    overlap = overlap_frames(final, min_iou=done.overlap_iou)
     for i, (state, track) in enumerate(zip(states, final)):
         by_scale = np.concatenate(state.by_scale)
         status = track.status
@@ -184,7 +225,7 @@ def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDe
         frame_features = by_scale.astype(np.float32).mean(axis=1)  # eq. 7; zeros where no face
         store.save(state.track.txtid, frame_index=np.arange(1, n_seen + 1), features=frame_features, mask=mask,
                    features_by_scale=by_scale, status=status.astype(np.uint8), boxes=track.boxes.astype(np.float32),
-                   times_s=times_s.astype(np.float64))
+                   times_s=done.times_s.astype(np.float64))
         counts = np.bincount(status, minlength=INTERPOLATED + 1)
         found = bool(mask.any())
         if not found:
@@ -197,9 +238,77 @@ def _extract_video(tracks: list[Track], store: FeatureStore, *, detector: FaceDe
                          strategy=state.strategy, frames=n_seen, detected=int(counts[DETECTED]),
                          followed=int(counts[FOLLOWED]), bridged=int(counts[BRIDGED]),
                          interpolated=int(counts[INTERPOLATED]), missing=int(counts[MISSING]),
-                         identity_switches=int(joint.identity_switches[i]), overlap=int(overlap[i]),
-                         status="ok" if found else "no face", seconds=round(time.perf_counter() - started, 2)))
+                         identity_switches=int(done.identity_switches[i]), overlap=int(overlap[i]),
+                         status="ok" if found else "no face", seconds=round(time.perf_counter() - done.started, 2)))
     return rows
+
+
+def _extract_video(tracks: list[Track], store: FeatureStore, **options) -> list[dict[str, Any]]:
+    """Decode one video once and save the features of each of its ``tracks``; one report row per track."""
+    return _save_tracks(_track_and_encode(tracks, **options), store)
+
+
+def _videos_to_do(tracks: Sequence[Track], store: FeatureStore) -> tuple[dict[str, list[Track]], list[dict[str, Any]]]:
+    """The tracks still to extract, grouped by video (in order), and the report rows of those already done."""
+    by_video: dict[str, list[Track]] = defaultdict(list)
+    for track in tracks:
+        by_video[track.videoid].append(track)
+    todo: dict[str, list[Track]] = {}
+    rows: list[dict[str, Any]] = []
+    for videoid, group in by_video.items():
+        for t in group:
+            if store.done(t.txtid):
+                rows.append(dict(txtid=t.txtid, videoid=videoid, video=str(t.video_path),
+                                 status="skipped (done)", seconds=0.0))
+        left = [t for t in group if not store.done(t.txtid)]
+        if left:
+            todo[videoid] = left
+    return todo, rows
+
+
+def _error_rows(todo: list[Track], exc: BaseException, started: float) -> list[dict[str, Any]]:
+    """One "error: ..." report row per track of a video that failed (logged); the run goes on."""
+    reason = exc.reason if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, VideoError):
+        log.warning("%s: %s", todo[0].video_path, reason)
+    else:
+        log.error("%s failed", todo[0].video_path, exc_info=exc)
+    return [dict(txtid=t.txtid, videoid=t.videoid, video=str(t.video_path), status=f"error: {reason}",
+                 seconds=round(time.perf_counter() - started, 2)) for t in todo]
+
+
+def _visual_report(rows: list[dict[str, Any]], store: FeatureStore, *, manifest: dict[str, Any],
+                   settings: dict[str, Any]) -> pd.DataFrame:
+    """The run report (``REPORT_COLUMNS``), its log line, and the store manifest (``manifest`` + ``settings``)."""
+    report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
+    for col in ("frames", "detected", "followed", "bridged", "interpolated", "missing", "identity_switches", "overlap"):
+        report[col] = report[col].astype("Int64")
+    n_ok = int((report["status"] == "ok").sum())
+    n_noface = int((report["status"] == "no face").sum())
+    n_err = int(report["status"].str.startswith("error").sum())
+    skipped = int((report["status"] == "skipped (done)").sum())
+    log.info("visual features: %d tracks saved (%d of them without any face), %d skipped (done), %d failed; "
+             "%d frames, %d with a face", n_ok + n_noface, n_noface, skipped, n_err, int(report["frames"].sum()),
+             int((report["detected"] + report["followed"] + report["bridged"] + report["interpolated"]).sum()))
+    store.write_manifest({**manifest, **settings})
+    return report
+
+
+def _visual_settings(*, crop_scales: Sequence[float], image_size: int, detector: FaceDetector, dim: int,
+                     detect_every: int, default_strategy: str, assign: AssignSettings | None, max_gap: int,
+                     follow: FollowSettings | None, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+    """What the store manifest records about how the features were made (both extractors)."""
+    return {"crop_scales": list(crop_scales), "image_size": image_size,
+            "detector": getattr(detector, "name", type(detector).__name__), "feature_dim": dim,
+            "detector_settings": detector_record(detector), "detect_every": detect_every,
+            "default_strategy": default_strategy,
+            "assign": vars(assign) if assign is not None else vars(AssignSettings()),
+            "max_gap": max_gap, "follow": None if follow is None else vars(follow), "mean": list(mean), "std": list(std)}
+
+
+def _strategies(todo: list[Track], selection: Mapping[str, str] | None, default_strategy: str) -> list[str]:
+    """Which face is each track's person (``kitlib.faces.selection``), in ``todo``'s order."""
+    return strategies_of(todo, selection or {}, default=default_strategy)
 
 
 def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbone: torch.nn.Module, *,
@@ -234,61 +343,26 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
                                 batch_size=batch_size, device=device, dtype=dtype)
     dim = encode_args["dim"]
 
-    by_video: dict[str, list[Track]] = defaultdict(list)
-    for track in tracks:
-        by_video[track.videoid].append(track)
-    rows: list[dict[str, Any]] = []
-    skipped = 0
-    log.info("visual features: %d tracks in %d videos, scales %s, image %d px, detector %s, device %s",
-             len(tracks), len(by_video), list(crop_scales), image_size, getattr(detector, "name", detector), device)
+    by_video, rows = _videos_to_do(tracks, store)
+    log.info("visual features: %d tracks in %d videos to do, scales %s, image %d px, detector %s, device %s",
+             sum(map(len, by_video.values())), len(by_video), list(crop_scales), image_size,
+             getattr(detector, "name", detector), device)
     frames_bar = tqdm(desc="frames", unit="frame", leave=False, position=1)
     with torch.inference_mode():
-        for videoid, group in tqdm(by_video.items(), desc="videos", unit="video", position=0):
-            todo = [t for t in group if not store.done(t.txtid)]
-            for t in group:
-                if store.done(t.txtid):
-                    skipped += 1
-                    rows.append(dict(txtid=t.txtid, videoid=videoid, video=str(t.video_path),
-                                     status="skipped (done)", seconds=0.0))
-            if not todo:
-                continue
+        for videoid, todo in tqdm(by_video.items(), desc="videos", unit="video", position=0):
             started = time.perf_counter()
             try:
-                strategy_of = dict(zip((t.txtid for t in group),
-                                       strategies_of(group, selection or {}, default=default_strategy)))
-                strategies = [strategy_of[t.txtid] for t in todo]
+                strategies = _strategies(todo, selection, default_strategy)
                 rows.extend(_extract_video(todo, store, detector=detector, max_gap=max_gap, follow=follow,
                                            decode_batch=decode_batch, device=device, frames_bar=frames_bar,
                                            strategies=strategies, assign=assign, detect_every=detect_every,
                                            **encode_args))
             except Exception as exc:  # one bad video never stops the run; it is reported
-                reason = exc.reason if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, VideoError):
-                    log.warning("%s: %s", todo[0].video_path, reason)
-                else:
-                    log.exception("%s failed", todo[0].video_path)
-                rows.extend(dict(txtid=t.txtid, videoid=videoid, video=str(t.video_path), status=f"error: {reason}",
-                                 seconds=round(time.perf_counter() - started, 2)) for t in todo)
+                rows.extend(_error_rows(todo, exc, started))
     frames_bar.close()
-
-    report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-    for col in ("frames", "detected", "followed", "bridged", "interpolated", "missing", "identity_switches", "overlap"):
-        report[col] = report[col].astype("Int64")
-    n_ok = int((report["status"] == "ok").sum())
-    n_noface = int((report["status"] == "no face").sum())
-    n_err = int(report["status"].str.startswith("error").sum())
-    log.info("visual features: %d tracks saved (%d of them without any face), %d skipped (done), %d failed; "
-             "%d frames, %d with a face", n_ok + n_noface, n_noface, skipped, n_err,
-             int(report["frames"].sum()),
-             int((report["detected"] + report["followed"] + report["bridged"] + report["interpolated"]).sum()))
-    store.write_manifest({**manifest, "crop_scales": list(crop_scales), "image_size": image_size,
-                          "detector": getattr(detector, "name", type(detector).__name__), "feature_dim": dim,
-                          "detector_settings": detector_record(detector), "detect_every": detect_every,
-                          "default_strategy": default_strategy,
-                          "assign": vars(assign) if assign is not None else vars(AssignSettings()),
-                          "max_gap": max_gap, "follow": None if follow is None else vars(follow),
-                          "mean": list(mean), "std": list(std)})
-    return report
+    return _visual_report(rows, store, manifest=manifest, settings=_visual_settings(
+        crop_scales=crop_scales, image_size=image_size, detector=detector, dim=dim, detect_every=detect_every,
+        default_strategy=default_strategy, assign=assign, max_gap=max_gap, follow=follow, mean=mean, std=std))
 
 
 def _read_official_crops(folder: Path, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

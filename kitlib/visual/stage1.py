@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -310,14 +311,29 @@ def _is_main() -> bool:
     return _dist_info()[1] == 0
 
 
-def _evaluate(model: nn.Module, val_set: FaceImageDataset, *, batch_size: int, num_workers: int,
-              device: torch.device, amp_dtype: torch.dtype | None) -> float:
+def loader_options(num_workers: int | None, *, device: torch.device, prefetch_factor: int = 4,
+                   persistent: bool = True) -> dict[str, Any]:
+    """DataLoader keyword arguments that keep a GPU fed: ``num_workers`` processes (None: the
+    machine's cores), pinned batches on CUDA, workers kept alive across epochs and ``prefetch_factor``
+    batches decoded ahead per worker. 0 workers loads in the training process (the CPU demo)."""
+    workers = (os.cpu_count() or 1) if num_workers is None else int(num_workers)
+    if workers < 0:
+        raise ValueError(f"num_workers must be >= 0 or None (the machine's cores), got {num_workers}")
+    options: dict[str, Any] = dict(num_workers=workers, pin_memory=device.type == "cuda")
+    if workers > 0:
+        options.update(persistent_workers=persistent, prefetch_factor=prefetch_factor)
+    return options
+
+
+def _evaluate(model: nn.Module, val_set: FaceImageDataset, *, batch_size: int, num_workers: int | None,
+              device: torch.device, amp_dtype: torch.dtype | None, prefetch_factor: int = 4) -> float:
     """Validation macro F1; under DDP each rank predicts a strided shard (with the unwrapped model)
     and the shards are gathered, so every rank gets the same score without padded duplicates."""
     ddp, rank, world = _dist_info()
     index = np.arange(rank, len(val_set), world)
     loader = DataLoader(Subset(val_set, index.tolist()), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+                        **loader_options(num_workers, device=device, prefetch_factor=prefetch_factor,
+                                         persistent=False))
     preds = predict_labels(model, loader, device=device, amp_dtype=amp_dtype)
     if ddp:
         shards: list[Any] = [None] * world
@@ -333,8 +349,8 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
                  num_experts: int = 4, epochs: int = 12, batch_size: int = 32, lr_backbone: float = 1e-5,
                  lr_head: float = 3e-4, weight_decay: float = 0.05, mixup_alpha: float = 0.2,
                  label_smoothing: float = 0.1, padaug: PadAug | None, n_frozen_blocks: int = 8, image_size: int,
-                 device: torch.device | str, amp_dtype: torch.dtype | None = None, num_workers: int = 0,
-                 seed: int = 0, out_path: Path, max_steps_per_epoch: int | None = None,
+                 device: torch.device | str, amp_dtype: torch.dtype | None = None, num_workers: int | None = 0,
+                 prefetch_factor: int = 4, seed: int = 0, out_path: Path, max_steps_per_epoch: int | None = None,
                  class_weight_power: float = 1.0, warmup_steps: int = 0, moe_structure: str = "kit",
                  head_dropout: float = 0.1, layer_decay: float | None = None, no_decay_bias_norm: bool = False,
                  grad_clip: float | None = None, lr_schedule: str = "step_cosine", lr_min: float = 0.0,
@@ -388,8 +404,8 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
     sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=True) if ddp else None
     loader_gen = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                              num_workers=num_workers, pin_memory=device.type == "cuda", generator=loader_gen,
-                              drop_last=len(train_set) // world > batch_size, persistent_workers=num_workers > 0)
+                              generator=loader_gen, drop_last=len(train_set) // world > batch_size,
+                              **loader_options(num_workers, device=device, prefetch_factor=prefetch_factor))
     steps_per_epoch = len(train_loader) if max_steps_per_epoch is None else min(len(train_loader), max_steps_per_epoch)
     if lr_schedule == "step_cosine":
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(epochs * steps_per_epoch, warmup_steps))
@@ -443,7 +459,7 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
         if lr_schedule == "epoch_cosine":
             scheduler.step()
         val_f1 = _evaluate(bare, val_set, batch_size=batch_size, num_workers=num_workers, device=device,
-                           amp_dtype=amp_dtype)
+                           amp_dtype=amp_dtype, prefetch_factor=prefetch_factor)
         row = dict(epoch=epoch, train_loss=loss_sum / max(n_seen, 1), val_f1=val_f1,
                    seconds=time.perf_counter() - start, images_per_s=n_seen * world / max(train_seconds, 1e-9))
         history.append(row)
