@@ -65,7 +65,9 @@ def test_features(tiny_run):
     assert vis_report.loc[bad, "status"].str.startswith("error").all() and bad.sum() == 1
     vis_report = vis_report[~bad]
     assert (vis_report["status"] == "ok").all()
-    assert vis_report["detected"].sum() > 0.5 * vis_report["frames"].sum()
+    # a face on most frames; the demo detects every faces.detect_every-th frame and interpolates between
+    assert (vis_report["frames"] - vis_report["missing"]).sum() > 0.5 * vis_report["frames"].sum()
+    assert vis_report["detected"].sum() > 0.5 * vis_report["frames"].sum() / cfg.faces.detect_every
     for txtid in vis_report["txtid"]:
         v, a = visual.load(txtid), audio.load(txtid)
         assert len(v["frame_index"]) == len(a["frame_index"])
