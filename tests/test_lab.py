@@ -61,7 +61,8 @@ def test_console_script_and_data_files_are_declared():
     assert project["project"]["scripts"]["abaw-kit"] == "kitlib.cli:main"
     data_files = project["tool"]["setuptools"]["data-files"]
     shipped = set(data_files["share/abaw-expr-kit/params"])
-    assert shipped == {f"params/{p.name}" for p in (ROOT / "params").glob("*.yaml") if p.name != "local.yaml"}
+    assert shipped == {f"params/{p.name}" for p in (ROOT / "params").iterdir()
+                       if p.suffix in (".yaml", ".csv") and p.name != "local.yaml"}
     assert data_files["share/abaw-expr-kit/notebooks"] == ["notebooks/*.ipynb"]
     assert set(cli.COMMANDS) == {"run", "doctor", "weights", "compare"}
 
