@@ -78,3 +78,17 @@ def test_recipe_profiles_load_over_the_data_profiles(recipe):
         cfg = config.load(data_profile, f"params/{recipe}")
         assert cfg.fusion.final_head in known_heads() and set(cfg.fusion.heads) <= set(known_heads())
         assert cfg.run.name != config.load(data_profile).run.name     # its own run folder
+
+
+@pytest.mark.parametrize("recipe", ["params/recipe_003_tcn_prompt.yaml", "params/recipe_004_safe_xattn.yaml"])
+def test_recipe_profiles_do_not_inherit_the_main_systems_reference_code_knobs(recipe):
+    """The recipes layer on abaw10.yaml for its data paths; seed 000's reference-code knobs there (imputation,
+    the authors' heads and Stage I, layers 1-4, the fold ensemble, ...) are not theirs: they get the kit's."""
+    base = config.load()
+    cfg = config.load("params/abaw10.yaml", recipe)
+    for section, key in (("fusion", "missing_frames"), ("fusion", "head_structure"), ("fusion", "input_norm"),
+                         ("fusion", "cv_protocol"), ("stage1", "moe_structure"), ("stage1", "layer_decay"),
+                         ("audio", "frame_time"), ("audio", "align_window_half_s"), ("faces", "crop_centre_fraction"),
+                         ("submission", "ensemble_folds"), ("smoothing", "edge")):
+        assert getattr(getattr(cfg, section), key) == getattr(getattr(base, section), key), f"{section}.{key}"
+    assert cfg.audio.layers == "last" and cfg.faces.selection == "params/abaw10_face_selection.csv"
