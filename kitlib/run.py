@@ -118,7 +118,7 @@ def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "p
         with progress.streaming(log_path):      # log lines + progress, live in the terminal and in logs/
             pm.execute_notebook(str(source), str(target), parameters={"params": cfg.to_dict()}, cwd=str(root),
                                 kernel_name=kernel, progress_bar=False, log_output=False, report_mode=False,
-                                extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no kernel transport chatter
+                                extra_arguments=["--IPKernelApp.log_level=CRITICAL"])   # no kernel chatter (an interrupted cell is reported by the runner)
     except pm.PapermillExecutionError as exc:
         message = (f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
                    f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target};"

@@ -82,12 +82,12 @@ def test_fetch_downloads_what_the_profile_needs_and_writes_local_yaml(cache, tmp
     local = tmp_path / "local.yaml"
     local.write_text("data: {root: /data/affwild2}\n")
     assert weights.main(["fetch", "params/abaw10.yaml", "--local", str(local)]) == 0
-    assert [f[0] for f in fetched] == ["timm/vit_large_patch14_dinov2.lvd142m", "facebook/wav2vec2-large-960h-lv60-self"]
+    assert [f[0] for f in fetched] == ["timm/vit_large_patch14_dinov2.lvd142m", "facebook/wav2vec2-large-960h-lv60"]
     assert fetched[0][1] == ("config.json", "model.safetensors")            # one copy of the weights, no TF/README
     written = yaml.safe_load(local.read_text())
     assert written == {"data": {"root": "/data/affwild2"},
                        "stage1": {"weights": "timm/vit_large_patch14_dinov2.lvd142m"},
-                       "audio": {"encoder": "facebook/wav2vec2-large-960h-lv60-self"}}
+                       "audio": {"encoder": "facebook/wav2vec2-large-960h-lv60"}}
     cfg = config.load("params/abaw10.yaml", local)
     assert cfg.path(cfg.stage1.weights) == hub.cached_snapshot("timm/vit_large_patch14_dinov2.lvd142m")
     assert weights.needed(cfg) == {}                                          # nothing left to fetch
