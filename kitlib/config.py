@@ -409,6 +409,11 @@ def from_dict(values: dict[str, Any], where: str = "") -> Config:
         raise ConfigError(f"{where + ': ' if where else ''}{exc}") from None
 
 
+def load_items(items: typing.Sequence[str]) -> Config:
+    """A command line's params: ``key=value`` items are overrides, the others params files (in order)."""
+    return load(*[x for x in items if "=" not in x], overrides=[x for x in items if "=" in x])
+
+
 def load(*files: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:
     """``params/base.yaml``, then each file in order, then ``key=value`` overrides."""
     root = repo_root()

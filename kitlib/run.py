@@ -191,10 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-preflight", action="store_true", help="skip the fast preflight (kitlib.doctor --fast)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel for the notebooks")
     args = parser.parse_args(argv)
-    files = [x for x in args.items if "=" not in x]
-    overrides = [x for x in args.items if "=" in x]
     try:
-        cfg = config.load(*files, overrides=overrides)
+        cfg = config.load_items(args.items)
     except config.ConfigError as exc:
         print(f"params error: {exc}", file=sys.stderr)
         return 2

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="skip the package scan and the checkpoint headers")
     args = parser.parse_args(argv)
     try:
-        cfg = config.load(*[x for x in args.items if "=" not in x], overrides=[x for x in args.items if "=" in x])
+        cfg = config.load_items(args.items)
     except config.ConfigError as exc:
         print(f"params error: {exc}", file=sys.stderr)
         return 2

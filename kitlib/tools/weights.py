@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(list_models())
         return 0
     try:
-        cfg = config.load(*[x for x in args.items if "=" not in x], overrides=[x for x in args.items if "=" in x])
+        cfg = config.load_items(args.items)
     except config.ConfigError as exc:
         print(f"params error: {exc}", file=sys.stderr)
         return 2
