@@ -41,8 +41,8 @@ class DataParams:
     root: str               # the Aff-Wild2 EXPR release (or the generated demo)
     videos_dir: str         # raw videos, searched recursively, relative to root
     annotations_dir: str    # holds Train_Set/ and Validation_Set/, relative to root
-    test_names: str         # test annotation names, one per line, relative to root
-    test_template: str      # organisers' submission template, relative to root
+    test_names: str         # test annotation names, one per line, relative to root (a glob matching one file is fine)
+    test_template: str      # organisers' submission template, relative to root (a glob matching one file is fine)
     generate_demo: bool     # write the embedded demo dataset into root when it is absent
     length_policy: str      # truncate | strict: annotation longer/shorter than the decoded video
     n_folds: int            # video-level cross-validation folds over Train+Validation
@@ -297,9 +297,27 @@ class Config:
         return repo_root() / p
 
     def data_path(self, value: str | os.PathLike) -> Path:
-        """A path inside the dataset root (absolute paths are kept)."""
+        """A path inside the dataset root (absolute paths are kept).
+
+        A value with glob characters (``test/**/*_Expr_test_set_sample.txt``) names the one file it
+        matches, so the organisers' files keep their own names whichever edition's prefix they
+        carry; no match gives the pattern back (the reader then says the file is missing), more
+        than one is an error listing them.
+        """
         p = Path(value).expanduser()
-        return p if p.is_absolute() else self.path(self.data.root) / p
+        p = p if p.is_absolute() else self.path(self.data.root) / p
+        if not any(ch in str(value) for ch in "*?["):
+            return p
+        anchor = Path(p.anchor)
+        matches = sorted(m for m in anchor.glob(str(p.relative_to(anchor))) if m.is_file())
+        if len(matches) > 1:
+            raise ConfigError(f"{value!r} matches {len(matches)} files under {self.path(self.data.root)}: "
+                              + ", ".join(str(m) for m in matches[:5]) + "; name one of them")
+        return matches[0] if matches else p
+
+    def test_names_path(self) -> Path | None:
+        """The organisers' list of test annotation names (``data.test_names``), None when unset."""
+        return self.data_path(self.data.test_names) if self.data.test_names else None
 
     @property
     def run_dir(self) -> Path:

@@ -9,8 +9,13 @@ TINY_ARCH = ["stage1.arch=vit_small_patch14_dinov2", "stage1.image_size=56",
              "stage1.arch_overrides={depth: 2, embed_dim: 32, num_heads: 2}"]
 
 
+ORGANISERS_FILES = ("names_of_videos_in_each_test_set/Expression_Recognition_Challenge_test_set_release.txt",
+                    "prediction_files_format/ABAW_Expr_test_set_sample.txt")
+
+
 def fake_release(root, *, train=("a", "b"), val=("c",), test=("d",), videos=("a", "b", "c", "d"), template=("d",)):
-    """The release's layout with empty video files: enough for the index (nothing is decoded)."""
+    """The release's layout with empty video files: enough for the index (nothing is decoded). The test-set
+    files keep the organisers' names (params/abaw10.yaml finds them by pattern)."""
     for name in videos:
         (root / "videos" / "batch1").mkdir(parents=True, exist_ok=True)
         (root / "videos" / "batch1" / f"{name}.mp4").write_bytes(b"")
@@ -18,11 +23,12 @@ def fake_release(root, *, train=("a", "b"), val=("c",), test=("d",), videos=("a"
         (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
         for name in names:
             (root / "annotations" / split / f"{name}.txt").write_text(data.HEADER + "\n" + "0\n" * 10)
-    (root / "test").mkdir(exist_ok=True)
-    (root / "test" / "names.txt").write_text("\n".join(test) + "\n")
-    (root / "test" / "template.txt").write_text(
-        "image_location," + ",".join(CLASSES) + "\n"
-        + "".join(f"{n}/{i:05d}.jpg,\n" for n in template for i in range(1, 6)))
+    names, sample = (root / "test" / n for n in ORGANISERS_FILES)  # as unpacked from the organisers' archives
+    names.parent.mkdir(parents=True, exist_ok=True)
+    sample.parent.mkdir(parents=True, exist_ok=True)
+    names.write_text("\n".join(test) + "\n")
+    sample.write_text("image_location," + ",".join(CLASSES) + "\n"
+                      + "".join(f"{n}/{i:05d}.jpg,\n" for n in template for i in range(1, 6)))
 
 
 @pytest.fixture(autouse=True)
@@ -91,3 +97,24 @@ def test_disk_check_fails_when_the_features_do_not_fit(tmp_path, monkeypatch):
 def test_requirement_pins_follow_environment_markers(tmp_path, line, pins):
     (tmp_path / "requirements.txt").write_text(line + "\n")
     assert doctor.requirement_pins(tmp_path) == pins
+
+
+def test_abaw10_finds_the_organisers_files_by_their_own_names(tmp_path):
+    fake_release(tmp_path / "release")
+    cfg = config.load("params/abaw10.yaml", overrides=items_for(tmp_path))
+    assert cfg.test_names_path().name == "Expression_Recognition_Challenge_test_set_release.txt"
+    assert cfg.data_path(cfg.data.test_template).name == "ABAW_Expr_test_set_sample.txt"
+    assert [t.txtid for t in data.discover(cfg.path(cfg.data.root), annotations_dir="annotations",
+                                           test_names=cfg.test_names_path()).split("Test_Set")] == ["d"]
+    # another edition's prefix (CVPR_6th_...) is found too; two templates is a ✗ naming both
+    sample = cfg.data_path(cfg.data.test_template)
+    sample.rename(sample.with_name("CVPR_6th_ABAW_Expr_test_set_sample.txt"))
+    assert statuses(doctor._data(cfg))["data template"] == doctor.OK
+    (sample.parent / "ABAW_Expr_test_set_sample.txt").write_text("image_location\n")
+    (bad,) = [c for c in doctor._data(cfg) if c.what == "template"]
+    assert bad.status == doctor.FAIL and "matches 2 files" in bad.detail and "CVPR_6th_ABAW" in bad.detail
+    # none at all: the reader names the pattern and the param
+    for path in sample.parent.iterdir():
+        path.unlink()
+    (bad,) = [c for c in doctor._data(cfg) if c.what == "template"]
+    assert bad.status == doctor.FAIL and "*ABAW_Expr_test_set_sample.txt: template file missing (data.test_template)" in bad.detail

@@ -83,7 +83,7 @@ def _video_paths(videos_dir: Path) -> tuple[dict[str, Path], list[tuple[str, str
 
 
 def discover(root: Path, *, videos_dir: str = "videos", annotations_dir: str = "annotations",
-             test_names: str | None = "test/names.txt") -> DataIndex:
+             test_names: str | Path | None = "test/names.txt") -> DataIndex:
     """Index the release: every annotation file and test name with its raw video.
 
     A track whose video cannot be found is left out and listed in ``problems``; a missing

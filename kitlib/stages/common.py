@@ -86,7 +86,7 @@ def read_report(cfg: Config, name: str) -> pd.DataFrame:
 def data_index(cfg: Config) -> data.DataIndex:
     """All tracks of the release; files that could not be used go to ``reports/data_problems.csv``."""
     index = data.discover(cfg.path(cfg.data.root), videos_dir=cfg.data.videos_dir,
-                          annotations_dir=cfg.data.annotations_dir, test_names=cfg.data.test_names)
+                          annotations_dir=cfg.data.annotations_dir, test_names=cfg.test_names_path())
     report(cfg, "data_problems", pd.DataFrame(index.problems, columns=["file", "reason"]))
     return index
 

@@ -213,7 +213,7 @@ def extract(cfg: Config, *, kinds: Sequence[str], info: RankInfo, argv: list[str
     barrier()
     runtime.seed_everything(cfg.run.seed)  # same random-init models (demo) on every rank
     index = data.discover(cfg.path(cfg.data.root), videos_dir=cfg.data.videos_dir,
-                          annotations_dir=cfg.data.annotations_dir, test_names=cfg.data.test_names)
+                          annotations_dir=cfg.data.annotations_dir, test_names=cfg.test_names_path())
     videos = common.video_table(cfg, index)  # written by rank 0 above: read here
     frames = dict(zip(videos["videoid"], videos["n_frames"].astype(int)))
     shards = shard_videos(index.tracks, frames, world_size=info.world_size)

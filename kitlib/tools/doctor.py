@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from kitlib import config, hub
-from kitlib.config import Config
+from kitlib.config import Config, ConfigError
 
 OK, WARN, FAIL = "✓", "!", "✗"
 
@@ -176,12 +176,12 @@ def _data(cfg: Config) -> list[Check]:
     from kitlib.data import submission
 
     root = cfg.path(cfg.data.root)
-    if cfg.data.generate_demo and not (root / cfg.data.test_template).is_file():
+    if cfg.data.generate_demo and not cfg.data_path(cfg.data.test_template).is_file():
         return [Check("data", "release", OK, f"{root}: the demo is generated there by stage 01")]
     try:
         index = data.discover(root, videos_dir=cfg.data.videos_dir, annotations_dir=cfg.data.annotations_dir,
-                              test_names=cfg.data.test_names)
-    except data.DataError as err:
+                              test_names=cfg.test_names_path())
+    except (data.DataError, ConfigError) as err:
         return [Check("data", "release", FAIL, str(err), "lay the release out as README 'The real Aff-Wild2 release' "
                       "says, or set data.root / data.videos_dir / data.annotations_dir / data.test_names")]
     counts = {s: len(index.split(s)) for s in data.SPLITS}
@@ -196,7 +196,7 @@ def _data(cfg: Config) -> list[Check]:
                          f"({len({t.videoid for t in index.tracks})} videos)"))
     try:
         template = submission.read_template(cfg.data_path(cfg.data.test_template))
-    except submission.SubmissionError as err:
+    except (submission.SubmissionError, ConfigError) as err:
         return out + [Check("data", "template", FAIL, str(err), "use the organisers' template file (data.test_template)")]
     names = set(data.read_test_names(cfg.data_path(cfg.data.test_names)))
     in_template = set(template["txtid"])
@@ -206,7 +206,8 @@ def _data(cfg: Config) -> list[Check]:
                          f"{only_t[:3]}, {len(only_n)} only in the names {only_n[:3]}",
                          "use the template and the name list of the same release"))
     else:
-        out.append(Check("data", "template", OK, f"{len(template)} rows for the {len(names)} test names"))
+        out.append(Check("data", "template", OK, f"{cfg.data_path(cfg.data.test_template).name}: {len(template)} rows "
+                         f"for the {len(names)} test names of {cfg.test_names_path().name}"))
     return out
 
 
