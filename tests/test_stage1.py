@@ -198,6 +198,31 @@ def test_train_stage1_tiny(tmp_path):
     assert not any(k.startswith(("head.", "experts", "router")) for k in state)   # only the backbone is saved
 
 
+def test_a_non_finite_loss_stops_training_at_the_next_host_sync(tmp_path, monkeypatch):
+    """The running loss stays on the device between host reads (no sync per step); a NaN still stops the run."""
+    from kitlib.visual import stage1
+
+    items = []
+    for i in range(32):
+        path = tmp_path / f"{i}.png"
+        write_image(path, (200, 0, 0) if i % 2 else (0, 0, 200))
+        items.append((path, 4 if i % 2 else 5))
+    calls = []
+
+    def nan_from_step_3(logits, targets, weights=None):
+        calls.append(1)
+        loss = stage1.F.cross_entropy(logits, targets.argmax(-1))
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(stage1, "soft_target_cross_entropy", nan_from_step_3)
+    monkeypatch.setattr(stage1, "SYNC_EVERY", 2)
+    with pytest.raises(FloatingPointError, match="epoch 1, steps 2-3"):
+        train_stage1(backbone=build_backbone(**TINY), train_items=items, val_items=items[:8], epochs=1,
+                     batch_size=8, padaug=PadAug(), n_frozen_blocks=1, image_size=28, device="cpu",
+                     out_path=tmp_path / "bb.safetensors")
+    assert len(calls) == 4 and not (tmp_path / "bb.safetensors").exists()
+
+
 @pytest.mark.gpu
 def test_train_stage1_cuda_bf16(tmp_path):
     items = []

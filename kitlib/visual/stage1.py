@@ -41,6 +41,7 @@ from kitlib.visual.images import FaceImageDataset, Item, label_counts
 from kitlib.visual.padaug import PadAug
 
 log = logging.getLogger(__name__)
+SYNC_EVERY = 25  # training steps between host reads of the running loss (each read waits for the GPU)
 
 
 HEAD_KINDS: tuple[str, ...] = ("moe", "mlp")
@@ -431,7 +432,8 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
         if sampler is not None:
             sampler.set_epoch(epoch)
         model.train()
-        start, loss_sum, n_seen = time.perf_counter(), 0.0, 0
+        start, n_seen = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=device)  # summed on the device: the host reads it every SYNC_EVERY steps
         bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch}", unit="batch", leave=False,
                    disable=not main)
         for step, (images, labels) in enumerate(bar):
@@ -443,8 +445,6 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(images)
             loss = soft_target_cross_entropy(logits, targets, class_weights)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"stage I loss is {loss.item()} at epoch {epoch} step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip is not None:
@@ -452,9 +452,17 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
             optimizer.step()
             if lr_schedule == "step_cosine":
                 scheduler.step()
-            loss_sum += loss.item() * len(images)
+            loss_sum += loss.detach() * len(images)
             n_seen += len(images)
-            bar.set_postfix(loss=f"{loss_sum / n_seen:.4f}")
+            if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps_per_epoch:
+                mean_loss = loss_sum.item() / n_seen  # the one host sync per SYNC_EVERY steps
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(f"stage I loss is {mean_loss} at epoch {epoch}, steps "
+                                             f"{max(0, step + 1 - SYNC_EVERY)}-{step}")
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+        loss_sum = loss_sum.item()
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"stage I loss is {loss_sum} at epoch {epoch}")
         train_seconds = time.perf_counter() - start
         if lr_schedule == "epoch_cosine":
             scheduler.step()
