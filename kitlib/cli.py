@@ -12,6 +12,7 @@ checkout the kit works in the folder that holds ``params/`` (``init`` makes one;
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -56,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         target = init(Path(argv[1]))
         print(f"kit files copied to {target}; run from there: cd {target} && abaw-kit doctor params/demo.yaml")
         return 0
-    return import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
+    code = import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
+    if argv[0] == "run" and code in (130, 143):  # the console script's process ends here: see run.exit_quietly
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
 
 if __name__ == "__main__":

@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     resume = ["python", "-m", "kitlib.run", *args.items]
     main_thread = threading.current_thread() is threading.main_thread()   # signal handlers: main thread only
     previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main_thread else None
+    previous_int = signal.getsignal(signal.SIGINT) if main_thread else None
     current = None
     try:
         with runfolder.acquire_lock(cfg.run_dir, command=command):
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
+        if main_thread:  # a second Ctrl-C while this line is written is ignored (restored below)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         name = "SIGTERM" if isinstance(exc, Interrupted) else "Ctrl-C"
         rest = stages[stages.index(current):] if current else []
         again = resume + (["--stages", _stage_spec(rest)] if rest else []) + (["--rerun"] if args.rerun else [])
@@ -256,7 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+
+
+def exit_quietly(code: int) -> None:
+    """Leave the process with ``code``: after a stop, a late second Ctrl-C (a terminal sends it to the
+    kernel's process group too) must not turn exit 130 into death by SIGINT during shutdown."""
+    if code in (130, 143):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly(main())
