@@ -32,7 +32,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_line  # noqa: E402
-from kitlib.faces import FaceTracker, build_detector  # noqa: E402
+from kitlib.faces import FaceDetector, FaceTracker, build_detector  # noqa: E402
 from kitlib.faces.assign import track_video  # noqa: E402
 from kitlib.faces.photo_clip import PEOPLE, photo_clip  # noqa: E402
 
@@ -58,8 +58,10 @@ def _inside_share(clip) -> np.ndarray:
     return np.divide(inter, area, out=np.zeros_like(area), where=area > 0)
 
 
-def score_detector(name: str, options: dict, clip, *, iou_hit: float, batch: int) -> dict:
-    detector = build_detector(name, **options)
+def score_detector(detector: FaceDetector, clip, *, iou_hit: float, batch: int) -> tuple[dict, list[np.ndarray]]:
+    """One detector's row (recall visible / border / border half in, mean IoU, false boxes, box-size ratios,
+    frames/s in batches of ``batch``) on ``clip``, and its (k, 5) boxes per frame. Any object with the
+    kit's ``detect`` convention will do (``benchmarks/detector_compare.py`` passes adapters of other packages)."""
     detector.detect(clip.frames[:2])   # warm-up (session, allocator)
     started = time.perf_counter()
     found = [f for i in range(0, len(clip.frames), batch) for f in detector.detect(clip.frames[i:i + batch])]
@@ -93,7 +95,7 @@ def score_detector(name: str, options: dict, clip, *, iou_hit: float, batch: int
         else:
             false_other += int((~matched).sum())
     n_empty = int((clip.segment == "empty").sum())
-    return {"backend": name, "options": options, "recall_visible": np.mean(hits["visible"]),
+    return {"recall_visible": np.mean(hits["visible"]),
             "n_visible": len(hits["visible"]), "recall_border": np.mean(hits["border"]), "n_border": len(hits["border"]),
             "recall_border_half_in": np.mean(hits["border_half"]), "n_border_half_in": len(hits["border_half"]),
             "mean_iou": float(np.mean(ious)) if ious else float("nan"),
@@ -157,11 +159,11 @@ def main() -> None:
     rows, found_by = [], {}
     for name, options in backends:
         try:
-            row, found = score_detector(name, options, clip, iou_hit=args.iou, batch=args.batch)
+            row, found = score_detector(build_detector(name, **options), clip, iou_hit=args.iou, batch=args.batch)
         except (FileNotFoundError, ImportError) as exc:
             print(f"{name}: skipped ({exc})")
             continue
-        rows.append(row)
+        rows.append({"backend": name, "options": options} | row)
         found_by.setdefault(name, found)
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.precision", 3):
         print(pd.DataFrame(rows).drop(columns=["options"]).assign(options=[str(r["options"]) for r in rows])
