@@ -47,8 +47,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FollowSettings, build_detector,  # noqa: E402
-                          track_faces)
+from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FollowSettings, boxes_of, build_detector,  # noqa: E402
+                          pack_detections, track_faces)
 from kitlib.faces.video import iter_frames  # noqa: E402
 
 # (label, detector name, options): the kit's default first, then the variants worth comparing.
@@ -124,7 +124,7 @@ def score(videos: list[VideoTruth], detect: Callable[[np.ndarray], list[np.ndarr
             if not present.any():
                 n_absent += 1
                 n_absent_fired += len(found) > 0
-            iou = iou_matrix(np.asarray(found, np.float32).reshape(-1, 5), truth)  # (k, P)
+            iou = iou_matrix(boxes_of(found), truth)  # (k, P)
             n_false += int((iou.max(axis=1, initial=0.0) < 0.3).sum())
             for p in np.flatnonzero(present):
                 kind = "visible" if visible[p] else "partial"
@@ -217,8 +217,7 @@ def mtcnn_detector() -> Callable[[np.ndarray], list[np.ndarray]]:
         for start in range(0, len(frames), 32):
             boxes, probs = net.detect(list(frames[start:start + 32]))
             for b, p in zip(boxes, probs):
-                out.append(np.zeros((0, 5), np.float32) if b is None else
-                           np.concatenate([np.asarray(b, np.float32), np.asarray(p, np.float32)[:, None]], 1))
+                out.append(pack_detections(np.zeros((0, 4)) if b is None else b, np.zeros(0) if p is None else p))
         return out
 
     return detect

@@ -10,6 +10,12 @@ match no face), frames/s in batches of ``--batch``, and the box-size ratio to th
 visible faces: the calibration ``box_scale`` of a backend is 1 / that ratio of long sides, since a
 crop's side is ``scale x long side``).
 
+For backends that give landmarks (CenterFace, SCRFD with 9 outputs): the share of detections whose 5
+landmarks pass ``kitlib.faces.landmarks.landmark_checks`` (all points inside the box grown by 10 %,
+both eyes above both mouth corners, image-left eye and mouth corner left of the right ones) and the
+mean inter-ocular distance over the box width, over all detections and over those matching a
+visible / a border-crossing face.
+
 Then the identity of the ``_left`` / ``_right`` tracks on the clip's two-person part ("two": Collins
 left, Hopper right; "left_exit": Collins alone, leaving through the left border; "cross": Hopper alone,
 from just right of the centre into the left half): per track, frames
@@ -32,8 +38,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_line  # noqa: E402
-from kitlib.faces import FaceDetector, FaceTracker, build_detector  # noqa: E402
+from kitlib.faces import FaceDetector, FaceTracker, build_detector, landmarks_of  # noqa: E402
 from kitlib.faces.assign import track_video  # noqa: E402
+from kitlib.faces.landmarks import interocular_ratio, landmark_checks  # noqa: E402
 from kitlib.faces.photo_clip import PEOPLE, photo_clip  # noqa: E402
 
 
@@ -105,6 +112,27 @@ def score_detector(detector: FaceDetector, clip, *, iou_hit: float, batch: int) 
             "frames_per_s": rate}, found
 
 
+def landmark_table(name: str, clip, found: list[np.ndarray], *, iou_hit: float) -> list[dict]:
+    """Per subset of ``name``'s detections (all, matching a visible face, matching a border face): how many,
+    the share passing each landmark check, and the mean inter-ocular distance / box width."""
+    visible = clip.visible()
+    kind = []   # per detection: "visible", "border" or "other" (no true face at IoU >= iou_hit)
+    for i, boxes in enumerate(found):
+        iou = _iou(boxes, clip.boxes[i])
+        for k in range(len(boxes)):
+            p = int(np.argmax(iou[k])) if iou.shape[1] else -1
+            kind.append(("visible" if visible[i, p] else "border") if p >= 0 and iou[k, p] >= iou_hit else "other")
+    every, kind = np.concatenate(found), np.array(kind)
+    checks, ratio = landmark_checks(every), interocular_ratio(every)
+    rows = []
+    for subset, rows_in in (("all", np.ones(len(every), bool)), ("visible", kind == "visible"),
+                            ("border", kind == "border")):
+        rows.append({"backend": name, "detections": subset, "n": int(rows_in.sum()),
+                     **{check: float(v[rows_in].mean()) for check, v in checks.items()},
+                     "interocular_over_width": float(ratio[rows_in].mean())})
+    return rows
+
+
 def identity_table(clip, found: list[np.ndarray], *, iou_hit: float) -> pd.DataFrame:
     """Frames of the two-person part where each of the _left / _right tracks holds Collins, Hopper or nobody."""
     part = np.isin(clip.segment, ["two", "left_exit", "cross"])
@@ -168,6 +196,12 @@ def main() -> None:
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.precision", 3):
         print(pd.DataFrame(rows).drop(columns=["options"]).assign(options=[str(r["options"]) for r in rows])
               .to_string(index=False))
+        marks = [row for name, found in found_by.items() if np.isfinite(landmarks_of(np.concatenate(found))).any()
+                 for row in landmark_table(name, clip, found, iou_hit=args.iou)]
+        if marks:
+            print("\n5-point landmarks: share of detections passing each check (10 % box margin), "
+                  "mean inter-ocular distance / box width:")
+            print(pd.DataFrame(marks).to_string(index=False))
         for name, found in found_by.items():
             print(f"\nidentity of the _left / _right tracks, detector {name}:")
             print(identity_table(clip, found, iou_hit=args.iou).to_string(index=False))

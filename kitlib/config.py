@@ -69,7 +69,7 @@ class DemoParams:
 @dataclass
 class FacesParams:
     detector: str           # centerface | scrfd | face-alignment | opencv-haar | boxes
-    boxes_file: str | None  # CSV videoid,frame,x1,y1,x2,y2,score for detector=boxes
+    boxes_file: str | None  # CSV videoid,frame,x1,y1,x2,y2,score[,lx1,ly1..lx5,ly5] for detector=boxes
     detector_weights: str | None  # weights file (centerface, scrfd) or folder (face-alignment); null = backend default
     detector_options: dict[str, Any]  # further keyword options of the backend (threshold, box_scale, ...)
     detect_max_side: int    # detect on a copy whose long side is at most this many pixels

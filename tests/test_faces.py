@@ -10,14 +10,14 @@ from skimage import data as skdata
 
 from kitlib.faces import (BRIDGED, DETECTED, DETECTORS, FOLLOWED, MISSING, FaceDetector, FaceTrack,
                           FollowSettings, box_iou, bridge_gaps, build_detector, crop_faces,
-                          face_alignment_weight_paths, masked_ncc, normalize, track_faces)
+                          face_alignment_weight_paths, masked_ncc, normalize, pack_detections, track_faces)
 
 ASTRONAUT_FACE = (177, 66, 272, 161)  # x1, y1, x2, y2 of the face in skimage's astronaut photo
 
 
 def det(*boxes: tuple[float, float, float, float]) -> np.ndarray:
-    """Detections of one frame: (k, 5) with score 1."""
-    return np.array([[*b, 1.0] for b in boxes], np.float32).reshape(-1, 5)
+    """Detections of one frame: (k, 15) with score 1 and no landmarks."""
+    return pack_detections(np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(boxes)))
 
 
 # --------------------------------------------------------------------------- detectors
@@ -34,11 +34,11 @@ def test_haar_finds_the_astronaut_and_nothing_in_grey():
     photo = skdata.astronaut()
     grey = np.full((2, 240, 320, 3), 128, np.uint8)
     found = detector.detect(photo[None])
-    assert len(found) == 1 and found[0].shape[1] == 5 and found[0].dtype == np.float32
+    assert len(found) == 1 and found[0].shape[1] == 15 and found[0].dtype == np.float32
     best = found[0][np.argmax(found[0][:, 4])]
     centre = (best[:2] + best[2:4]) / 2
     assert np.allclose(centre, [(177 + 272) / 2, (66 + 161) / 2], atol=15)
-    assert [f.shape for f in detector.detect(grey)] == [(0, 5), (0, 5)]
+    assert [f.shape for f in detector.detect(grey)] == [(0, 15), (0, 15)]
 
 
 def test_haar_downscaled_detection_maps_boxes_back_to_full_size():
@@ -65,7 +65,7 @@ def test_boxes_backend_round_trip(tmp_path):
         detector.detect(None, frame_index=np.array([1]))
     found = detector.for_video("v1").detect(None, frame_index=np.array([1, 2, 3]))
     assert [len(f) for f in found] == [1, 2, 0]
-    np.testing.assert_allclose(found[0], [[1, 2, 3, 4, 0.8]])
+    np.testing.assert_allclose(found[0][:, :5], [[1, 2, 3, 4, 0.8]])
     np.testing.assert_allclose(found[1][:, :4], [[10, 20, 30, 40], [50, 60, 70, 80]])
     assert [len(f) for f in detector.for_video("nope").detect(None, frame_index=np.array([1, 2]))] == [0, 0]
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kitlib.faces import DETECTED, FaceTracker, MISSING
+from kitlib.faces import DETECTED, FaceTracker, MISSING, pack_detections
 from kitlib.faces.assign import JointTracker, appearance, overlap_frames, track_video
 from kitlib.faces.tracking import BRIDGED, INTERPOLATED, FaceTrack
 
 
 def det(*boxes):
-    return np.array([[*b, 1.0] for b in boxes], np.float32).reshape(-1, 5)
+    """Detections of one frame with score 1 and no landmarks."""
+    return pack_detections(np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(boxes)))
 
 
 def walking_left(n: int = 40) -> list[np.ndarray]:

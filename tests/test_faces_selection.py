@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from kitlib import config
+from kitlib.faces import pack_detections
 from kitlib.faces.assign import track_video
 from kitlib.faces.selection import (STRATEGIES, preference, read_selection, release_selection, strategies_of,
                                     track_strategy)
@@ -19,7 +20,8 @@ TOP_LEFT, BIG, RIGHT = (40, 20, 100, 80), (300, 150, 420, 270), (520, 100, 600, 
 
 
 def det(*boxes):
-    return np.array([[*b, 1.0] for b in boxes], np.float32).reshape(-1, 5)
+    """Detections of one frame with score 1 and no landmarks."""
+    return pack_detections(np.array(boxes, np.float32).reshape(-1, 4), np.ones(len(boxes)))
 
 
 def picked(strategy: str, frames: list[np.ndarray]) -> np.ndarray:

@@ -45,3 +45,30 @@ def test_abaw10_profile_ships_the_release_selection_table(tmp_path):
     assert s03.face_selection(_cfg(tmp_path)) == {}
     with pytest.raises(ValueError, match="valid"):
         s03.face_selection(_cfg(tmp_path, "faces.default_strategy=biggest"))
+
+
+def test_exported_boxes_carry_the_landmarks_back_into_the_boxes_detector(tmp_path):
+    import numpy as np
+
+    from kitlib.faces import DETECTED, MISSING, build_detector, landmarks_of
+    from kitlib.stages.common import feature_store
+
+    cfg = _cfg(tmp_path)
+    store = feature_store(cfg, "visual")
+    points = np.arange(10, dtype=np.float32).reshape(5, 2) + 100
+    landmarks = np.full((3, 5, 2), np.nan, np.float32)
+    landmarks[0] = points                                   # frame 2: detected by a backend without landmarks
+    status = np.array([DETECTED, DETECTED, MISSING], np.uint8)
+    boxes = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [np.nan] * 4], np.float32)
+    common = dict(frame_index=np.arange(1, 4), features=np.zeros((3, 4)), mask=status != MISSING, status=status,
+                  boxes=boxes)
+    store.save("v1_left", landmarks=landmarks, **common)
+    store.save("v2", **common)                              # features written before landmarks were carried
+    detector = build_detector("boxes", path=s03.export_boxes(cfg))
+    found = detector.for_video("v1").detect(None, frame_index=np.array([1, 2, 3]))
+    assert [len(f) for f in found] == [1, 1, 0]
+    np.testing.assert_array_equal(found[1][:, :4], boxes[1:2])
+    np.testing.assert_array_equal(landmarks_of(found[0])[0], points)
+    assert np.isnan(landmarks_of(found[1])).all()
+    older = detector.for_video("v2").detect(None, frame_index=np.array([1]))[0]
+    assert len(older) == 1 and np.isnan(landmarks_of(older)).all()

@@ -86,6 +86,7 @@ def test_extract_writes_features_mask_and_report(tmp_path, videos):
     assert saved["features"].shape == (N_FRAMES, 32) and saved["features"].dtype == np.float16
     assert saved["features_by_scale"].shape == (N_FRAMES, 3, 32) and saved["features_by_scale"].dtype == np.float16
     assert saved["boxes"].shape == (N_FRAMES, 4) and saved["boxes"].dtype == np.float32
+    assert saved["landmarks"].shape == (N_FRAMES, 5, 2) and np.isnan(saved["landmarks"]).all()   # Haar has none
     assert saved["status"].dtype == np.uint8 and saved["times_s"].dtype == np.float64
     np.testing.assert_allclose(saved["times_s"][:3], [0.0, 0.04, 0.08], atol=1e-3)
     status = saved["status"]
@@ -152,8 +153,9 @@ def test_results_do_not_depend_on_the_decode_chunking(tmp_path, videos):
 
 def test_boxes_detector_drives_the_extraction(tmp_path, videos):
     csv = tmp_path / "boxes.csv"
-    rows = [f"face,{f},{40 + 3 * (f - 1)},30,{90 + 3 * (f - 1)},80,1" for f in range(1, N_FRAMES + 1, 2)]
-    csv.write_text("videoid,frame,x1,y1,x2,y2,score\n" + "\n".join(rows) + "\n")
+    marks = lambda f: ",".join(f"{50 + 3 * (f - 1) + 5 * k},{45 + k}" for k in range(5))  # noqa: E731
+    rows = [f"face,{f},{40 + 3 * (f - 1)},30,{90 + 3 * (f - 1)},80,1,{marks(f)}" for f in range(1, N_FRAMES + 1, 2)]
+    csv.write_text("videoid,frame,x1,y1,x2,y2,score,lx1,ly1,lx2,ly2,lx3,ly3,lx4,ly4,lx5,ly5\n" + "\n".join(rows) + "\n")
     store = FeatureStore(tmp_path, "visual")
     report = run([track("face", videos["face"])], store, detector=build_detector("boxes", path=csv), max_gap=1)
     saved = store.load("face")
@@ -161,6 +163,11 @@ def test_boxes_detector_drives_the_extraction(tmp_path, videos):
     assert saved["status"][:19].tolist() == [DETECTED, BRIDGED] * 9 + [DETECTED]
     assert saved["status"][19] == MISSING  # after the last box: no extrapolation
     np.testing.assert_allclose(saved["boxes"][1], [43, 30, 93, 80])
+    # the picked detection's landmarks on DETECTED frames, never interpolated
+    assert saved["landmarks"].shape == (N_FRAMES, 5, 2) and saved["landmarks"].dtype == np.float32
+    np.testing.assert_allclose(saved["landmarks"][2], [[56 + 5 * k, 45 + k] for k in range(5)])
+    assert np.isnan(saved["landmarks"][saved["status"] != DETECTED]).all()
+    assert np.isfinite(saved["landmarks"][saved["status"] == DETECTED]).all()
 
 
 def test_linear_probe_separates_synthetic_classes(rng):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from kitlib.faces.detectors import LANDMARK_NAMES, as_detections, landmarks_of
 from kitlib.faces.selection import OPPOSITE_DROPS, check_strategy, opposite, preference
 from kitlib.faces.tracking import FaceTrack, FaceTracker, FollowSettings, box_iou, bridge_gaps
 
@@ -129,14 +130,17 @@ class JointTracker:
                 scores[t] += s.appearance_weight * match
         return scores
 
-    def _step(self, faces: np.ndarray | None, frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """One frame: boxes (T, 4) NaN where none, followed (T,) bool."""
+    def _step(self, faces: np.ndarray | None,
+              frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One frame: boxes (T, 4) NaN where none, followed (T,) bool, landmarks (T, 5, 2) of the picked
+        detections (NaN where none was picked)."""
         n_tracks = len(self.strategies)
         boxes = np.full((n_tracks, 4), np.nan, np.float32)
         followed = np.zeros(n_tracks, bool)
+        landmarks = np.full((n_tracks, len(LANDMARK_NAMES), 2), np.nan, np.float32)
         if faces is None:  # not looked at: the tracks wait for the next detection
-            return boxes, followed
-        faces = np.asarray(faces, np.float32) if len(faces) else np.zeros((0, 5), np.float32)
+            return boxes, followed, landmarks
+        faces = as_detections(faces)
         if len(faces):
             area = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
             faces = faces[(area > 0) & (area >= self.settings.min_rel_area * area.max(initial=0.0))]
@@ -162,23 +166,29 @@ class JointTracker:
                     s.appearance_momentum * self.person[t] + (1 - s.appearance_momentum) * looks[f])
                 self.person[t] = person / max(float(np.linalg.norm(person)), 1e-6)
             box, followed[t] = tracker.advance(faces[f] if f is not None else None, frame)
+            if f is not None:
+                landmarks[t] = landmarks_of(faces)[f]
             self._age[t] += 1
             if box is not None:
                 boxes[t] = box
                 self._last_box[t], self._age[t] = box, 0
-        return boxes, followed
+        return boxes, followed, landmarks
 
     def update(self, detections: Sequence[np.ndarray | None],
-               frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Picks for a batch of frames: boxes (T, B, 4) float32 (NaN: no face for that track) and
-        followed (T, B) bool; ``frames`` (B, H, W, 3) uint8 RGB give appearance and following."""
+               frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Picks for a batch of frames: boxes (T, B, 4) float32 (NaN: no face for that track), followed
+        (T, B) bool and the picked detections' landmarks (T, B, 5, 2) float32 (NaN where the track took
+        no detection: no face, followed, or a detector without landmarks); ``frames`` (B, H, W, 3)
+        uint8 RGB give appearance and following."""
         if frames is not None and len(frames) != len(detections):
             raise ValueError(f"{len(frames)} frames but {len(detections)} detection lists")
-        boxes = np.full((len(self.strategies), len(detections), 4), np.nan, np.float32)
-        followed = np.zeros((len(self.strategies), len(detections)), bool)
+        n_tracks, n_frames = len(self.strategies), len(detections)
+        boxes = np.full((n_tracks, n_frames, 4), np.nan, np.float32)
+        followed = np.zeros((n_tracks, n_frames), bool)
+        landmarks = np.full((n_tracks, n_frames, len(LANDMARK_NAMES), 2), np.nan, np.float32)
         for i, faces in enumerate(detections):  # light loop: each frame's assignment depends on the previous one
-            boxes[:, i], followed[:, i] = self._step(faces, frames[i] if frames is not None else None)
-        return boxes, followed
+            boxes[:, i], followed[:, i], landmarks[:, i] = self._step(faces, frames[i] if frames is not None else None)
+        return boxes, followed, landmarks
 
 
 def overlap_frames(tracks: Sequence[FaceTrack], *, min_iou: float = 0.3) -> np.ndarray:
@@ -209,15 +219,15 @@ def track_video(detections: Sequence[np.ndarray | None], *, frame_size: tuple[in
                 settings: AssignSettings | None = None) -> tuple[list[FaceTrack], list[dict[str, int]]]:
     """The face tracks of ALL annotation files of one video, assigned jointly, gaps bridged.
 
-    ``detections``: per frame a (k, 5) array, or None where the detector did not look (those
+    ``detections``: per frame a (k, 15) array, or None where the detector did not look (those
     frames, when bridged, are INTERPOLATED); ``strategies``: one per track; ``frames`` (N, H, W, 3)
-    uint8 RGB for appearance and following. Returns one ``FaceTrack`` per strategy and per track
-    ``{"identity_switches", "overlap"}``.
+    uint8 RGB for appearance and following. Returns one ``FaceTrack`` per strategy (with the picked
+    detections' landmarks) and per track ``{"identity_switches", "overlap"}``.
     """
     tracker = JointTracker(frame_size=frame_size, strategies=strategies, settings=settings, follow=follow)
-    boxes, followed = tracker.update(detections, frames)
+    boxes, followed, landmarks = tracker.update(detections, frames)
     skipped = np.array([d is None for d in detections], bool)
-    tracks = [bridge_gaps(boxes[t], max_gap=max_gap, followed=followed[t], skipped=skipped)
+    tracks = [bridge_gaps(boxes[t], max_gap=max_gap, followed=followed[t], skipped=skipped, landmarks=landmarks[t])
               for t in range(len(strategies))]
     overlap = overlap_frames(tracks, min_iou=tracker.settings.overlap_iou)
     stats = [dict(identity_switches=int(tracker.identity_switches[t]), overlap=int(overlap[t]))

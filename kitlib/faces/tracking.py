@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kitlib.faces.detectors import _no_faces
+from kitlib.faces.detectors import LANDMARK_NAMES, as_detections
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,13 @@ STATUS_NAMES: dict[int, str] = {MISSING: "missing", DETECTED: "detected", BRIDGE
 
 @dataclass(frozen=True)
 class FaceTrack:
-    """One face box per frame for one annotated person."""
+    """One face box per frame for one annotated person (and the picked detection's landmarks)."""
 
     boxes: np.ndarray   # (N, 4) float32 x1, y1, x2, y2 in pixels, NaN where MISSING
     status: np.ndarray  # (N,) uint8: DETECTED, FOLLOWED, BRIDGED, INTERPOLATED or MISSING
+    # (N, 5, 2) float32 landmarks of the detection picked on DETECTED frames (kitlib.faces.detectors
+    # LANDMARK_NAMES order), NaN elsewhere and where the detector gives none; None: not carried
+    landmarks: np.ndarray | None = None
 
     @property
     def present(self) -> np.ndarray:
@@ -239,7 +242,7 @@ class FaceTracker:
         if frames is not None and len(frames) != len(detections):
             raise ValueError(f"{len(frames)} frames but {len(detections)} detection lists")
         for i, faces in enumerate(detections):  # light loop: association depends on the previous pick
-            faces = np.asarray(faces, np.float32).reshape(-1, 5) if len(faces) else _no_faces()
+            faces = as_detections(faces)
             frame = frames[i] if frames is not None else None
             pick = self._pick(faces) if len(faces) else None
             box, followed[i] = self.advance(pick, frame)
@@ -268,14 +271,15 @@ class FaceTracker:
 
 
 def bridge_gaps(picks: np.ndarray, *, max_gap: int, followed: np.ndarray | None = None,
-                skipped: np.ndarray | None = None) -> FaceTrack:
+                skipped: np.ndarray | None = None, landmarks: np.ndarray | None = None) -> FaceTrack:
     """Interpolate picked boxes linearly over gaps of at most ``max_gap`` frames.
 
     ``picks`` (N, 4) with NaN rows where nothing was picked; ``followed`` (N,) marks picks that
     were followed, not detected (status FOLLOWED); ``skipped`` (N,) marks frames the detector did not
     look at (detection every k-th frame), bridged as INTERPOLATED. Frames before the first or after the last
     pick are MISSING (no extrapolation). On a stream whose later frames are not known yet, the
-    status and box of frame i are final once picks up to frame i + max_gap are in.
+    status and box of frame i are final once picks up to frame i + max_gap are in. ``landmarks``
+    (N, 5, 2) of the picked detections are kept on DETECTED frames only (never interpolated).
     """
     picks = np.asarray(picks, np.float32)
     n = len(picks)
@@ -298,7 +302,10 @@ def bridge_gaps(picks: np.ndarray, *, max_gap: int, followed: np.ndarray | None 
             status[bridged] = BRIDGED
             if skipped is not None:  # frames the detector never saw: interpolated, not a detection gap
                 status[bridged & np.asarray(skipped, bool)] = INTERPOLATED
-    return FaceTrack(boxes=boxes, status=status)
+    if landmarks is not None:
+        landmarks = np.asarray(landmarks, np.float32).reshape(n, len(LANDMARK_NAMES), 2)
+        landmarks = np.where((status == DETECTED)[:, None, None], landmarks, np.float32(np.nan))
+    return FaceTrack(boxes=boxes, status=status, landmarks=landmarks)
 
 
 def track_faces(detections: Sequence[np.ndarray], *, frame_size: tuple[int, int], side: str | None,
@@ -306,7 +313,7 @@ def track_faces(detections: Sequence[np.ndarray], *, frame_size: tuple[int, int]
                 frames: np.ndarray | None = None, follow: FollowSettings | None = None) -> FaceTrack:
     """One face per frame for the annotated person of a video (see ``FaceTracker``), gaps bridged.
 
-    ``detections``: per frame a (k, 5) array from a ``FaceDetector``; ``frame_size`` (W, H);
+    ``detections``: per frame a (k, 15) array from a ``FaceDetector``; ``frame_size`` (W, H);
     ``side`` "left"/"right" for two-person videos, else None; with ``frames`` (N, H, W, 3) and
     ``follow``, faces lost at the border are followed (FOLLOWED); gaps of at most ``max_gap``
     frames are interpolated (BRIDGED), longer ones stay MISSING.

@@ -46,7 +46,7 @@ class FrameBatch:
     frames: np.ndarray   # (B, H, W, 3) uint8 RGB
     pixels: Any = None   # the same frames uploaded ahead as a (B, 3, H, W) uint8 torch tensor on the compute
                          # device (kitlib.visual.pipelined); None = not uploaded
-    detections: Any = None  # per frame (k, 5) boxes + scores found ahead by a decode worker; None = not yet
+    detections: Any = None  # per frame (k, 15) detections found ahead by a decode worker; None = not yet
 
     def tail(self, start: int) -> "FrameBatch":
         """The frames from position ``start`` on (views, no copy)."""

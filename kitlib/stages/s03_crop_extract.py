@@ -111,8 +111,9 @@ def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Trac
 
 
 def export_boxes(cfg: Config) -> Path:
-    """The faces this run detected, as a precomputed-boxes CSV (``faces.detector: boxes``) for re-extraction."""
-    from kitlib.faces import DETECTED
+    """The faces this run detected, as a precomputed-boxes CSV (``faces.detector: boxes``) for re-extraction,
+    with their landmarks (``lx1 .. ly5``) where the features file has them."""
+    from kitlib.faces import DETECTED, LANDMARK_COLUMNS
     from kitlib.store import write_text_atomic
 
     store = feature_store(cfg, "visual")
@@ -124,8 +125,12 @@ def export_boxes(cfg: Config) -> Path:
         entry = store.load(txtid)
         hit = entry["status"] == DETECTED
         box = entry["boxes"][hit]
-        parts.append(pd.DataFrame({"videoid": data.videoid_of(txtid)[0], "frame": entry["frame_index"][hit],
-                                   "x1": box[:, 0], "y1": box[:, 1], "x2": box[:, 2], "y2": box[:, 3], "score": 1.0}))
+        columns = {"videoid": data.videoid_of(txtid)[0], "frame": entry["frame_index"][hit],
+                   "x1": box[:, 0], "y1": box[:, 1], "x2": box[:, 2], "y2": box[:, 3], "score": 1.0}
+        if "landmarks" in entry:   # features written before landmarks were carried have none
+            marks = entry["landmarks"][hit].reshape(-1, len(LANDMARK_COLUMNS))
+            columns |= {name: marks[:, k] for k, name in enumerate(LANDMARK_COLUMNS)}
+        parts.append(pd.DataFrame(columns))
     table = pd.concat(parts, ignore_index=True).drop_duplicates()
     write_text_atomic(path, table.to_csv(index=False))
     return path

@@ -64,6 +64,7 @@ class _TrackFeatures:
     strategy: str                                              # which face is this track's person (faces.selection)
     picks: list[np.ndarray] = field(default_factory=list)      # per decode batch (B, 4), NaN = no pick
     followed: list[np.ndarray] = field(default_factory=list)   # per decode batch (B,) bool, pick was followed
+    landmarks: list[np.ndarray] = field(default_factory=list)  # per decode batch (B, 5, 2), NaN = no detection picked
     by_scale: list[np.ndarray] = field(default_factory=list)   # per processed chunk (n, S, D) float16
     boxes: list[np.ndarray] = field(default_factory=list)      # per processed chunk (n, 4) float32
     status: list[np.ndarray] = field(default_factory=list)     # per processed chunk (n,) uint8
@@ -190,10 +191,11 @@ def _track_and_encode(tracks: list[Track], *, detector: FaceDetector, max_gap: i
         # found ahead by a decode worker (every frame), or now (every detect_every-th frame)
         detections = list(batch.detections) if batch.detections is not None else \
             _detect(video_detector, batch, detect_every)
-        picks, followed = joint.update(detections, batch.frames)
+        picks, followed, landmarks = joint.update(detections, batch.frames)
         for i, state in enumerate(states):
             state.picks.append(picks[i])
             state.followed.append(followed[i])
+            state.landmarks.append(landmarks[i])
         skipped.append(np.array([d is None for d in detections], bool))
         buffer.append(batch)
         times.append(batch.times_s)
@@ -216,7 +218,8 @@ def _save_tracks(done: _VideoPass, store: FeatureStore) -> list[dict[str, Any]]:
     """Save the features of each track of one video pass (atomic per track); one report row per track."""
     rows = []
     n_seen, video_path, states = done.n_seen, done.video_path, done.states
-    final = [FaceTrack(boxes=np.concatenate(st.boxes), status=np.concatenate(st.status)) for st in states]
+    final = [FaceTrack(boxes=np.concatenate(st.boxes), status=np.concatenate(st.status),
+                       landmarks=np.concatenate(st.landmarks)) for st in states]
     overlap = overlap_frames(final, min_iou=done.overlap_iou)
     for i, (state, track) in enumerate(zip(states, final)):
         by_scale = np.concatenate(state.by_scale)
@@ -225,7 +228,7 @@ def _save_tracks(done: _VideoPass, store: FeatureStore) -> list[dict[str, Any]]:
         frame_features = by_scale.astype(np.float32).mean(axis=1)  # eq. 7; zeros where no face
         store.save(state.track.txtid, frame_index=np.arange(1, n_seen + 1), features=frame_features, mask=mask,
                    features_by_scale=by_scale, status=status.astype(np.uint8), boxes=track.boxes.astype(np.float32),
-                   times_s=done.times_s.astype(np.float64))
+                   landmarks=track.landmarks.astype(np.float32), times_s=done.times_s.astype(np.float64))
         counts = np.bincount(status, minlength=INTERPOLATED + 1)
         found = bool(mask.any())
         if not found:
@@ -324,7 +327,9 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
     Tracks of one video (``_left`` / ``_right``) share one decode and one detection pass. Per
     track the store gets ``features`` (N, D) = mean over scales, ``mask`` (N,) face present
     (detected, followed or bridged), ``features_by_scale`` (N, S, D) float16, ``status`` (N,) uint8 (see
-    ``kitlib.faces``), ``boxes`` (N, 4) float32 and ``times_s`` (N,) float64; frames without a face
+    ``kitlib.faces``), ``boxes`` (N, 4) float32, ``landmarks`` (N, 5, 2) float32 (the picked detection's
+    5 landmarks, ``kitlib.faces.LANDMARK_NAMES`` order, on DETECTED frames; NaN elsewhere and for
+    detectors without landmarks) and ``times_s`` (N,) float64; frames without a face
     have zero features. ``batch_size`` counts crops per backbone forward, ``decode_batch`` frames
     per decode/detect step. ``follow`` (None: off) follows faces the detector loses at the frame
     border (``kitlib.faces.FaceTracker``). ``selection`` (txtid -> strategy, ``kitlib.faces.selection``)

@@ -1,4 +1,14 @@
-"""Face detectors behind one registry: a batch of RGB frames in, boxes and scores out.
+"""Face detectors behind one registry: a batch of RGB frames in, boxes, scores and 5 landmarks out.
+
+Every backend returns per frame one float32 array (k, 15), one row per face, columns
+``DETECTION_COLUMNS``: the box ``x1, y1, x2, y2``, its ``score``, then the 5 facial landmarks
+``lx1, ly1, ..., lx5, ly5`` in ``LANDMARK_NAMES`` order, all in pixels of the input frame. The
+landmark order is RetinaFace's / InsightFace's (the ``arcface`` alignment template's): left and right
+as seen in the image, so on an upright, unmirrored face the first point is the subject's right eye
+and has the smaller x. A backend whose network gives no landmarks fills them with NaN (``opencv-haar``,
+``face-alignment``, ``boxes`` without landmark columns); ``centerface`` and ``scrfd`` (9-output
+graphs) decode their own. Read the columns with ``boxes_of``, ``scores_of`` and ``landmarks_of``,
+build rows with ``pack_detections``: no consumer indexes the landmark columns by number.
 
 Each backend family is one module of this package and registers itself by name
 (``register_detector``); ``build_detector(name, **options)`` builds one. Backends: ``opencv-haar``
@@ -26,9 +36,9 @@ class FaceDetector(Protocol):
 
     ``detect`` takes frames (B, H, W, 3) uint8 RGB and the frames' 1-based numbers (only
     detectors that read precomputed boxes need them) and returns per frame a float32 array
-    (k, 5) of ``x1, y1, x2, y2, score`` in pixels (k may be 0). ``for_video`` returns the
-    detector to use on one video: image detectors return themselves, the ``boxes`` detector
-    returns a copy bound to that video's rows.
+    (k, 15) with ``DETECTION_COLUMNS`` in pixels (k may be 0; landmarks NaN where the backend has
+    none). ``for_video`` returns the detector to use on one video: image detectors return
+    themselves, the ``boxes`` detector returns a copy bound to that video's rows.
     """
 
     name: str
@@ -36,6 +46,49 @@ class FaceDetector(Protocol):
     def detect(self, frames: np.ndarray, *, frame_index: np.ndarray | None = None) -> list[np.ndarray]: ...
 
     def for_video(self, videoid: str) -> "FaceDetector": ...
+
+
+# the 5 facial landmarks, left / right as seen in the image (RetinaFace / InsightFace order)
+LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+DETECTION_COLUMNS: tuple[str, ...] = ("x1", "y1", "x2", "y2", "score",
+                                      *(f"l{axis}{k}" for k in range(1, len(LANDMARK_NAMES) + 1) for axis in "xy"))
+LANDMARK_COLUMNS: tuple[str, ...] = DETECTION_COLUMNS[5:]
+DETECTION_WIDTH: int = len(DETECTION_COLUMNS)   # 15
+
+
+def as_detections(found: np.ndarray) -> np.ndarray:
+    """One frame's detections as a float32 (k, 15) array (an empty list: no faces); any other shape is an
+    error naming the columns."""
+    found = np.asarray(found, np.float32)
+    if found.size == 0:
+        return _no_faces()
+    if found.ndim != 2 or found.shape[1] != DETECTION_WIDTH:
+        raise ValueError(f"detections must be (k, {DETECTION_WIDTH}) rows {DETECTION_COLUMNS}, got {found.shape}")
+    return found
+
+
+def boxes_of(found: np.ndarray) -> np.ndarray:
+    """(k, 4) ``x1, y1, x2, y2`` of one frame's detections (k, 15)."""
+    return as_detections(found)[:, :4]
+
+
+def scores_of(found: np.ndarray) -> np.ndarray:
+    """(k,) scores of one frame's detections (k, 15)."""
+    return as_detections(found)[:, 4]
+
+
+def landmarks_of(found: np.ndarray) -> np.ndarray:
+    """(k, 5, 2) landmark ``x, y`` of one frame's detections (k, 15), in ``LANDMARK_NAMES`` order; NaN: none."""
+    return as_detections(found)[:, 5:].reshape(-1, len(LANDMARK_NAMES), 2)
+
+
+def pack_detections(face_boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
+    """One frame's detections (k, 15) float32 from ``face_boxes`` (k, 4), ``scores`` (k,) and ``landmarks``
+    (k, 5, 2) or (k, 10) in ``LANDMARK_NAMES`` order (None: NaN, the backend gives none)."""
+    face_boxes = np.asarray(face_boxes, np.float32).reshape(-1, 4)
+    marks = (np.full((len(face_boxes), 2 * len(LANDMARK_NAMES)), np.nan, np.float32) if landmarks is None
+             else np.asarray(landmarks, np.float32).reshape(len(face_boxes), 2 * len(LANDMARK_NAMES)))
+    return np.concatenate([face_boxes, np.asarray(scores, np.float32).reshape(-1, 1), marks], axis=1)
 
 
 DETECTORS: dict[str, Callable[..., FaceDetector]] = {}
@@ -66,7 +119,7 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
 
 
 def _no_faces() -> np.ndarray:
-    return np.zeros((0, 5), np.float32)
+    return np.zeros((0, DETECTION_WIDTH), np.float32)
 
 
 def _downscale_factor(height: int, width: int, max_side: int | None) -> float:

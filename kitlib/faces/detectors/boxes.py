@@ -1,4 +1,5 @@
-"""Precomputed face boxes from a CSV file (``videoid,frame,x1,y1,x2,y2,score``).
+"""Precomputed face boxes from a CSV file (``videoid,frame,x1,y1,x2,y2,score``, optionally the 5 landmarks
+``lx1,ly1,...,lx5,ly5``).
 """
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kitlib.faces.detectors import register_detector, _no_faces
+from kitlib.faces.detectors import LANDMARK_COLUMNS, register_detector, _no_faces, pack_detections
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,10 @@ BOX_COLUMNS: tuple[str, ...] = ("videoid", "frame", "x1", "y1", "x2", "y2", "sco
 class BoxesDetector:
     """Precomputed face boxes from a CSV file with columns ``videoid,frame,x1,y1,x2,y2,score``.
 
-    ``frame`` is 1-based. Build it once for the file, then ``for_video(videoid)`` gives the
+    ``frame`` is 1-based. Optional columns ``lx1,ly1,...,lx5,ly5`` (``LANDMARK_COLUMNS``): the 5
+    landmarks in the kit's order (``LANDMARK_NAMES``; the ``boxes.csv`` that ``export_boxes`` writes
+    from the visual features has them), all ten or none; without them, or in an empty cell, the
+    landmarks are NaN. Build it once for the file, then ``for_video(videoid)`` gives the
     detector for one video; its ``detect`` needs the batch's ``frame_index``. A video with no
     rows in the file yields no faces (logged as a warning), so it shows as "no face" in reports.
     """
@@ -44,9 +48,15 @@ class BoxesDetector:
         missing = [c for c in BOX_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"{path}: missing columns {missing}; expected {list(BOX_COLUMNS)}")
+        marks = [c for c in LANDMARK_COLUMNS if c in table.columns]
+        if marks and len(marks) < len(LANDMARK_COLUMNS):
+            raise ValueError(f"{path}: landmark columns {sorted(set(LANDMARK_COLUMNS) - set(marks))} missing; "
+                             f"give all of {list(LANDMARK_COLUMNS)} or none")
         table = table.sort_values(["videoid", "frame"], kind="stable")
         frames = table["frame"].to_numpy(np.int64)
-        values = table[list(BOX_COLUMNS[2:])].to_numpy(np.float32)
+        values = pack_detections(table[list(BOX_COLUMNS[2:6])].to_numpy(np.float32),
+                                 table["score"].to_numpy(np.float32),
+                                 table[list(LANDMARK_COLUMNS)].to_numpy(np.float32) if marks else None)
         if (frames < 1).any():
             raise ValueError(f"{path}: frame numbers are 1-based, found {int(frames.min())}")
         out = {}

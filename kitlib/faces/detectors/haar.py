@@ -1,4 +1,5 @@
-"""OpenCV's Haar frontal-face cascade (no weights to fetch; CPU, one frame at a time).
+"""OpenCV's Haar frontal-face cascade (no weights to fetch; CPU, one frame at a time). Boxes and scores
+only: the landmark columns are NaN.
 """
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kitlib.faces.detectors import register_detector, _check_frames, _downscale_factor, _no_faces
+from kitlib.faces.detectors import register_detector, _check_frames, _downscale_factor, _no_faces, pack_detections
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ class HaarDetector:
     ``benchmarks/photo_clip_faces.py``), so CenterFace is the default. Box convention: its square
     box's side is 1.01x the height of the WIDER FACE box on that clip's faces, so the crop scales
     mean the same with either backend (no calibration factor needed). Score = the cascade's neighbour
-    count (how many overlapping windows voted for the face). Speed on 2 CPU cores, 720p frames:
+    count (how many overlapping windows voted for the face); no landmarks (NaN). Speed on 2 CPU cores, 720p frames:
     ~4-7 frames/s with the defaults (~10 with scale_factor=1.2 or min_size_frac=0.15), so for the
     whole Aff-Wild2 release prefer ``face-alignment`` on a GPU or precomputed ``boxes``.
     """
@@ -64,9 +65,8 @@ class HaarDetector:
                 out.append(_no_faces())
                 continue
             rects = np.asarray(rects, np.float32) / factor
-            boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:],
-                                    np.asarray(votes, np.float32).reshape(-1, 1)], axis=1)
-            out.append(boxes.astype(np.float32))
+            boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
+            out.append(pack_detections(boxes, np.asarray(votes, np.float32)))   # no landmarks: NaN
         return out
 
 

@@ -2,9 +2,12 @@
 InsightFace model folder, e.g. ``buffalo_l/det_10g.onnx``: the detector the reference system's authors used.
 
 The ONNX graph outputs, per feature stride (8, 16, 32), anchor scores, box distances (left, top,
-right, bottom, in stride units) and optionally 5 landmarks, for ``num_anchors`` anchors per grid
+right, bottom, in stride units) and, in 9-output graphs (``det_10g.onnx``), 5 landmark offsets
+(``x, y`` per point, in stride units, from the anchor centre), for ``num_anchors`` anchors per grid
 cell; the decoding below is InsightFace's (``insightface/model_zoo/scrfd.py``): anchor centres on
-the stride grid, ``distance2bbox``, a score threshold and NMS. Frames are letterboxed (aspect kept,
+the stride grid, ``distance2bbox`` and ``distance2kps`` (centre + offset x stride), a score
+threshold and NMS, each box keeping its own landmarks (NaN from a 6-output graph). The points come
+in InsightFace's order, the kit's (``LANDMARK_NAMES``: the image-left eye first). Frames are letterboxed (aspect kept,
 top-left) into a ``max_side`` x ``max_side`` canvas, normalised ``(x - 127.5) / 128`` in RGB.
 Trained on WIDER FACE: boxes in the WIDER convention (``box_scale`` 1.0). Weights never download:
 the file must exist (``weights``), else ``FileNotFoundError`` names the backend and the file.
@@ -17,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kitlib.faces.detectors import _check_frames, _no_faces, register_detector
+from kitlib.faces.detectors import (LANDMARK_NAMES, _check_frames, _no_faces, boxes_of, landmarks_of, pack_detections,
+                                    register_detector, scores_of)
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +30,14 @@ STRIDES: tuple[int, ...] = (8, 16, 32)
 
 def decode_scrfd(outputs: list[np.ndarray], *, input_size: tuple[int, int], threshold: float,
                  nms_iou: float) -> np.ndarray:
-    """Boxes (k, 5) ``x1, y1, x2, y2, score`` in input pixels from one image's SCRFD ``outputs``
-    (3 score, 3 distance[, 3 landmark] arrays, strides 8/16/32, batch axis removed)."""
+    """Detections (k, 15) (``kitlib.faces.detectors.DETECTION_COLUMNS``) in input pixels from one image's
+    SCRFD ``outputs`` (3 score, 3 distance[, 3 landmark] arrays, strides 8/16/32, batch axis removed);
+    landmarks NaN when the graph has no landmark outputs."""
     from torchvision.ops import nms
 
     width, height = input_size
     n_levels = len(STRIDES)
+    with_landmarks = len(outputs) == 3 * n_levels
     found = []
     for level, stride in enumerate(STRIDES):
         scores = outputs[level].reshape(-1)
@@ -44,12 +50,16 @@ def decode_scrfd(outputs: list[np.ndarray], *, input_size: tuple[int, int], thre
         if len(keep) == 0:
             continue
         c, d = centres[keep], distances[keep]
-        found.append(np.concatenate([c - d[:, :2], c + d[:, 2:], scores[keep, None]], axis=1))
+        landmarks = None
+        if with_landmarks:   # distance2kps: anchor centre + offset x stride, per point
+            offsets = outputs[level + 2 * n_levels].reshape(-1, len(LANDMARK_NAMES), 2)[keep] * stride
+            landmarks = c[:, None, :] + offsets
+        found.append(pack_detections(np.concatenate([c - d[:, :2], c + d[:, 2:]], axis=1), scores[keep], landmarks))
     if not found:
         return _no_faces()
-    boxes = np.concatenate(found).astype(np.float32)
-    keep = nms(torch.from_numpy(boxes[:, :4]), torch.from_numpy(boxes[:, 4]), nms_iou).numpy()
-    return boxes[keep]
+    rows = np.concatenate(found)
+    keep = nms(torch.from_numpy(rows[:, :4]), torch.from_numpy(rows[:, 4]), nms_iou).numpy()
+    return rows[keep]
 
 
 @register_detector("scrfd")
@@ -126,11 +136,11 @@ class ScrfdDetector:
             per_frame = [self._session.run(self._outputs, {self._input: blob[b:b + 1]}) for b in range(len(frames))]
         out = []
         for outs in per_frame:
-            boxes = decode_scrfd(outs, input_size=size, threshold=self.threshold, nms_iou=self.nms_iou)
-            boxes[:, :4] /= factor
+            found = decode_scrfd(outs, input_size=size, threshold=self.threshold, nms_iou=self.nms_iou)
+            boxes, landmarks = boxes_of(found) / factor, landmarks_of(found) / factor   # canvas -> frame pixels
             if self.box_scale != 1.0 and len(boxes):
                 centre = 0.5 * (boxes[:, :2] + boxes[:, 2:4])
                 half = 0.5 * self.box_scale * (boxes[:, 2:4] - boxes[:, :2])
-                boxes[:, :4] = np.concatenate([centre - half, centre + half], 1)
-            out.append(boxes)
+                boxes = np.concatenate([centre - half, centre + half], 1)
+            out.append(pack_detections(boxes, scores_of(found), landmarks))
         return out
