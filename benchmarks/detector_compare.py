@@ -32,7 +32,6 @@ of the detected box over the true (WIDER FACE) box's on visible faces (the kit s
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.machinery
 import importlib.util
@@ -47,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import machine_line  # noqa: E402
-from benchmarks.photo_clip_faces import score_detector  # noqa: E402
+from benchmarks.photo_clip_faces import clip_arguments, score_detector  # noqa: E402
 from kitlib.faces import FaceDetector, build_detector  # noqa: E402
 from kitlib.faces.detectors import _check_frames, _downscale_factor, _no_faces, pack_detections  # noqa: E402
 from kitlib.faces.photo_clip import photo_clip  # noqa: E402
@@ -241,11 +240,7 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iou", type=float, default=0.5)
-    parser.add_argument("--max-side", type=int, default=640)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
+    parser = clip_arguments(__doc__.splitlines()[0])
     parser.add_argument("--backends", default="all", help="comma-separated names, or all")
     args = parser.parse_args()
     factories = backend_factories(max_side=args.max_side, device=args.device)

@@ -161,12 +161,18 @@ def identity_table(clip, found: list[np.ndarray], *, iou_hit: float) -> pd.DataF
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def clip_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every photo-clip benchmark takes: hit IoU, detection size, batch, device."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--iou", type=float, default=0.5)
     parser.add_argument("--max-side", type=int, default=640)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def main() -> None:
+    parser = clip_arguments(__doc__.splitlines()[0])
     parser.add_argument("--scrfd", type=Path, default=None, help="an InsightFace det_10g.onnx / det_500m.onnx")
     parser.add_argument("--face-alignment-dir", type=Path, default=None, help="face_alignment weights folder")
     args = parser.parse_args()
