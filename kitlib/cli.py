@@ -26,7 +26,9 @@ def kit_files_source() -> Path | None:
     """Where ``params/`` and ``notebooks/`` are: the checkout above ``kitlib/``, else the copy pip
     installed under ``<prefix>/share/abaw-expr-kit`` (pyproject ``data-files``)."""
     here = Path(__file__).resolve()          # <prefix>/lib/pythonX.Y/site-packages/kitlib/cli.py when installed
-    for base in (here.parents[1], here.parents[4] / "share" / "abaw-expr-kit", Path(sys.prefix) / "share" / "abaw-expr-kit"):
+    installed_prefix = here.parents[4] if len(here.parents) > 4 else None   # a checkout may sit near / (e.g. /work/kit)
+    for base in (here.parents[1], *([installed_prefix / "share" / "abaw-expr-kit"] if installed_prefix else []),
+                 Path(sys.prefix) / "share" / "abaw-expr-kit"):
         if all((base / name).is_dir() for name in KIT_FILES):
             return base
     return None
