@@ -135,9 +135,18 @@ def test_runner_removes_partial_files_of_a_killed_writer(tmp_path, fake_stages, 
     assert "removed 2 unfinished file(s) left by a killed run" in capsys.readouterr().out
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """SIGINT raises KeyboardInterrupt, as Python sets it up, even where the test run inherited SIG_IGN (started
+    in the background of a non-interactive shell)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("how, rc, name", [("sigint", 130, "Ctrl-C"), ("sigterm", 143, "SIGTERM")])
 def test_interruption_ends_with_one_line_naming_what_is_kept_and_how_to_resume(tmp_path, fake_stages, capsys,
-                                                                               how, rc, name):
+                                                                               python_ctrl_c, how, rc, name):
     _, actions = fake_stages
     make_run(tmp_path)
     items = run_items(tmp_path)
@@ -204,7 +213,10 @@ def test_ctrl_c_during_a_real_notebook_ends_with_one_line(tmp_path):
     runner = subprocess.Popen([sys.executable, "-m", "kitlib.run", "params/demo.yaml", "params/tiny.yaml",
                                f"run.outputs_root={tmp_path / 'out'}", f"data.root={tmp_path / 'data'}", "--stages",
                                "01-02"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=config.repo_root(), start_new_session=True)
+                              cwd=config.repo_root(), start_new_session=True,
+                              # Python installs its Ctrl-C handler only if SIGINT is not ignored at start (a
+                              # test run started in the background of a non-interactive shell inherits SIG_IGN)
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in runner.stdout:
         if "[01_padaug_preview] running" in line:
             break
