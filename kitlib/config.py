@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -430,6 +431,16 @@ def from_dict(values: dict[str, Any], where: str = "") -> Config:
 def load_items(items: typing.Sequence[str]) -> Config:
     """A command line's params: ``key=value`` items are overrides, the others params files (in order)."""
     return load(*[x for x in items if "=" not in x], overrides=[x for x in items if "=" in x])
+
+
+def load_command_line(items: typing.Sequence[str]) -> Config | None:
+    """``load_items`` for a command's ``main``: a params error is printed as one line on stderr and gives
+    None (the command then exits 2)."""
+    try:
+        return load_items(items)
+    except ConfigError as exc:
+        print(f"params error: {exc}", file=sys.stderr)
+        return None
 
 
 def load(*files: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> Config:

@@ -191,10 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-preflight", action="store_true", help="skip the fast preflight (kitlib.doctor --fast)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel for the notebooks")
     args = parser.parse_args(argv)
-    try:
-        cfg = config.load_items(args.items)
-    except config.ConfigError as exc:
-        print(f"params error: {exc}", file=sys.stderr)
+    cfg = config.load_command_line(args.items)
+    if cfg is None:
         return 2
     if not args.no_preflight and not preflight_passes(cfg, args.items):
         return 2

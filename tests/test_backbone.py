@@ -212,23 +212,7 @@ def test_hf_clip_folder_matches_transformers(tmp_path):
 def test_openai_clip_original_layout(tmp_path):
     """The original OpenAI / open_clip state dict (``visual.*``, ``proj``) loads through timm's converter."""
     src = perturbed(tiny(**FAMILY_TINY["clip"]))
-    state = src.state_dict()
-    swaps = [("patch_embed.proj", "conv1"), ("pos_embed", "positional_embedding"),
-             ("blocks.", "transformer.resblocks."),
-             ("norm_pre", "ln_pre"), ("attn.qkv.", "attn.in_proj_"), ("attn.proj", "attn.out_proj"),
-             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"), ("norm1", "ln_1"), ("norm2", "ln_2")]
-    original = {}
-    for k, v in state.items():
-        if k == "cls_token":
-            k, v = "class_embedding", v.flatten()
-        elif k == "pos_embed":
-            v = v[0]
-        elif k.startswith("norm."):
-            k = k.replace("norm.", "ln_post.")
-        for a, b in swaps:
-            k = k.replace(a, b)
-        original[f"visual.{k}"] = v
-    original["visual.proj"] = torch.randn(32, 8)
+    original = _openai_layout(src)
     original["logit_scale"] = torch.tensor(4.6)
     torch.save({"state_dict": original}, tmp_path / "ViT-L-14.pt")
     dst = build_backbone(**FAMILY_TINY["clip"], weights=tmp_path / "ViT-L-14.pt").eval()

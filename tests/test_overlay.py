@@ -1,19 +1,8 @@
 """The overlay MP4 of a track: H.264 of the asked length, first frame saved, labels and box drawn."""
 import av
 import numpy as np
-import pytest
 
 from kitlib import CLASSES, overlay
-
-
-@pytest.fixture(scope="module")
-def demo_video(tmp_path_factory):
-    from kitlib.data import demo
-
-    root = tmp_path_factory.mktemp("demo")
-    demo.generate_demo(root, seed=0, n_train=1, n_val=1, n_test=1, seconds=(2.0, 3.0), fps=30.0, size=(128, 96),
-                       sample_rate=16000, images_per_class=1)
-    return sorted((root / "videos").rglob("*.mp4"))[0]
 
 
 def test_overlay_mp4_has_the_frames_and_the_drawings(demo_video, tmp_path):

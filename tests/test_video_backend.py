@@ -7,16 +7,6 @@ from kitlib.faces import video
 decord = pytest.importorskip("decord")
 
 
-@pytest.fixture(scope="module")
-def demo_video(tmp_path_factory):
-    from kitlib.data import demo
-
-    root = tmp_path_factory.mktemp("demo")
-    demo.generate_demo(root, seed=0, n_train=1, n_val=1, n_test=1, seconds=(2.0, 3.0), fps=30.0, size=(128, 96),
-                       sample_rate=16000, images_per_class=1)
-    return sorted((root / "videos").rglob("*.mp4"))[0]
-
-
 def test_pyav_matches_decord(demo_video, monkeypatch):
     monkeypatch.setenv("KITLIB_VIDEO_BACKEND", "decord")
     info_d, times_d = video.probe(demo_video), video.frame_times(demo_video)

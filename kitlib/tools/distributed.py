@@ -255,10 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("items", nargs="*", help="params files (layered on params/base.yaml) and key=value overrides")
     parser.add_argument("--kind", nargs="+", default=list(KINDS), choices=KINDS, help="extract: which features")
     args = parser.parse_args(argv)
-    try:
-        cfg = config.load_items(args.items)
-    except config.ConfigError as exc:
-        print(f"params error: {exc}", file=sys.stderr)
+    cfg = config.load_command_line(args.items)
+    if cfg is None:
         return 2
     info = rank_from_env()
     command = ["python", "-m", "kitlib.tools.distributed", *argv]

@@ -306,10 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("items", nargs="*", help="params files (layered on params/base.yaml) and key=value overrides")
     parser.add_argument("--fast", action="store_true", help="skip the package scan and the checkpoint headers")
     args = parser.parse_args(argv)
-    try:
-        cfg = config.load_items(args.items)
-    except config.ConfigError as exc:
-        print(f"params error: {exc}", file=sys.stderr)
+    cfg = config.load_command_line(args.items)
+    if cfg is None:
         return 2
     checks = preflight(cfg, fast=args.fast)
     print(table(checks))

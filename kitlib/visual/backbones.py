@@ -36,6 +36,7 @@ import json
 import logging
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,26 @@ def _hf_clip_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] 
     return out
 
 
+def _rename_hf_keys(state: dict[str, torch.Tensor], *, renames: list[tuple[str, str]], qkv: re.Pattern,
+                    skip: Callable[[str], bool]) -> tuple[dict[str, torch.Tensor], dict[int, dict[str, torch.Tensor]]]:
+    """Hugging Face ViT keys -> timm keys by ``renames`` (regex, replacement; applied in order), leaving out
+    ``skip`` keys; the separate query / key / value tensors that ``qkv`` matches (groups: block, the
+    transformers-4 name, the transformers-5 letter, weight|bias) come back per block as ``{"q.weight": ...}``
+    for the caller to fuse in its model's layout."""
+    parts: dict[int, dict[str, torch.Tensor]] = {}
+    out = {}
+    for key, value in state.items():
+        if skip(key):
+            continue
+        if (m := qkv.match(key)):
+            parts.setdefault(int(m.group(1)), {})[f"{(m.group(2) or m.group(3))[0]}.{m.group(4)}"] = value
+            continue
+        for pattern, repl in renames:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out, parts
+
+
 def _hf_beit_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """Hugging Face BEiT keys (as released, ``beit.encoder.layer.*``, or transformers-5 ``layers.*``) -> timm Beit."""
     state = _strip_to(state, "embeddings.patch_embeddings.projection.weight")
@@ -222,18 +243,8 @@ def _hf_beit_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] 
     ]
     qkv = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.attention\."
                      r"(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$")
-    parts: dict[int, dict[str, torch.Tensor]] = {}
-    out = {}
-    for key, value in state.items():
-        if key.startswith(("embeddings.mask_token", "classifier.")) or "relative_position_index" in key:
-            continue
-        if (m := qkv.match(key)):
-            which = (m.group(2) or m.group(3))[0]         # q | k | v
-            parts.setdefault(int(m.group(1)), {})[f"{which}.{m.group(4)}"] = value
-            continue
-        for pattern, repl in renames:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
+    out, parts = _rename_hf_keys(state, renames=renames, qkv=qkv, skip=lambda key: key.startswith(
+        ("embeddings.mask_token", "classifier.")) or "relative_position_index" in key)
     for i, p in parts.items():
         out[f"blocks.{i}.attn.qkv.weight"] = torch.cat([p["q.weight"], p["k.weight"], p["v.weight"]])
         out[f"blocks.{i}.attn.q_bias"], out[f"blocks.{i}.attn.v_bias"] = p["q.bias"], p["v.bias"]
@@ -252,17 +263,8 @@ def _hf_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
                (r"\.attention\.output\.dense\.", ".attn.proj."), (r"\.attention\.o_proj\.", ".attn.proj."),
                (r"\.layer_scale(\d)\.lambda1$", r".ls\1.gamma"), (r"^layernorm\.", "norm.")]
     qkv = re.compile(r"^encoder\.layer\.(\d+)\.attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(weight|bias)$")
-    parts: dict[int, dict[str, torch.Tensor]] = {}
-    out = {}
-    for key, value in state.items():
-        if key == "embeddings.mask_token":
-            continue                                       # masked-image training only
-        if (m := qkv.match(key)):
-            parts.setdefault(int(m.group(1)), {})[f"{(m.group(2) or m.group(3))[0]}.{m.group(4)}"] = value
-            continue
-        for pattern, repl in renames:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
+    out, parts = _rename_hf_keys(state, renames=renames, qkv=qkv,
+                                 skip=lambda key: key == "embeddings.mask_token")   # masked-image training only
     for i, p in parts.items():
         for part in ("weight", "bias"):
             out[f"blocks.{i}.attn.qkv.{part}"] = torch.cat([p[f"{w}.{part}"] for w in "qkv"])
