@@ -17,6 +17,16 @@ from pathlib import Path
 import torch
 
 
+def metadata_dir() -> Path:
+    """Where the release's metadata (``abaw10-metadata``) lies: ``$ABAW10_METADATA``, else ``shared/`` inside the
+    checkout (how it travels to a GPU machine), else the ``../shared`` beside it (a developer's checkout)."""
+    if os.environ.get("ABAW10_METADATA"):
+        return Path(os.environ["ABAW10_METADATA"])
+    root = Path(__file__).resolve().parents[1]
+    inside = root / "shared" / "abaw10-metadata"
+    return inside if inside.is_dir() else root.parent / "shared" / "abaw10-metadata"
+
+
 def machine_line(device: torch.device | str | None = None) -> str:
     """CPU model, cores, memory, GPU (if ``device`` is CUDA), torch version: printed with every figure."""
     cpu = platform.processor() or platform.machine()

@@ -34,19 +34,26 @@ from kitlib.fusion.train import resident_table  # noqa: E402
 from kitlib.runtime import pick_device, seed_everything  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, machine_line  # noqa: E402
+from common import PeakMemory, machine_line, metadata_dir  # noqa: E402
 
-FOLDS = Path(__file__).resolve().parents[2] / "shared" / "abaw10-metadata" / "expr_cv5_folds.csv"
+FOLDS = metadata_dir() / "expr_cv5_folds.csv"
 
 
-def synthetic_table(n: int, *, dim: int, class_mix: np.ndarray, seed: int) -> FrameTable:
-    """One track of ``n`` rows of float16 noise features, labels drawn from ``class_mix`` (first entry: -1)."""
-    gen = torch.Generator().manual_seed(seed)
+def synthetic_table(n: int, *, dim: int, class_mix: np.ndarray, seed: int,
+                    device: torch.device = torch.device("cpu")) -> FrameTable:
+    """One track of ``n`` rows of float16 noise features, labels drawn from ``class_mix`` (first entry: -1).
+    The noise is drawn on ``device`` (a GPU draws a release-sized table in a second; the CPU's float16
+    ``randn`` takes minutes) and held in host memory, as a real table is."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     rng = np.random.default_rng(seed)
+
+    def noise() -> np.ndarray:
+        return torch.randn(n, dim, generator=gen, device=device, dtype=torch.float16).cpu().numpy()
+
     return FrameTable(txtids=("synthetic",), offsets=np.array([0, n]), frame_index=np.arange(1, n + 1, dtype=np.int32),
-                      visual=torch.randn(n, dim, generator=gen, dtype=torch.float16).numpy(),
+                      visual=noise(),
                       visual_mask=rng.random(n) > 0.1,
-                      audio=torch.randn(n, dim, generator=gen, dtype=torch.float16).numpy(),
+                      audio=noise(),
                       audio_mask=rng.random(n) > 0.02,
                       labels=rng.choice(np.arange(-1, 8), size=n, p=class_mix).astype(np.int64))
 
@@ -78,8 +85,8 @@ def main() -> None:
     frames = args.frames or real_train or 1_000_000
     val_frames = args.val_frames or max(frames // 3, 1000)
     tic = time.perf_counter()
-    train = synthetic_table(frames, dim=args.dim, class_mix=class_mix, seed=0)
-    val = synthetic_table(val_frames, dim=args.dim, class_mix=class_mix, seed=1)
+    train = synthetic_table(frames, dim=args.dim, class_mix=class_mix, seed=0, device=device)
+    val = synthetic_table(val_frames, dim=args.dim, class_mix=class_mix, seed=1, device=device)
     print(f"tables: train {frames:,} + val {val_frames:,} rows x ({args.dim} + {args.dim}) float16 "
           f"({(frames + val_frames) * args.dim * 4 / 2**30:.2f} GiB) built in {time.perf_counter() - tic:.1f} s", flush=True)
     figures = {"machine": machine_line(device), "device": str(device), "frames": frames, "val_frames": val_frames,

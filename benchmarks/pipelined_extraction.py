@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,10 +54,9 @@ from kitlib.visual.extract import extract_visual_features  # noqa: E402
 from kitlib.visual.pipelined import StageTimes, _Decoder, extract_visual_features_pipelined, prepare_backbone  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GpuBusy, PeakMemory, machine_line  # noqa: E402
+from common import GpuBusy, PeakMemory, machine_line, metadata_dir  # noqa: E402
 
 SIZES = {"360p": (640, 360), "480p": (848, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
-METADATA = Path(__file__).resolve().parents[2] / "shared" / "abaw10-metadata"
 
 
 def sync(device: torch.device) -> None:
@@ -196,11 +196,14 @@ def main() -> None:
     parser.add_argument("--decode-batch", type=int, default=64)
     parser.add_argument("--decode-workers", type=int, default=None, help="default min(cores, 8)")
     parser.add_argument("--detector", default="opencv-haar", help="a registered face detector")
+    parser.add_argument("--detector-option", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="detector keyword options, values read as YAML (e.g. device=cuda runtime=torch)")
     parser.add_argument("--crop-scales", type=float, nargs="+", default=[0.9, 1.2, 1.5])
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone in the pipelined run")
     parser.add_argument("--fp8", action="store_true", help="also time an fp8 copy of the backbone (torchao, Hopper)")
+    parser.add_argument("--pin-decoded", action="store_true", help="pipelined: pinned copies of decoded batches (CUDA)")
     parser.add_argument("--no-serial", action="store_true", help="skip the serial end-to-end run")
-    parser.add_argument("--metadata", type=Path, default=METADATA)
+    parser.add_argument("--metadata", type=Path, default=metadata_dir())
     parser.add_argument("--json", type=Path, default=None, help="write every figure here")
     args = parser.parse_args()
 
@@ -228,7 +231,9 @@ def main() -> None:
     emit("matmul peak", f"{peak:.2f} TFLOP/s ({'bf16 8192^3' if cuda else 'fp32 1024^3'}, measured here)")
 
     workdir = Path(tempfile.mkdtemp(prefix="pipelined_bench_"))
-    detector = build_detector(args.detector)
+    detector_options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.detector_option)}
+    detector = build_detector(args.detector, **detector_options)
+    figures["detector"] = {"name": args.detector, **{k: str(v) for k, v in detector_options.items()}}
     clips: list[Path] = []
     tic = time.perf_counter()
     for size in args.sizes:
@@ -248,6 +253,8 @@ def main() -> None:
         batches = list(iter_frames(path, batch_size=args.decode_batch))
         decode_rate = sum(len(b.index) for b in batches) / (time.perf_counter() - tic)
         frames = np.concatenate([b.frames for b in batches])
+        detector.detect(batches[0].frames)  # warm-up: a CNN detector's first call on a size searches its kernels
+        sync(device)
         tic = time.perf_counter()
         detections = [d for b in batches for d in detector.detect(b.frames, frame_index=b.index)]
         detect_rate = len(frames) / (time.perf_counter() - tic)
@@ -274,10 +281,10 @@ def main() -> None:
                              f"-> {image_size}px on {device.type})")
         del frames, frames_t, batches
 
-    rate = parallel_decode_rate(clips, workers=workers, decode_batch=args.decode_batch, pin=cuda)
+    rate = parallel_decode_rate(clips, workers=workers, decode_batch=args.decode_batch, pin=cuda and args.pin_decoded)
     figures["parallel_decode_fps"] = rate
     emit("decode, parallel", f"{rate:8.1f} frames/s ({workers} decode workers over the {len(clips)} clips"
-                             f"{', into pinned memory' if cuda else ''})")
+                             f"{', into pinned memory' if cuda and args.pin_decoded else ''})")
 
     # ---- backbone
     bb, input_dtype, use_autocast = prepare_backbone(build_backbone(arch=arch, img_size=image_size), device=device,
@@ -327,7 +334,8 @@ def main() -> None:
             else:
                 report = extract_visual_features_pipelined(
                     tracks, store, model, decode_workers=workers, queue_batches=2, compile=args.compile,
-                    stage_times=times, detector_factory=lambda: build_detector(args.detector), **common)
+                    pin_decoded=args.pin_decoded,
+                    stage_times=times, detector_factory=lambda: build_detector(args.detector, **detector_options), **common)
             sync(device)
             wall = time.perf_counter() - tic
         busy_s = busy.seconds()

@@ -141,6 +141,7 @@ class VisualParams:
     compile: bool           # pipelined: torch.compile the backbone (CUDA; pays off on long runs)
     weights_bf16: bool      # pipelined, CUDA: cast the backbone's weights to visual.amp instead of autocast
     detect_in_workers: bool  # pipelined: each decode worker detects its video's faces (own detector), in parallel
+    pin_decoded: bool       # pipelined, CUDA: decode workers copy batches into pinned memory (slower decode, measured)
 
 
 @dataclass

@@ -261,7 +261,10 @@ def xattn_grid(table: pd.DataFrame) -> plt.Figure:
 
 
 def video(path: Path, *, width: int = 480):
-    """An MP4 embedded in the notebook (so the executed copy in the run folder plays it too)."""
-    from IPython.display import Video
-
+    """An MP4 embedded in the notebook (so the executed copy in the run folder plays it too). Outside a
+    notebook environment (no IPython, as on a bare GPU image running the stages as scripts) the path itself."""
+    try:
+        from IPython.display import Video
+    except ImportError:
+        return Path(path)
     return Video(str(path), embed=True, width=width, html_attributes="controls loop muted")

@@ -18,7 +18,9 @@ from test_visual import MEAN, N_FRAMES, SCALES, run, tiny_backbone, track, write
 
 
 def run_pipelined(tracks, store, **overrides):
-    args = dict(detector=build_detector("opencv-haar"), crop_scales=SCALES, image_size=28, mean=MEAN,
+    if "detector" not in overrides:
+        overrides["detector"] = build_detector("opencv-haar")
+    args = dict(crop_scales=SCALES, image_size=28, mean=MEAN,
                 std=(0.229, 0.224, 0.225), batch_size=16, max_gap=3, device=torch.device("cpu"), decode_batch=8,
                 manifest={"run": "test"}, decode_workers=2, queue_batches=1)
     args.update(overrides)
@@ -117,8 +119,11 @@ def test_prepare_backbone_keeps_fp32_on_cpu():
 def test_pipelined_on_cuda_bf16_matches_cpu(tmp_path, videos):
     cpu, gpu = FeatureStore(tmp_path / "cpu", "visual"), FeatureStore(tmp_path / "gpu", "visual")
     tracks = [track("face", videos["face"]), track("long", videos["long"])]
-    run_pipelined(tracks, cpu)
-    run_pipelined(tracks, gpu, device=torch.device("cuda"), dtype=torch.bfloat16)
+    # the same detector (on the CPU) for both runs: the backbone's bf16 on CUDA is what is compared. CenterFace,
+    # since GPU images may carry OpenCV 5, which has no Haar cascades (seen on the H200 image, 2026-12-04)
+    detector = build_detector("centerface")
+    run_pipelined(tracks, cpu, detector=detector)
+    run_pipelined(tracks, gpu, detector=detector, device=torch.device("cuda"), dtype=torch.bfloat16)
     for key in ("face", "long"):
         a, b = cpu.load(key), gpu.load(key)
         np.testing.assert_array_equal(a["status"], b["status"])

@@ -67,8 +67,11 @@ class SequenceHead(nn.Module):
         return criterion(self(visual, audio, visual_mask, frame_mask=frame_mask), labels)
 
 
-def frame_mask_of(rows: np.ndarray, *, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(B, W) bool, True where a window row ``rows`` (as from ``sliding_windows``) is a frame, not padding."""
+def frame_mask_of(rows: np.ndarray | torch.Tensor, *, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, W) bool, True where a window row ``rows`` (as from ``sliding_windows``) is a frame, not padding.
+    ``rows`` may already be a tensor on the device (a resident table's batches are): it stays there."""
+    if isinstance(rows, torch.Tensor):
+        return (rows >= 0).to(device)
     return torch.from_numpy(np.asarray(rows) >= 0).to(device)
 
 

@@ -94,7 +94,7 @@ def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Trac
     extractors = {"serial": (extract_visual_features, {}),
                   "pipelined": (extract_visual_features_pipelined,
                                 dict(decode_workers=v.decode_workers, queue_batches=v.queue_batches, compile=v.compile,
-                                     weights_bf16=v.weights_bf16,
+                                     weights_bf16=v.weights_bf16, pin_decoded=v.pin_decoded,
                                      detector_factory=(lambda: face_detector(cfg, dev)) if v.detect_in_workers else None))}
     if v.extractor not in extractors:
         raise ValueError(f"visual.extractor: {v.extractor!r} is not one of {sorted(extractors)}")

@@ -9,8 +9,9 @@ per-video code (``extract._track_and_encode``: the registry's detector, the trac
 - **decode** (and, with ``detector_factory``, face detection) in ``decode_workers`` threads, one video
   each, running ahead of the GPU on the next videos (decord and OpenCV release the GIL while they
   work); tracking stays in order on the main thread; each worker hands over batches through a queue
-  of at most ``queue_batches`` batches, so host memory stays flat on a 2-hour video; on CUDA the
-  batches are copied into pinned (page-locked) host memory there;
+  of at most ``queue_batches`` batches, so host memory stays flat on a 2-hour video; on CUDA, with
+  ``pin_decoded``, the batches are copied into pinned (page-locked) host memory there (off by default:
+  measured to cut parallel decode threefold on an H200 box);
 - **upload** of each batch to the GPU as soon as it is taken (``non_blocking`` from pinned memory),
   overlapping with detection and tracking on the CPU; the crops are cut on the GPU from these
   full-resolution frames;
@@ -206,14 +207,16 @@ def extract_visual_features_pipelined(
         batch_size: int = 256, max_gap: int = 15, follow: FollowSettings | None = None, device: torch.device,
         dtype: torch.dtype = torch.float32, decode_batch: int = 128, manifest: dict[str, Any],
         decode_workers: int | None = None, queue_batches: int = 2, compile: bool = False, weights_bf16: bool = True,
-        detector_factory: Callable[[], FaceDetector] | None = None,
+        pin_decoded: bool = False, detector_factory: Callable[[], FaceDetector] | None = None,
         selection: Mapping[str, str] | None = None, default_strategy: str = "largest",
         assign: AssignSettings | None = None, detect_every: int = 1,
         stage_times: StageTimes | None = None) -> pd.DataFrame:
     """``extract.extract_visual_features`` with its stages overlapped (module docstring): the same
     arguments, files, report and manifest, plus ``decode_workers`` (videos decoded ahead in parallel;
     None = min(cores, 8)), ``queue_batches`` (decoded batches each worker may hold), ``compile``,
-    ``weights_bf16`` (see ``prepare_backbone``), ``detector_factory`` (builds a detector like ``detector``:
+    ``weights_bf16`` (see ``prepare_backbone``), ``pin_decoded`` (CUDA: the decode workers copy each batch into
+    pinned memory for an asynchronous upload; off by default: on an H200 box, 8 threads decoding 1080p fell
+    from 577 to 187 frames/s with it, ``benchmarks/gpu_profile.py``), ``detector_factory`` (builds a detector like ``detector``:
     each decode worker then detects the faces of its own video ahead, with its own detector, so a CPU
     detector such as Haar scales with the cores; None: detection in the main thread) and
     ``stage_times`` (filled with where the time went).
@@ -264,7 +267,7 @@ def extract_visual_features_pipelined(
                 while next_video < len(videos) and len(decoders) < workers:  # keep the decode workers busy
                     videoid, todo = videos[next_video]
                     decoder = _Decoder(todo[0].video_path, decode_batch=decode_batch, max_batches=queue_batches,
-                                       pin=device.type == "cuda",
+                                       pin=pin_decoded and device.type == "cuda",
                                        detector=video_detector(videoid) if detector_factory is not None else None)
                     decode_pool.submit(decoder.run)
                     decoders.append((videoid, todo, decoder))

@@ -37,6 +37,9 @@ class HaarDetector:
         self.min_neighbors = min_neighbors      # votes needed to keep a face (higher: fewer false faces)
         self.min_size_frac = min_size_frac      # smallest face, as a fraction of the frame's short side
         self.max_side = max_side                # detect on a copy whose long side is at most this
+        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 moved the cascades out of its main module
+            raise ImportError(f"face detector 'opencv-haar': this OpenCV ({cv2.__version__}) has no CascadeClassifier; "
+                              f"install opencv-python<5 (requirements.txt) or use the 'centerface' detector")
         path = Path(cascade) if Path(cascade).is_file() else Path(cv2.data.haarcascades) / cascade
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
