@@ -16,6 +16,7 @@ that know their inputs, and the checks made before a stage writes.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -33,7 +34,7 @@ from typing import Any
 import yaml
 
 from kitlib import config
-from kitlib.store import write_json_atomic
+from kitlib.store import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,12 @@ def _describe(holder: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- params and provenance
-def record_params(run_dir: Path, cfg: config.Config) -> None:
-    """Write ``params.yaml`` if absent (exclusively: never over another writer's), else refuse other params."""
+def record_params(run_dir: Path, cfg: config.Config) -> str | None:
+    """Write ``params.yaml`` if absent (exclusively: never over another writer's), else refuse other params.
+
+    Params that differ only in where things lie (``config.LOCATION_KEYS``: a renamed, moved or copied run
+    folder, a moved data root) are the same params: ``params.yaml`` is updated to the new place and the
+    returned line says so (None when nothing changed)."""
     recorded = Path(run_dir) / "params.yaml"
     recorded.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
@@ -137,16 +142,28 @@ def record_params(run_dir: Path, cfg: config.Config) -> None:
         os.chmod(tmp, 0o644)
         try:
             os.link(tmp, recorded)         # atomic and exclusive: fails if another run recorded first
-            return
+            return None
         except FileExistsError:
             pass
     finally:
         Path(tmp).unlink(missing_ok=True)
-    old = yaml.safe_load(recorded.read_text())
-    if old != cfg.to_dict():
-        changed = sorted(diff_keys(old or {}, cfg.to_dict()))
+    old = yaml.safe_load(recorded.read_text()) or {}
+    if config.without_location(old) != cfg.results_dict():
+        changed = sorted(diff_keys(config.without_location(old), cfg.results_dict()))
         raise RunFolderError(f"{run_dir} was made with other params (changed: {', '.join(changed[:8])}); "
                              f"use another run.name=... or delete the folder")
+    moved = sorted(diff_keys(old, cfg.to_dict()))
+    if not moved:
+        return None
+    write_text_atomic(recorded, text)
+    return (f"{run_dir}: same params, new place ({'; '.join(f'{k}: {_dotted(old, k)} -> {_dotted(cfg.to_dict(), k)}' for k in moved)}); "
+            f"params.yaml updated")
+
+
+def _dotted(values: dict, key: str) -> Any:
+    for part in key.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
 
 
 def diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
@@ -202,6 +219,28 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "07_submission": ("params", "annotations", "test_names", "template", "visual_manifest", "audio_manifest",
                       "final_head"),
 }
+# the params sections each stage (its wiring module and notebook, and the common helpers they call) reads;
+# run and data (less config.LOCATION_KEYS) and demo (it makes the demo data) shape every stage
+_EVERY_STAGE = ("run", "data", "demo")
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "01_padaug_preview": (*_EVERY_STAGE, "stage1"),
+    "02_stage1_train": (*_EVERY_STAGE, "stage1"),
+    "03_crop_extract": (*_EVERY_STAGE, "faces", "stage1", "visual"),
+    "04_audio_align": (*_EVERY_STAGE, "audio"),
+    "05_fusion_ablation": (*_EVERY_STAGE, "faces", "stage1", "visual", "audio", "fusion", "smoothing"),
+    "06_smoothing_sweep": (*_EVERY_STAGE, "fusion", "smoothing"),
+    "07_submission": (*_EVERY_STAGE, "fusion", "smoothing", "submission"),
+}
+# the earlier stages whose outputs a stage reads: when one of them is out of date, so is the stage
+BUILDS_ON: dict[str, tuple[str, ...]] = {
+    "01_padaug_preview": (),
+    "02_stage1_train": (),
+    "03_crop_extract": ("02_stage1_train",),
+    "04_audio_align": (),
+    "05_fusion_ablation": ("03_crop_extract", "04_audio_align"),
+    "06_smoothing_sweep": ("05_fusion_ablation",),
+    "07_submission": ("05_fusion_ablation", "06_smoothing_sweep"),
+}
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "01_padaug_preview": (),
     "02_stage1_train": ("stage1",),
@@ -211,7 +250,19 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "06_smoothing_sweep": ("fusion",),
     "07_submission": ("submission",),
 }
+# what only this stage writes (globs under the run folder), and what it would otherwise resume from: removed
+# before a stage that must compute again runs (``clear_outputs``), never copied by ``branch_run`` for one
+OWN_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "01_padaug_preview": (),
+    "02_stage1_train": ("stage1",),
+    "03_crop_extract": ("features/visual", "features/visual_*"),
+    "04_audio_align": ("features/audio",),
+    "05_fusion_ablation": ("fusion",),
+    "06_smoothing_sweep": (),
+    "07_submission": ("submission",),
+}
 ALWAYS_WRITTEN = ("notebooks", "reports", "stages")
+FINGERPRINT_VERSION = 2     # markers: params by stage, files by content, names relative (1: absolute paths, times)
 
 
 def _input_paths(name: str, cfg: config.Config, run_dir: Path) -> list[Path]:
@@ -238,32 +289,138 @@ def _input_paths(name: str, cfg: config.Config, run_dir: Path) -> list[Path]:
     raise KeyError(f"unknown stage input {name!r}")
 
 
-BY_CONTENT = ("annotations", "test_names", "template", "folds_file", "visual_manifest", "audio_manifest")
+def _files(top: Path) -> list[Path]:
+    """The files an input path stands for: itself, or the visible files below a folder (sorted)."""
+    if top.is_dir():
+        return sorted(p for p in top.rglob("*") if p.is_file() and not any(
+            part.startswith(".") for part in p.relative_to(top).parts))
+    return [top] if top.is_file() else []
 
 
-def _digest_paths(paths: list[Path], *, content: bool) -> str:
-    """sha256 over the files (recursively): their contents, or (large files) their names, sizes and times."""
+DIGEST_CACHE = ".digests.json"
+
+
+class DigestCache:
+    """Content digests (sha256) of files, remembered by their place, size and modification time.
+
+    A file is read again only when its size or modification time changed. Places are relative to the run
+    folder (``run:stage1/...``) or the data root (``data:videos/...``), so a run folder copied with its times
+    (``cp -a``, ``rsync -a``, ``mv``, ``kitlib.run --from``) or a moved data root finds its digests without
+    reading a byte. The cache lives in ``<run>/.digests.json``, written atomically; an unreadable or damaged
+    one is ignored (the digests are computed again)."""
+
+    def __init__(self, run_dir: Path, data_root: Path | None):
+        self.path = Path(run_dir) / DIGEST_CACHE
+        self.anchors = [("run", Path(run_dir))] + ([("data", Path(data_root))] if data_root else [])
+        self.entries: dict[str, list] = {}
+        self.changed = False
+        try:
+            entries = json.loads(self.path.read_text()).get("files", {})
+            self.entries = {k: v for k, v in entries.items() if isinstance(v, list) and len(v) == 3}
+        except (OSError, ValueError, AttributeError):
+            pass                                # none yet, or damaged: computed again
+
+    def place(self, path: Path) -> str:
+        for name, anchor in self.anchors:
+            if path.is_relative_to(anchor):
+                return f"{name}:{path.relative_to(anchor).as_posix()}"
+        return str(path.resolve())
+
+    def digest(self, path: Path, stat: os.stat_result | None = None, bar=None) -> str:
+        stat = stat or path.stat()
+        key = self.place(path)
+        hit = self.entries.get(key)
+        if hit and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
+            return hit[2]
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(2 ** 20):
+                digest.update(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        self.entries[key] = [stat.st_size, stat.st_mtime_ns, digest.hexdigest()]
+        self.changed = True
+        return self.entries[key][2]
+
+    def unknown_bytes(self, paths: list[Path]) -> int:
+        total = 0
+        for path in paths:
+            stat = path.stat()
+            hit = self.entries.get(self.place(path))
+            if not (hit and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns):
+                total += stat.st_size
+        return total
+
+    def save(self) -> None:
+        if self.changed and self.path.parent.is_dir():
+            try:
+                write_json_atomic(self.path, {"files": self.entries})
+            except OSError as exc:                   # a read-only or full disk: the digests are computed again
+                log.warning("cannot keep the file digests in %s (%s)", self.path, exc)
+            self.changed = False
+
+
+def params_digest(stage: str, cfg: config.Config) -> str:
+    """A short hash of the params ``stage`` reads (``STAGE_PARAMS``), without where things lie."""
+    return hashlib.sha256(json.dumps(cfg.results_dict(STAGE_PARAMS[stage]), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _digest_files(tops: list[Path], cache: DigestCache, bar) -> str:
+    """sha256 over the contents of the files (recursively), named relative to their input path."""
     digest = hashlib.sha256()
-    for top in paths:
-        files = sorted(p for p in top.rglob("*") if p.is_file() and not p.name.startswith(".")) if top.is_dir() \
-            else [top] if top.is_file() else []
-        digest.update(f"{top}:{len(files)}\n".encode())
+    for i, top in enumerate(tops):
+        files = _files(top)
+        digest.update(f"{i}:{len(files) if files or top.exists() else 'missing'}\n".encode())
         for path in files:
-            if content:
-                digest.update(f"{path.relative_to(top) if top.is_dir() else path.name}\0".encode())
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-            else:
-                stat = path.stat()
-                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{path.relative_to(top).as_posix() if top.is_dir() else ''}\0".encode())
+            digest.update(cache.digest(path, bar=bar).encode())
     return digest.hexdigest()[:16]
 
 
-def input_digests(stage: str, cfg: config.Config, run_dir: Path) -> dict[str, str]:
-    """Digests of the inputs ``stage`` reads (``STAGE_INPUTS``), as they are now."""
+def input_digests(stage: str, cfg: config.Config, run_dir: Path, *, cache: DigestCache | None = None
+                  ) -> dict[str, str]:
+    """Digests of what ``stage`` reads (``STAGE_INPUTS``), as it is now: the params of the stage, and files by
+    content (digests kept in the run folder's ``DigestCache``; a progress bar while unknown files are read)."""
+    from kitlib.progress import tqdm
+
+    own_cache = cache is None
+    cache = cache or DigestCache(run_dir, cfg.path(cfg.data.root))
+    paths = {name: _input_paths(name, cfg, run_dir) for name in STAGE_INPUTS[stage] if name != "params"}
+    unknown = cache.unknown_bytes([f for tops in paths.values() for top in tops for f in _files(top)])
+    bar = tqdm(total=unknown, desc=f"fingerprint inputs of {stage}", unit="B", unit_scale=True, leave=False,
+               disable=unknown < 256 * 2 ** 20)
+    try:
+        out = {name: params_digest(stage, cfg) if name == "params" else _digest_files(paths[name], cache, bar)
+               for name in STAGE_INPUTS[stage]}
+    finally:
+        bar.close()
+        if own_cache:
+            cache.save()
+    return out
+
+
+def _legacy_input_digests(stage: str, cfg: config.Config, run_dir: Path) -> dict[str, str]:
+    """The digests markers recorded before ``FINGERPRINT_VERSION`` 2 (absolute paths, sizes and times of large
+    files): compared once to tell whether an old marker is current, then the marker is fingerprinted anew."""
     out = {}
     for name in STAGE_INPUTS[stage]:
-        out[name] = cfg.digest() if name == "params" else \
-            _digest_paths(_input_paths(name, cfg, run_dir), content=name in BY_CONTENT)
+        if name == "params":
+            out[name] = cfg.digest()
+            continue
+        content = name in ("annotations", "test_names", "template", "folds_file", "visual_manifest", "audio_manifest")
+        digest = hashlib.sha256()
+        for top in _input_paths(name, cfg, run_dir):
+            files = sorted(p for p in top.rglob("*") if p.is_file() and not p.name.startswith(".")) \
+                if top.is_dir() else [top] if top.is_file() else []
+            digest.update(f"{top}:{len(files)}\n".encode())
+            for path in files:
+                if content:
+                    digest.update(f"{path.relative_to(top) if top.is_dir() else path.name}\0".encode())
+                    digest.update(hashlib.sha256(path.read_bytes()).digest())
+                else:
+                    stat = path.stat()
+                    digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        out[name] = digest.hexdigest()[:16]
     return out
 
 
@@ -276,10 +433,12 @@ def mark_started(run_dir: Path, stage: str) -> None:
     marker_path(run_dir, stage).unlink(missing_ok=True)
 
 
-def mark_finished(run_dir: Path, stage: str, cfg: config.Config, *, seconds: float) -> None:
+def mark_finished(run_dir: Path, stage: str, cfg: config.Config, *, seconds: float, finished: str | None = None
+                  ) -> None:
     """Record that ``stage`` finished, with the digests of the inputs it read."""
     write_json_atomic(marker_path(run_dir, stage),
-                      {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(), "finished": _now(),
+                      {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(),
+                       "finished": finished or _now(), "fingerprint": FINGERPRINT_VERSION,
                        "inputs": input_digests(stage, cfg, run_dir)})
 
 
@@ -288,36 +447,168 @@ class StageStatus:
     stage: str
     finished: bool
     changed: tuple[str, ...] = ()   # inputs that differ from those the stage read
-    after: str | None = None        # an earlier stage that is out of date (so this one is too)
+    after: str | None = None        # an earlier stage it builds on that is out of date (so this one is too)
+    old_marker: bool = False        # a marker from before location-free fingerprints that no longer matches
 
     @property
     def out_of_date(self) -> bool:
         return self.finished and bool(self.changed or self.after)
 
+    @property
+    def recompute(self) -> bool:
+        """Out of date in what it computes (its params, its Stage-I backbone, an earlier stage), not only in
+        which data files it covers: its own outputs cannot be resumed from (``clear_outputs``)."""
+        return self.out_of_date and (bool(self.after) or self.old_marker or bool({"params", "stage1"} & set(self.changed)))
+
     def why(self) -> str:
         if self.changed:
-            return f"its input(s) changed since it ran: {', '.join(self.changed)}"
-        return f"it comes after {self.after}, which is out of date"
+            return (f"its input(s) changed since it ran: {', '.join(self.changed)}"
+                    + (" (its marker, written by an older kit, recorded where the files lay: a run folder moved or "
+                       "copied before this version runs its stages again)" if self.old_marker else ""))
+        return f"it builds on {self.after}, which is out of date"
 
 
-def stage_status(stages: tuple[str, ...], cfg: config.Config, run_dir: Path) -> dict[str, StageStatus]:
-    """Each stage: finished or not, and whether it is out of date (its inputs, or an earlier stage's, changed)."""
+def ancestors(stage: str) -> list[str]:
+    """The stages ``stage`` builds on, directly or through others (``BUILDS_ON``), in run order."""
+    found, todo = set(), list(BUILDS_ON[stage])
+    while todo:
+        s = todo.pop()
+        if s not in found:
+            found.add(s)
+            todo += BUILDS_ON[s]
+    return [s for s in BUILDS_ON if s in found]
+
+
+def stage_status(stages: tuple[str, ...], cfg: config.Config, run_dir: Path, *, upgrade: bool = False
+                 ) -> dict[str, StageStatus]:
+    """Each stage: finished or not, and whether it is out of date (its inputs, or those of a stage it builds on,
+    changed). A marker of an older kit (``FINGERPRINT_VERSION``) is compared as it was recorded; when it still
+    matches and ``upgrade`` (the runner, holding the lock), it is fingerprinted anew."""
     out: dict[str, StageStatus] = {}
-    first_stale: str | None = None
+    cache = DigestCache(run_dir, cfg.path(cfg.data.root))
     for stage in stages:
         path = marker_path(run_dir, stage)
-        if not path.is_file():
+        try:
+            marker = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"{path} cannot be read ({exc}): delete it to run {stage} again") from None
+        if marker is None:
             out[stage] = StageStatus(stage, finished=False)
             continue
-        recorded = json.loads(path.read_text()).get("inputs")
+        recorded = marker.get("inputs")
+        old = marker.get("fingerprint", 1) < FINGERPRINT_VERSION
         changed: tuple[str, ...] = ()
-        if recorded is not None:                         # markers written before inputs were recorded: trusted
-            now = input_digests(stage, cfg, run_dir)
+        if recorded is not None:
+            now = _legacy_input_digests(stage, cfg, run_dir) if old else input_digests(stage, cfg, run_dir, cache=cache)
             changed = tuple(k for k in now if recorded.get(k) != now[k])
-        out[stage] = StageStatus(stage, finished=True, changed=changed, after=None if changed else first_stale)
-        if changed and first_stale is None:
-            first_stale = stage
+        if old and not changed and upgrade:          # current (or never fingerprinted): fingerprint it anew
+            mark_finished(run_dir, stage, cfg, seconds=float(marker.get("seconds", 0.0)), finished=marker.get("finished"))
+            old = False
+        after = next((s for s in ancestors(stage) if s in out and out[s].out_of_date), None)
+        out[stage] = StageStatus(stage, finished=True, changed=changed, after=None if changed else after,
+                                 old_marker=old and bool(changed))
+    cache.save()
     return out
+
+
+def clear_outputs(run_dir: Path, stage: str) -> list[Path]:
+    """Remove what only ``stage`` writes (``OWN_OUTPUTS``), so that it computes again rather than resuming
+    from outputs made with other params. Call only while holding the lock."""
+    removed = []
+    for pattern in OWN_OUTPUTS[stage]:
+        for path in sorted(Path(run_dir).glob(pattern)):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------------------- branching a run
+BRANCH_RECORD = "branched_from.json"
+_NOT_COPIED = {LOCK_NAME, "params.yaml", "provenance.json", BRANCH_RECORD, "summary.html", "summary.md", "summary.json"}
+
+
+def source_run_dir(spec: str, cfg: config.Config) -> Path:
+    """``--from``'s run folder: a path to one, else a ``run.name`` beside this run's folder."""
+    path = Path(spec).expanduser()
+    folder = path if path.is_dir() and (path / "params.yaml").is_file() else cfg.path(cfg.run.outputs_root) / spec
+    if not (folder / "params.yaml").is_file():
+        raise RunFolderError(f"--from {spec}: {folder} is no run folder (it has no params.yaml)")
+    return folder.resolve()
+
+
+def branch_run(source: Path, run_dir: Path, cfg: config.Config, stages: tuple[str, ...]) -> str:
+    """Start ``run_dir`` (params ``cfg``) from the finished run ``source``: its stages that are current for
+    ``cfg`` (same params of theirs, same input files) are reused, the others left to run. Returns a line
+    saying what was reused.
+
+    Files are placed by atomic renames and each reused stage's marker last, so an interrupted branch is
+    finished by the same command (or its stages simply run). Feature files are hard-linked (the kit only ever
+    replaces them by rename, never writes into one; copied where the two folders are on different disks),
+    everything else is copied with its modification time, so the digest cache's entries still hold. Call
+    holding ``run_dir``'s lock; ``source`` is locked while it is read."""
+    run_dir, source = Path(run_dir), Path(source)
+    if run_dir.resolve() == source.resolve():
+        raise RunFolderError(f"--from {source}: that is this run's own folder; give run.name=... a new name")
+    record = run_dir / BRANCH_RECORD
+    if (run_dir / "params.yaml").is_file() and not record.is_file():
+        raise RunFolderError(f"{run_dir} exists (a run of its own): --from starts a new run folder; choose "
+                             f"another run.name=..., or drop --from to resume it")
+    if record.is_file() and json.loads(record.read_text()).get("source") != str(source):
+        raise RunFolderError(f"{run_dir} was branched from {json.loads(record.read_text()).get('source')}, "
+                             f"not {source}; choose another run.name=...")
+    try:
+        source_lock = acquire_lock(source, command=["branch", str(source), "->", str(run_dir)])
+    except PermissionError:                          # a read-only copy: nobody runs in it
+        source_lock = contextlib.nullcontext()
+    with source_lock:
+        status = stage_status(stages, cfg, source)
+        reused = [s for s in stages if status[s].finished and not status[s].out_of_date]
+        skipped = {p for s in stages if s not in reused for pattern in OWN_OUTPUTS[s] for p in source.glob(pattern)}
+        skipped |= {source / sub / f"{s}{ext}" for s in stages if s not in reused
+                    for sub, ext in (("notebooks", ".ipynb"), ("logs", ".log"), ("stages", ".json"))}
+        if any("videos" in status[s].changed for s in stages):
+            skipped.add(source / "reports" / "videos.csv")   # the probed videos of other files
+        write_json_atomic(record, {"source": str(source), "started": _now(), "reused": reused})
+        linked = copied = size = 0
+        markers = []
+        for path in sorted(source.rglob("*")):
+            rel = path.relative_to(source)
+            if (path.is_dir() or rel.parts[0] in _NOT_COPIED or path.name.endswith(".partial")
+                    or any(path == p or path.is_relative_to(p) for p in skipped)):
+                continue
+            if rel.parts[0] == "stages":
+                markers.append(rel)                  # last: a stage is reused only once its files are in place
+                continue
+            how = _place(path, run_dir / rel, link=rel.parts[0] == "features")
+            linked, copied, size = linked + (how == "linked"), copied + (how == "copied"), size + path.stat().st_size
+        for rel in markers:
+            _place(source / rel, run_dir / rel, link=False)
+    return (f"branched from {source}: reused {', '.join(s[:2] for s in reused) or 'no stage'} ({linked} file(s) "
+            f"hard-linked, {copied} copied, {size / 2 ** 30:.2f} GiB); to run: "
+            f"{', '.join(s[:2] for s in stages if s not in reused) or 'none'}")
+
+
+def _place(source: Path, target: Path, *, link: bool) -> str:
+    """Put ``source`` at ``target`` (hard link, else a copy with its times) by an atomic rename; ``""`` when
+    ``target`` already holds it (an earlier, interrupted branch)."""
+    from kitlib.store import atomic_path
+
+    stat = source.stat()
+    if target.is_file() and (target.stat().st_size, target.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+        return ""
+    if link:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{os.getpid()}.link.partial"
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(source, tmp)
+            os.replace(tmp, target)
+            return "linked"
+        except OSError:                              # another disk, or links not allowed: copied
+            tmp.unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copy2(source, tmp)
+    return "copied"
 
 
 # ---------------------------------------------------------------------------- before a stage writes
