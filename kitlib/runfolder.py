@@ -370,7 +370,7 @@ def _digest_files(tops: list[Path], cache: DigestCache, bar) -> str:
     digest = hashlib.sha256()
     for i, top in enumerate(tops):
         files = _files(top)
-        digest.update(f"{i}:{len(files) if files or top.exists() else 'missing'}\n".encode())
+        digest.update(f"{i}:{len(files)}\n".encode())     # an empty folder is no folder (a copy may leave it out)
         for path in files:
             digest.update(f"{path.relative_to(top).as_posix() if top.is_dir() else ''}\0".encode())
             digest.update(cache.digest(path, bar=bar).encode())
