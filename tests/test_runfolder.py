@@ -14,7 +14,7 @@ import sys
 import pandas as pd
 import pytest
 
-from kitlib import config, run, runfolder
+from kitlib import config, fingerprints, run, runfolder
 from minirun import make_run, run_items
 
 
@@ -349,7 +349,7 @@ def test_markers_of_an_older_kit_are_fingerprinted_anew_or_reported(tmp_path, fa
     cfg = _finish(tmp_path, "01-05")
     for stage in run.STAGES[:5]:                            # as an older kit wrote them
         marker = json.loads(runfolder.marker_path(cfg.run_dir, stage).read_text())
-        marker["inputs"] = runfolder._legacy_input_digests(stage, cfg, cfg.run_dir)
+        marker["inputs"] = fingerprints.legacy_input_digests(stage, cfg, cfg.run_dir)
         del marker["fingerprint"]
         runfolder.marker_path(cfg.run_dir, stage).write_text(json.dumps(marker))
     shutil.copytree(cfg.run_dir, tmp_path / "outputs" / "B")
@@ -367,20 +367,20 @@ def test_markers_of_an_older_kit_are_fingerprinted_anew_or_reported(tmp_path, fa
 
 def test_the_digest_cache_is_used_and_survives_damage(tmp_path, fake_stages, monkeypatch):
     cfg = _finish(tmp_path, "01-07")
-    before = runfolder.input_digests("07_submission", cfg, cfg.run_dir)
+    before = fingerprints.input_digests("07_submission", cfg, cfg.run_dir)
     reads = []
-    real_digest = runfolder.DigestCache.digest
+    real_digest = fingerprints.DigestCache.digest
 
     def digest(self, path, stat=None, bar=None):
         if not (hit := self.entries.get(self.place(path))) or hit[:2] != [path.stat().st_size, path.stat().st_mtime_ns]:
             reads.append(path)
         return real_digest(self, path, stat, bar)
 
-    monkeypatch.setattr(runfolder.DigestCache, "digest", digest)
-    assert runfolder.input_digests("07_submission", cfg, cfg.run_dir) == before and reads == []
-    cache = cfg.run_dir / runfolder.DIGEST_CACHE
+    monkeypatch.setattr(fingerprints.DigestCache, "digest", digest)
+    assert fingerprints.input_digests("07_submission", cfg, cfg.run_dir) == before and reads == []
+    cache = cfg.run_dir / fingerprints.DIGEST_CACHE
     cache.write_text(cache.read_text()[:100])               # a write cut short
-    assert runfolder.input_digests("07_submission", cfg, cfg.run_dir) == before and reads
+    assert fingerprints.input_digests("07_submission", cfg, cfg.run_dir) == before and reads
     assert json.loads(cache.read_text())["files"]
 
 
@@ -405,3 +405,17 @@ def test_a_full_disk_ends_with_the_resume_line(tmp_path, fake_stages, capsys):
     assert err == ["stopped by a full disk (No space left on device while writing x/v1.npz) during 03_crop_extract; "
                    "kept: the finished stages (01, 02) and the feature files of finished tracks; resume with: "
                    f"python -m kitlib.run {' '.join(items)} --stages 03-07"]
+
+
+@pytest.mark.parametrize("stage", run.STAGES)
+def test_each_stage_fingerprints_the_params_sections_its_code_and_notebook_read(stage):
+    """A params section a stage reads but does not fingerprint would leave it current after a change."""
+    import re
+
+    root = config.repo_root()
+    notebook = json.loads((root / "notebooks" / f"{stage}.ipynb").read_text())
+    text = (root / "kitlib" / "stages" / f"s{stage}.py").read_text() + "".join(
+        "".join(cell["source"]) for cell in notebook["cells"])
+    sections = {f.name for f in config.dataclasses.fields(config.Config)}
+    read = set(re.findall(r"cfg\.([a-z0-9_]+)\.", text)) & sections
+    assert read <= set(fingerprints.STAGE_PARAMS[stage]), read - set(fingerprints.STAGE_PARAMS[stage])
