@@ -376,9 +376,12 @@ def branch_run(source: Path, run_dir: Path, cfg: config.Config, stages: tuple[st
     if (run_dir / "params.yaml").is_file() and not record.is_file():
         raise RunFolderError(f"{run_dir} exists (a run of its own): --from starts a new run folder; choose "
                              f"another run.name=..., or drop --from to resume it")
-    if record.is_file() and json.loads(record.read_text()).get("source") != str(source):
-        raise RunFolderError(f"{run_dir} was branched from {json.loads(record.read_text()).get('source')}, "
-                             f"not {source}; choose another run.name=...")
+    if record.is_file():
+        earlier = json.loads(record.read_text()).get("source")
+        if earlier != str(source):
+            raise RunFolderError(f"{run_dir} was branched from {earlier}, not {source}; choose another run.name=...")
+        if (run_dir / "params.yaml").is_file():      # written once the branch was complete: its own run since
+            return f"{run_dir} was branched from {source} before: --from has nothing more to do"
     try:
         source_lock = acquire_lock(source, command=["branch", str(source), "->", str(run_dir)])
     except PermissionError:                          # a read-only copy: nobody runs in it

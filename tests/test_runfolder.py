@@ -310,6 +310,7 @@ def test_a_branch_reuses_its_source_and_runs_exactly_the_stages_a_changed_param_
     assert (branch / "fusion" / "final_head.pt").exists() == ("05_fusion_ablation" not in expected)
     assert {s: runfolder.marker_path(cfg.run_dir, s).read_text() for s in run.STAGES} == source_markers
     assert run.main(["--no-preflight", *items, "--from", "tiny"]) == 0 and calls == list(expected)   # done: skipped
+    assert "branched from" in capsys.readouterr().out
     with pytest.raises(runfolder.RunFolderError, match="a run of its own"):
         runfolder.branch_run(branch, cfg.run_dir, cfg, run.STAGES)
 
