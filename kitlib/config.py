@@ -286,6 +286,12 @@ class Config:
         """A short hash of the resolved params (run folders record it)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
+    def results_dict(self, sections: typing.Iterable[str] | None = None) -> dict[str, Any]:
+        """The params that shape results (``sections`` of them, default all): ``to_dict`` without the
+        ``LOCATION_KEYS``, so a run folder that is renamed, moved or copied, or a data root that is moved,
+        keeps its params."""
+        return without_location(self.to_dict(), sections)
+
     def path(self, value: str | os.PathLike) -> Path:
         """A params path made absolute: relative paths are relative to the repository root. A Hugging
         Face id (``facebook/dinov2-large``) that is no path here is its snapshot in the local cache."""
@@ -324,6 +330,21 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return self.path(self.run.outputs_root) / self.run.name
+
+
+# where things lie, not what they are: a run folder's name and place, the data root (its files are fingerprinted
+# by content, kitlib.runfolder); left out when a run folder compares params or fingerprints a stage's inputs
+LOCATION_KEYS: tuple[str, ...] = ("run.name", "run.outputs_root", "data.root")
+
+
+def without_location(values: dict[str, Any], sections: typing.Iterable[str] | None = None) -> dict[str, Any]:
+    """A resolved params mapping without the ``LOCATION_KEYS`` (and only ``sections``, when given)."""
+    out = {k: copy.deepcopy(v) for k, v in values.items() if sections is None or k in sections}
+    for dotted in LOCATION_KEYS:
+        section, key = dotted.split(".")
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
 
 
 def repo_root() -> Path:

@@ -4,6 +4,7 @@
     python -m kitlib.run params/abaw10.yaml params/local.yaml stage1.epochs=6
     python -m kitlib.run params/demo.yaml --stages 05-07      # a subset (by number or name)
     python -m kitlib.run params/demo.yaml --stages 06 --rerun # run a finished stage again
+    python -m kitlib.run params/demo.yaml fusion.epochs=5 run.name=demo-e5 --from demo   # branch a finished run
 
 Each notebook gets the resolved params as its ``params`` parameter (papermill) and is written,
 executed, to ``<run>/notebooks/``. A stage counts as finished when ``<run>/stages/<stage>.json``
@@ -15,13 +16,19 @@ and the error.
 The folder's safety machinery is in ``kitlib.runfolder``: one runner per folder (a lock naming its
 holder), stage markers that record the digests of what each stage read (a stage whose inputs changed,
 and every finished stage after it, is out of date: re-run when selected, else refused with the command),
-stale partial files removed, writable folders and free space checked before each stage. Ctrl-C or
-SIGTERM ends with one line saying what is kept and the command that resumes.
+stale partial files removed, writable folders and free space checked before each stage. Ctrl-C,
+SIGTERM or a full disk ends with one line saying what is kept and the command that resumes.
+
+Markers fingerprint what a stage's result depends on, not where it lies (the params the stage reads,
+files by content, names relative to the run folder or the data root), so a run folder renamed, moved
+or copied, or a moved data root, stays finished; ``--from A`` starts a new run folder from the finished
+run ``A``, reusing the stages that the new params leave current.
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -33,6 +40,7 @@ from importlib import metadata
 from pathlib import Path
 
 from kitlib import config, progress, runfolder, summary
+from kitlib.store import DISK_FULL as DISK_FULL_CODES
 
 STAGES = ("01_padaug_preview", "02_stage1_train", "03_crop_extract", "04_audio_align",
           "05_fusion_ablation", "06_smoothing_sweep", "07_submission")
@@ -42,6 +50,21 @@ TRACKED_PACKAGES = ("torch", "torchvision", "torchaudio", "transformers", "timm"
 
 class StageFailed(RuntimeError):
     pass
+
+
+class DiskFull(StageFailed):
+    """A stage stopped because the disk refused a write (full, over quota, read-only)."""
+
+
+def stage_failure(stage: str, exc, source: Path, target: Path, log_path: Path) -> StageFailed:
+    """The runner's error for a notebook that raised ``exc`` (a ``PapermillExecutionError``): ``DiskFull``
+    (message: the error line) when the disk refused a write, else ``StageFailed`` naming the cell."""
+    refused = re.match(r"\[Errno (\d+)\] (.*)", str(exc.evalue), re.S)
+    if exc.ename == "DiskFullError" or (refused and int(refused.group(1)) in DISK_FULL_CODES):
+        return DiskFull(refused.group(2) if refused else str(exc.evalue))
+    return StageFailed(f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
+                       f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target};"
+                       f" log: {log_path})")
 
 
 def select_stages(spec: str | None) -> list[str]:
@@ -99,7 +122,9 @@ def _gpu_info() -> dict:
 def prepare_run_dir(cfg: config.Config, *, argv: list[str]) -> Path:
     """Create the run folder (or reopen it with the same params) and record params + provenance (with history)."""
     run_dir = cfg.run_dir
-    runfolder.record_params(run_dir, cfg)
+    moved = runfolder.record_params(run_dir, cfg)
+    if moved:
+        print(moved, flush=True)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     runfolder.record_provenance(run_dir, provenance(cfg, argv))
     return run_dir
@@ -120,12 +145,10 @@ def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "p
                                 kernel_name=kernel, progress_bar=False, log_output=False, report_mode=False,
                                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"])   # no kernel chatter (an interrupted cell is reported by the runner)
     except pm.PapermillExecutionError as exc:
-        message = (f"stage {stage} failed in cell {exc.exec_count} of {source.name}:\n"
-                   f"{exc.source}\n\n{exc.ename}: {exc.evalue}\n(executed notebook with the traceback: {target};"
-                   f" log: {log_path})")
+        failure = stage_failure(stage, exc, source, target, log_path)
         with log_path.open("a", encoding="utf-8") as f:
-            f.write(message + "\n")
-        raise StageFailed(message) from None
+            f.write(str(failure) + "\n")
+        raise failure from None
     seconds = time.time() - start
     runfolder.mark_finished(run_dir, stage, cfg, seconds=seconds)
     return seconds
@@ -150,8 +173,7 @@ def plan_stages(selected: list[str], status: dict[str, runfolder.StageStatus], *
     for stage in selected:
         st = status[stage]
         what = "stale" if st.out_of_date else "run" if not st.finished else "rerun" if rerun else "skip"
-        behind = [s for s in STAGES[:STAGES.index(stage)] if s not in selected and s in status
-                  and status[s].out_of_date]
+        behind = [s for s in runfolder.ancestors(stage) if s not in selected and s in status and status[s].out_of_date]
         if what != "skip" and behind:
             raise runfolder.RunFolderError(
                 f"[{stage}] builds on {behind[0]}, which is out of date ({status[behind[0]].why()}); run "
@@ -190,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun", action="store_true", help="run the selected stages even if finished")
     parser.add_argument("--no-preflight", action="store_true", help="skip the fast preflight (kitlib.doctor --fast)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel for the notebooks")
+    parser.add_argument("--from", dest="from_run", metavar="RUN",
+                        help="start this new run folder from the finished run RUN (a run.name beside it, or a "
+                             "folder): the stages the new params leave current are reused, the others run")
     args = parser.parse_args(argv)
     cfg = config.load_command_line(args.items)
     if cfg is None:
@@ -205,12 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     current = None
     try:
         with runfolder.acquire_lock(cfg.run_dir, command=command):
+            if args.from_run:
+                print(runfolder.branch_run(runfolder.source_run_dir(args.from_run, cfg), cfg.run_dir, cfg, STAGES),
+                      flush=True)
             run_dir = prepare_run_dir(cfg, argv=command)
             removed = runfolder.remove_partial_files(run_dir)
             if removed:
                 print(f"removed {len(removed)} unfinished file(s) left by a killed run (e.g. {removed[0]})", flush=True)
             print(f"run folder: {run_dir}\nstages: {', '.join(stages)}", flush=True)
-            plan = plan_stages(stages, runfolder.stage_status(STAGES, cfg, run_dir), rerun=args.rerun, resume=resume)
+            status = runfolder.stage_status(STAGES, cfg, run_dir, upgrade=True)
+            plan = plan_stages(stages, status, rerun=args.rerun, resume=resume)
             total = time.time()
             for stage, what, why in plan:
                 if what == "skip":
@@ -218,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 if what == "stale":
                     print(f"[{stage}] out of date ({why}): running it again", flush=True)
+                    if status[stage].recompute and (cleared := runfolder.clear_outputs(run_dir, stage)):
+                        print(f"[{stage}] removed its outputs made with other inputs, so that it computes them "
+                              f"again: {', '.join(str(p.relative_to(run_dir)) for p in cleared)}", flush=True)
                 runfolder.check_can_write(stage, cfg, run_dir)
                 current = stage
                 runfolder.mark_started(run_dir, stage)
@@ -240,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     except runfolder.RunFolderError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    except DiskFull as exc:
+        print(_stop_line(f"a full disk ({exc})", current, stages, resume, cfg.run_dir, rerun=args.rerun),
+              file=sys.stderr, flush=True)
+        return 1
     except StageFailed as exc:
         print(f"\n{exc}", file=sys.stderr)
         return 1
@@ -247,17 +283,22 @@ def main(argv: list[str] | None = None) -> int:
         if main_thread:  # a second Ctrl-C while this line is written is ignored (restored below)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         name = "SIGTERM" if isinstance(exc, Interrupted) else "Ctrl-C"
-        rest = stages[stages.index(current):] if current else []
-        again = resume + (["--stages", _stage_spec(rest)] if rest else []) + (["--rerun"] if args.rerun else [])
-        kept = [s[:2] for s in STAGES if runfolder.marker_path(cfg.run_dir, s).is_file()]
-        print(f"\nstopped by {name}{f' during {current}' if current else ''}; kept: the finished stages "
-              f"({', '.join(kept) or 'none'}) and the feature files of finished tracks; resume with: {shlex.join(again)}",
-              file=sys.stderr, flush=True)
+        print(_stop_line(name, current, stages, resume, cfg.run_dir, rerun=args.rerun), file=sys.stderr, flush=True)
         return 130 if name == "Ctrl-C" else 143
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, previous_int)
+
+
+def _stop_line(cause: str, current: str | None, stages: list[str], resume: list[str], run_dir: Path, *,
+               rerun: bool) -> str:
+    """The one line a stopped run ends with: what stopped it, what is kept, the command that resumes."""
+    rest = stages[stages.index(current):] if current else []
+    again = resume + (["--stages", _stage_spec(rest)] if rest else []) + (["--rerun"] if rerun else [])
+    kept = [s[:2] for s in STAGES if runfolder.marker_path(run_dir, s).is_file()]
+    return (f"\nstopped by {cause}{f' during {current}' if current else ''}; kept: the finished stages "
+            f"({', '.join(kept) or 'none'}) and the feature files of finished tracks; resume with: {shlex.join(again)}")
 
 
 def exit_quietly(code: int) -> None:

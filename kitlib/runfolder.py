@@ -7,18 +7,22 @@ that know their inputs, and the checks made before a stage writes.
 - **Params** (``record_params``): the first run writes ``params.yaml`` by an exclusive link (never over
   another run's), every later one compares, so a folder never records one set of params for results of another.
 - **Provenance** (``record_provenance``): the newest run's facts, plus the history of every command run here.
-- **Stage markers** (``mark_finished`` / ``stage_status``): ``<run>/stages/<stage>.json`` records digests of
-  the inputs the stage read (params, annotation files, name lists, template, videos, feature manifests, the
-  models it loaded). When one changed, that stage and the finished ones after it are out of date.
+- **Stage markers** (``mark_finished`` / ``stage_status``): ``<run>/stages/<stage>.json`` records fingerprints
+  of what the stage's result depends on (``kitlib.fingerprints``: the params it reads, annotation files, name
+  lists, template, videos, Stage-I and fusion outputs, feature manifests, by content and relative names). When
+  one changed, that stage and the finished ones that build on it (``BUILDS_ON``) are out of date. A run folder
+  renamed, moved or copied, or a moved data root, stays current.
+- **Branching** (``branch_run``): a new run folder started from a finished one reuses the stages its params
+  leave current (feature files hard-linked) and leaves the others to run.
 - **Leftovers** (``remove_partial_files``): temporary files of writers that were killed, removed under the lock.
 - **Before writing** (``check_can_write``): the stage's folders are writable and the disk has room for its
   estimated output; otherwise it fails at once, naming the path and the space needed.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -32,8 +36,9 @@ from typing import Any
 
 import yaml
 
-from kitlib import config
-from kitlib.store import write_json_atomic
+from kitlib import config, fingerprints
+from kitlib.fingerprints import FINGERPRINT_VERSION, DigestCache, input_digests
+from kitlib.store import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +130,12 @@ def _describe(holder: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- params and provenance
-def record_params(run_dir: Path, cfg: config.Config) -> None:
-    """Write ``params.yaml`` if absent (exclusively: never over another writer's), else refuse other params."""
+def record_params(run_dir: Path, cfg: config.Config) -> str | None:
+    """Write ``params.yaml`` if absent (exclusively: never over another writer's), else refuse other params.
+
+    Params that differ only in where things lie (``config.LOCATION_KEYS``: a renamed, moved or copied run
+    folder, a moved data root) are the same params: ``params.yaml`` is updated to the new place and the
+    returned line says so (None when nothing changed)."""
     recorded = Path(run_dir) / "params.yaml"
     recorded.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
@@ -137,16 +146,28 @@ def record_params(run_dir: Path, cfg: config.Config) -> None:
         os.chmod(tmp, 0o644)
         try:
             os.link(tmp, recorded)         # atomic and exclusive: fails if another run recorded first
-            return
+            return None
         except FileExistsError:
             pass
     finally:
         Path(tmp).unlink(missing_ok=True)
-    old = yaml.safe_load(recorded.read_text())
-    if old != cfg.to_dict():
-        changed = sorted(diff_keys(old or {}, cfg.to_dict()))
+    old = yaml.safe_load(recorded.read_text()) or {}
+    if config.without_location(old) != cfg.results_dict():
+        changed = sorted(diff_keys(config.without_location(old), cfg.results_dict()))
         raise RunFolderError(f"{run_dir} was made with other params (changed: {', '.join(changed[:8])}); "
                              f"use another run.name=... or delete the folder")
+    moved = sorted(diff_keys(old, cfg.to_dict()))
+    if not moved:
+        return None
+    write_text_atomic(recorded, text)
+    return (f"{run_dir}: same params, new place ({'; '.join(f'{k}: {_dotted(old, k)} -> {_dotted(cfg.to_dict(), k)}' for k in moved)}); "
+            f"params.yaml updated")
+
+
+def _dotted(values: dict, key: str) -> Any:
+    for part in key.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values
 
 
 def diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
@@ -192,15 +213,15 @@ def remove_partial_files(run_dir: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- what each stage reads and writes
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "01_padaug_preview": ("params",),
-    "02_stage1_train": ("params", "annotations"),
-    "03_crop_extract": ("params", "annotations", "test_names", "videos", "stage1"),
-    "04_audio_align": ("params", "annotations", "test_names", "videos"),
-    "05_fusion_ablation": ("params", "annotations", "folds_file", "visual_manifest", "audio_manifest"),
-    "06_smoothing_sweep": ("params", "annotations", "fusion_logits"),
-    "07_submission": ("params", "annotations", "test_names", "template", "visual_manifest", "audio_manifest",
-                      "final_head"),
+# the earlier stages whose outputs a stage reads: when one of them is out of date, so is the stage
+BUILDS_ON: dict[str, tuple[str, ...]] = {
+    "01_padaug_preview": (),
+    "02_stage1_train": (),
+    "03_crop_extract": ("02_stage1_train",),
+    "04_audio_align": (),
+    "05_fusion_ablation": ("03_crop_extract", "04_audio_align"),
+    "06_smoothing_sweep": ("05_fusion_ablation",),
+    "07_submission": ("05_fusion_ablation", "06_smoothing_sweep"),
 }
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "01_padaug_preview": (),
@@ -211,60 +232,18 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "06_smoothing_sweep": ("fusion",),
     "07_submission": ("submission",),
 }
+# what only this stage writes (globs under the run folder), and what it would otherwise resume from: removed
+# before a stage that must compute again runs (``clear_outputs``), never copied by ``branch_run`` for one
+OWN_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "01_padaug_preview": (),
+    "02_stage1_train": ("stage1",),
+    "03_crop_extract": ("features/visual", "features/visual_*"),
+    "04_audio_align": ("features/audio",),
+    "05_fusion_ablation": ("fusion",),
+    "06_smoothing_sweep": (),
+    "07_submission": ("submission",),
+}
 ALWAYS_WRITTEN = ("notebooks", "reports", "stages")
-
-
-def _input_paths(name: str, cfg: config.Config, run_dir: Path) -> list[Path]:
-    d = cfg.data
-    if name == "annotations":
-        folder = cfg.data_path(d.annotations_dir)
-        return [folder / "Train_Set", folder / "Validation_Set"]
-    if name == "test_names":
-        return [cfg.data_path(d.test_names)] if d.test_names else []
-    if name == "template":
-        return [cfg.data_path(d.test_template)]
-    if name == "videos":
-        return [cfg.data_path(d.videos_dir)]
-    if name == "folds_file":
-        return [cfg.data_path(d.folds_file)] if d.folds_file else []
-    if name in ("visual_manifest", "audio_manifest"):
-        return [run_dir / "features" / name.split("_")[0] / "manifest.json"]
-    if name == "stage1":
-        return [run_dir / "stage1"]
-    if name == "fusion_logits":
-        return [run_dir / "fusion" / "val_logits.npz", run_dir / "fusion" / "oof_logits.npz"]
-    if name == "final_head":
-        return [run_dir / "fusion" / "final_head.pt"]
-    raise KeyError(f"unknown stage input {name!r}")
-
-
-BY_CONTENT = ("annotations", "test_names", "template", "folds_file", "visual_manifest", "audio_manifest")
-
-
-def _digest_paths(paths: list[Path], *, content: bool) -> str:
-    """sha256 over the files (recursively): their contents, or (large files) their names, sizes and times."""
-    digest = hashlib.sha256()
-    for top in paths:
-        files = sorted(p for p in top.rglob("*") if p.is_file() and not p.name.startswith(".")) if top.is_dir() \
-            else [top] if top.is_file() else []
-        digest.update(f"{top}:{len(files)}\n".encode())
-        for path in files:
-            if content:
-                digest.update(f"{path.relative_to(top) if top.is_dir() else path.name}\0".encode())
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-            else:
-                stat = path.stat()
-                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def input_digests(stage: str, cfg: config.Config, run_dir: Path) -> dict[str, str]:
-    """Digests of the inputs ``stage`` reads (``STAGE_INPUTS``), as they are now."""
-    out = {}
-    for name in STAGE_INPUTS[stage]:
-        out[name] = cfg.digest() if name == "params" else \
-            _digest_paths(_input_paths(name, cfg, run_dir), content=name in BY_CONTENT)
-    return out
 
 
 def marker_path(run_dir: Path, stage: str) -> Path:
@@ -276,10 +255,12 @@ def mark_started(run_dir: Path, stage: str) -> None:
     marker_path(run_dir, stage).unlink(missing_ok=True)
 
 
-def mark_finished(run_dir: Path, stage: str, cfg: config.Config, *, seconds: float) -> None:
+def mark_finished(run_dir: Path, stage: str, cfg: config.Config, *, seconds: float, finished: str | None = None
+                  ) -> None:
     """Record that ``stage`` finished, with the digests of the inputs it read."""
     write_json_atomic(marker_path(run_dir, stage),
-                      {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(), "finished": _now(),
+                      {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(),
+                       "finished": finished or _now(), "fingerprint": FINGERPRINT_VERSION,
                        "inputs": input_digests(stage, cfg, run_dir)})
 
 
@@ -288,36 +269,172 @@ class StageStatus:
     stage: str
     finished: bool
     changed: tuple[str, ...] = ()   # inputs that differ from those the stage read
-    after: str | None = None        # an earlier stage that is out of date (so this one is too)
+    after: str | None = None        # an earlier stage it builds on that is out of date (so this one is too)
+    old_marker: bool = False        # a marker from before location-free fingerprints that no longer matches
 
     @property
     def out_of_date(self) -> bool:
         return self.finished and bool(self.changed or self.after)
 
+    @property
+    def recompute(self) -> bool:
+        """Out of date in what it computes (its params, its Stage-I backbone, an earlier stage), not only in
+        which data files it covers: its own outputs cannot be resumed from (``clear_outputs``)."""
+        return self.out_of_date and (bool(self.after) or self.old_marker or bool({"params", "stage1"} & set(self.changed)))
+
     def why(self) -> str:
         if self.changed:
-            return f"its input(s) changed since it ran: {', '.join(self.changed)}"
-        return f"it comes after {self.after}, which is out of date"
+            return (f"its input(s) changed since it ran: {', '.join(self.changed)}"
+                    + (" (its marker, written by an older kit, recorded where the files lay: a run folder moved or "
+                       "copied before this version runs its stages again)" if self.old_marker else ""))
+        return f"it builds on {self.after}, which is out of date"
 
 
-def stage_status(stages: tuple[str, ...], cfg: config.Config, run_dir: Path) -> dict[str, StageStatus]:
-    """Each stage: finished or not, and whether it is out of date (its inputs, or an earlier stage's, changed)."""
+def ancestors(stage: str) -> list[str]:
+    """The stages ``stage`` builds on, directly or through others (``BUILDS_ON``), in run order."""
+    found, todo = set(), list(BUILDS_ON[stage])
+    while todo:
+        s = todo.pop()
+        if s not in found:
+            found.add(s)
+            todo += BUILDS_ON[s]
+    return [s for s in BUILDS_ON if s in found]
+
+
+def stage_status(stages: tuple[str, ...], cfg: config.Config, run_dir: Path, *, upgrade: bool = False
+                 ) -> dict[str, StageStatus]:
+    """Each stage: finished or not, and whether it is out of date (its inputs, or those of a stage it builds on,
+    changed). A marker of an older kit (``FINGERPRINT_VERSION``) is compared as it was recorded; when it still
+    matches and ``upgrade`` (the runner, holding the lock), it is fingerprinted anew."""
     out: dict[str, StageStatus] = {}
-    first_stale: str | None = None
+    cache = DigestCache(run_dir, cfg.path(cfg.data.root))
     for stage in stages:
         path = marker_path(run_dir, stage)
-        if not path.is_file():
+        try:
+            marker = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"{path} cannot be read ({exc}): delete it to run {stage} again") from None
+        if marker is None:
             out[stage] = StageStatus(stage, finished=False)
             continue
-        recorded = json.loads(path.read_text()).get("inputs")
+        recorded = marker.get("inputs")
+        old = marker.get("fingerprint", 1) < FINGERPRINT_VERSION
         changed: tuple[str, ...] = ()
-        if recorded is not None:                         # markers written before inputs were recorded: trusted
-            now = input_digests(stage, cfg, run_dir)
+        if recorded is not None:
+            now = (fingerprints.legacy_input_digests(stage, cfg, run_dir) if old
+                   else input_digests(stage, cfg, run_dir, cache=cache))
             changed = tuple(k for k in now if recorded.get(k) != now[k])
-        out[stage] = StageStatus(stage, finished=True, changed=changed, after=None if changed else first_stale)
-        if changed and first_stale is None:
-            first_stale = stage
+        if old and not changed and upgrade:          # current (or never fingerprinted): fingerprint it anew
+            mark_finished(run_dir, stage, cfg, seconds=float(marker.get("seconds", 0.0)), finished=marker.get("finished"))
+            old = False
+        after = next((s for s in ancestors(stage) if s in out and out[s].out_of_date), None)
+        out[stage] = StageStatus(stage, finished=True, changed=changed, after=None if changed else after,
+                                 old_marker=old and bool(changed))
+    cache.save()
     return out
+
+
+def clear_outputs(run_dir: Path, stage: str) -> list[Path]:
+    """Remove what only ``stage`` writes (``OWN_OUTPUTS``), so that it computes again rather than resuming
+    from outputs made with other params. Call only while holding the lock."""
+    removed = []
+    for pattern in OWN_OUTPUTS[stage]:
+        for path in sorted(Path(run_dir).glob(pattern)):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------------------- branching a run
+BRANCH_RECORD = "branched_from.json"
+_NOT_COPIED = {LOCK_NAME, "params.yaml", "provenance.json", BRANCH_RECORD, "summary.html", "summary.md", "summary.json"}
+
+
+def source_run_dir(spec: str, cfg: config.Config) -> Path:
+    """``--from``'s run folder: a path to one, else a ``run.name`` beside this run's folder."""
+    path = Path(spec).expanduser()
+    folder = path if path.is_dir() and (path / "params.yaml").is_file() else cfg.path(cfg.run.outputs_root) / spec
+    if not (folder / "params.yaml").is_file():
+        raise RunFolderError(f"--from {spec}: {folder} is no run folder (it has no params.yaml)")
+    return folder.resolve()
+
+
+def branch_run(source: Path, run_dir: Path, cfg: config.Config, stages: tuple[str, ...]) -> str:
+    """Start ``run_dir`` (params ``cfg``) from the finished run ``source``: its stages that are current for
+    ``cfg`` (same params of theirs, same input files) are reused, the others left to run. Returns a line
+    saying what was reused.
+
+    Files are placed by atomic renames and each reused stage's marker last, so an interrupted branch is
+    finished by the same command (or its stages simply run). Feature files are hard-linked (the kit only ever
+    replaces them by rename, never writes into one; copied where the two folders are on different disks),
+    everything else is copied with its modification time, so the digest cache's entries still hold. Call
+    holding ``run_dir``'s lock; ``source`` is locked while it is read."""
+    run_dir, source = Path(run_dir), Path(source)
+    if run_dir.resolve() == source.resolve():
+        raise RunFolderError(f"--from {source}: that is this run's own folder; give run.name=... a new name")
+    record = run_dir / BRANCH_RECORD
+    if (run_dir / "params.yaml").is_file() and not record.is_file():
+        raise RunFolderError(f"{run_dir} exists (a run of its own): --from starts a new run folder; choose "
+                             f"another run.name=..., or drop --from to resume it")
+    if record.is_file():
+        earlier = json.loads(record.read_text()).get("source")
+        if earlier != str(source):
+            raise RunFolderError(f"{run_dir} was branched from {earlier}, not {source}; choose another run.name=...")
+        if (run_dir / "params.yaml").is_file():      # written once the branch was complete: its own run since
+            return f"{run_dir} was branched from {source} before: --from has nothing more to do"
+    try:
+        source_lock = acquire_lock(source, command=["branch", str(source), "->", str(run_dir)])
+    except PermissionError:                          # a read-only copy: nobody runs in it
+        source_lock = contextlib.nullcontext()
+    with source_lock:
+        status = stage_status(stages, cfg, source)
+        reused = [s for s in stages if status[s].finished and not status[s].out_of_date]
+        skipped = {p for s in stages if s not in reused for pattern in OWN_OUTPUTS[s] for p in source.glob(pattern)}
+        skipped |= {source / sub / f"{s}{ext}" for s in stages if s not in reused
+                    for sub, ext in (("notebooks", ".ipynb"), ("logs", ".log"), ("stages", ".json"))}
+        if any("videos" in status[s].changed for s in stages):
+            skipped.add(source / "reports" / "videos.csv")   # the probed videos of other files
+        write_json_atomic(record, {"source": str(source), "started": _now(), "reused": reused})
+        linked = copied = size = 0
+        markers = []
+        for path in sorted(source.rglob("*")):
+            rel = path.relative_to(source)
+            if (path.is_dir() or rel.parts[0] in _NOT_COPIED or path.name.endswith(".partial")
+                    or any(path == p or path.is_relative_to(p) for p in skipped)):
+                continue
+            if rel.parts[0] == "stages":
+                markers.append(rel)                  # last: a stage is reused only once its files are in place
+                continue
+            how = _place(path, run_dir / rel, link=rel.parts[0] == "features")
+            linked, copied, size = linked + (how == "linked"), copied + (how == "copied"), size + path.stat().st_size
+        for rel in markers:
+            _place(source / rel, run_dir / rel, link=False)
+    return (f"branched from {source}: reused {', '.join(s[:2] for s in reused) or 'no stage'} ({linked} file(s) "
+            f"hard-linked, {copied} copied, {size / 2 ** 30:.2f} GiB); to run: "
+            f"{', '.join(s[:2] for s in stages if s not in reused) or 'none'}")
+
+
+def _place(source: Path, target: Path, *, link: bool) -> str:
+    """Put ``source`` at ``target`` (hard link, else a copy with its times) by an atomic rename; ``""`` when
+    ``target`` already holds it (an earlier, interrupted branch)."""
+    from kitlib.store import atomic_path
+
+    stat = source.stat()
+    if target.is_file() and (target.stat().st_size, target.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+        return ""
+    if link:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{os.getpid()}.link.partial"
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(source, tmp)
+            os.replace(tmp, target)
+            return "linked"
+        except OSError:                              # another disk, or links not allowed: copied
+            tmp.unlink(missing_ok=True)
+    with atomic_path(target) as tmp:
+        shutil.copy2(source, tmp)
+    return "copied"
 
 
 # ---------------------------------------------------------------------------- before a stage writes

@@ -54,13 +54,30 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as exc:
         if exc.errno in _DISK_ERRORS and str(path) not in str(exc):  # "No space left on device" names no file
-            raise OSError(exc.errno, f"{os.strerror(exc.errno)} while writing {path}") from exc
+            kind = DiskFullError if exc.errno in DISK_FULL else OSError
+            raise kind(exc.errno, f"{os.strerror(exc.errno)} while writing {path}") from exc
         raise
     finally:
-        tmp_path.unlink(missing_ok=True)
+        tmp_path.unlink(missing_ok=True)       # the partial file of a failed write
 
 
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+# errors after which no further write to the disk can succeed: a loop over videos stops at the first
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+class DiskFullError(OSError):
+    """A write failed because the disk is full (or over quota, or read-only); the message names the file."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a write the disk refused for good (``DISK_FULL``): a loop
+    that reports one bad video and goes on must stop at this one instead."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -14,7 +14,7 @@ import sys
 import pandas as pd
 import pytest
 
-from kitlib import config, run, runfolder
+from kitlib import config, fingerprints, run, runfolder
 from minirun import make_run, run_items
 
 
@@ -228,3 +228,195 @@ def test_ctrl_c_during_a_real_notebook_ends_with_one_line(tmp_path):
     assert "stopped by Ctrl-C during 01_padaug_preview; kept: the finished stages (none)" in err
     assert err.strip().endswith("--stages 01-02")
     assert not (tmp_path / "out" / "tiny" / "stages" / "01_padaug_preview.json").exists()
+
+
+# ---------------------------------------------------------------------------- moved, copied, renamed, branched
+def _finish(tmp_path, stages, *overrides):
+    """The miniature run with ``stages`` finished by the stand-in (markers with real fingerprints)."""
+    cfg = make_run(tmp_path)
+    assert run.main(["--no-preflight", *run_items(tmp_path, *overrides), "--stages", stages]) == 0
+    return cfg
+
+
+@pytest.mark.parametrize("how", ["copy", "copy with new times", "rename", "move outputs and data"])
+def test_a_copied_renamed_or_moved_run_resumes_without_running_its_finished_stages(tmp_path, fake_stages, capsys, how):
+    import shutil
+
+    calls, _ = fake_stages
+    cfg = _finish(tmp_path, "01-04")
+    assert calls == list(run.STAGES[:4])
+    outputs, data = tmp_path / "outputs", tmp_path / "data"
+    items = run_items(tmp_path, "run.name=B")
+    if how == "copy":                                       # cp -a, rsync -a: times kept
+        shutil.copytree(cfg.run_dir, outputs / "B")
+    elif how == "copy with new times":                      # cp -r: every file read again, same contents
+        shutil.copytree(cfg.run_dir, outputs / "B", copy_function=shutil.copyfile)
+    elif how == "rename":
+        cfg.run_dir.rename(outputs / "B")
+    else:                                                   # another disk: the outputs and the data root move
+        (tmp_path / "elsewhere" / "outputs").mkdir(parents=True)
+        shutil.move(cfg.run_dir, tmp_path / "elsewhere" / "outputs" / "B")
+        shutil.move(data, tmp_path / "elsewhere" / "data")
+        items = run_items(tmp_path / "elsewhere", "run.name=B")
+    capsys.readouterr()
+    assert run.main(["--no-preflight", *items, "--stages", "05-07"]) == 0
+    assert calls[4:] == list(run.STAGES[4:]), capsys.readouterr().err
+    moved = config.load(items[0], overrides=items[1:])
+    status = runfolder.stage_status(run.STAGES, moved, moved.run_dir)
+    assert all(status[s].finished and not status[s].out_of_date for s in run.STAGES), status
+    out = capsys.readouterr().out
+    assert "same params, new place (" in out and "run.name: tiny -> B" in out and "params.yaml updated" in out
+    recorded = (moved.run_dir / "params.yaml").read_text()
+    assert "name: B" in recorded and (how != "move outputs and data" or str(tmp_path / "elsewhere") in recorded)
+
+
+def test_a_moved_data_root_keeps_the_features_current(tmp_path, fake_stages):
+    calls, _ = fake_stages
+    cfg = _finish(tmp_path, "01-07")
+    (tmp_path / "data").rename(tmp_path / "data2")
+    items = run_items(tmp_path, f"data.root={tmp_path / 'data2'}")
+    assert run.main(["--no-preflight", *items]) == 0 and calls == list(run.STAGES)      # nothing ran again
+    label_file = tmp_path / "data2" / "annotations" / "Train_Set" / "trainA.txt"
+    label_file.write_text(label_file.read_text() + "3\n")  # other contents are still seen
+    moved = config.load(items[0], overrides=items[1:])
+    assert runfolder.stage_status(run.STAGES, moved, cfg.run_dir)["02_stage1_train"].changed == ("annotations",)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("fusion.epochs=2", run.STAGES[4:]),
+    ("submission.filename=other.txt", run.STAGES[6:]),
+    ("audio.layers=last2", run.STAGES[3:4] + run.STAGES[4:]),       # not 03: audio does not build on it
+    ("faces.max_gap=3", run.STAGES[2:3] + run.STAGES[4:]),         # not 04
+])
+def test_a_branch_reuses_its_source_and_runs_exactly_the_stages_a_changed_param_reaches(
+        tmp_path, fake_stages, capsys, change, expected):
+    calls, _ = fake_stages
+    cfg = _finish(tmp_path, "01-07")
+    source_markers = {s: runfolder.marker_path(cfg.run_dir, s).read_text() for s in run.STAGES}
+    del calls[:]
+    capsys.readouterr()
+    items = run_items(tmp_path, "run.name=B", change)
+    assert run.main(["--no-preflight", *items, "--from", "tiny"]) == 0
+    assert calls == list(expected)
+    out = capsys.readouterr().out
+    reused = [s[:2] for s in run.STAGES if s not in expected]
+    assert f"branched from {cfg.run_dir}: reused {', '.join(reused)} (" in out
+    branch = cfg.run_dir.parent / "B"
+    if "03_crop_extract" not in expected:                   # reused features: hard links, not copies
+        assert (branch / "features/visual/trainA.npz").stat().st_ino == \
+            (cfg.run_dir / "features/visual/trainA.npz").stat().st_ino
+    else:
+        assert not list((branch / "features" / "visual").glob("*"))    # not copied: 03 computes them anew
+    assert (branch / "fusion" / "final_head.pt").exists() == ("05_fusion_ablation" not in expected)
+    assert {s: runfolder.marker_path(cfg.run_dir, s).read_text() for s in run.STAGES} == source_markers
+    assert run.main(["--no-preflight", *items, "--from", "tiny"]) == 0 and calls == list(expected)   # done: skipped
+    assert "branched from" in capsys.readouterr().out
+    with pytest.raises(runfolder.RunFolderError, match="a run of its own"):
+        runfolder.branch_run(branch, cfg.run_dir, cfg, run.STAGES)
+
+
+def test_a_stale_extraction_computes_again_rather_than_resuming_old_features(tmp_path, fake_stages, capsys):
+    """A finished stage 03 out of date by what it computes (params, its Stage-I backbone) would skip every track
+    already in its store (resume): its own outputs are removed first. Out of date only by new data files, it
+    resumes (the finished tracks are kept)."""
+    _, actions = fake_stages
+    cfg = _finish(tmp_path, "01-07")
+    seen = []
+
+    def count(run_dir):
+        return lambda: seen.append((len(list(run_dir.glob("features/visual/*.npz"))),
+                                    len(list(run_dir.glob("features/audio/*.npz")))))
+
+    actions["03_crop_extract"] = count(cfg.run_dir)
+    (tmp_path / "data" / "videos" / "extra.mp4").write_bytes(b"more")
+    assert run.main(["--no-preflight", *run_items(tmp_path), "--stages", "03-07"]) == 0
+    assert seen == [(6, 6)]                                  # resumed
+    (cfg.run_dir / "stage1").mkdir(exist_ok=True)
+    (cfg.run_dir / "stage1" / "backbone.safetensors").write_bytes(b"another Stage-I backbone")
+    capsys.readouterr()
+    assert run.main(["--no-preflight", *run_items(tmp_path), "--stages", "03-07"]) == 0
+    assert seen[-1] == (0, 6)
+    assert "[03_crop_extract] removed its outputs made with other inputs, so that it computes them again: " \
+           "features/visual" in capsys.readouterr().out
+    actions["03_crop_extract"] = count(cfg.run_dir.parent / "C")
+    assert run.main(["--no-preflight", *run_items(tmp_path, "run.name=C", "faces.max_gap=3"), "--from", "tiny"]) == 0
+    assert seen[-1] == (0, 6)                                # a branch never copies what runs again
+
+
+def test_markers_of_an_older_kit_are_fingerprinted_anew_or_reported(tmp_path, fake_stages, capsys):
+    import shutil
+
+    calls, _ = fake_stages
+    cfg = _finish(tmp_path, "01-05")
+    for stage in run.STAGES[:5]:                            # as an older kit wrote them
+        marker = json.loads(runfolder.marker_path(cfg.run_dir, stage).read_text())
+        marker["inputs"] = fingerprints.legacy_input_digests(stage, cfg, cfg.run_dir)
+        del marker["fingerprint"]
+        runfolder.marker_path(cfg.run_dir, stage).write_text(json.dumps(marker))
+    shutil.copytree(cfg.run_dir, tmp_path / "outputs" / "B")
+    copied = config.load("params/tiny.yaml", overrides=run_items(tmp_path, "run.name=B")[1:])
+    status = runfolder.stage_status(run.STAGES, copied, copied.run_dir)       # where they lay changed: reported
+    assert status["01_padaug_preview"].changed == ("params",) and status["01_padaug_preview"].old_marker
+    assert "written by an older kit, recorded where the files lay" in status["03_crop_extract"].why()
+    status = runfolder.stage_status(run.STAGES, cfg, cfg.run_dir, upgrade=True)   # in place: current, upgraded
+    assert all(status[s].finished and not status[s].out_of_date for s in run.STAGES[:5])
+    assert json.loads(runfolder.marker_path(cfg.run_dir, "05_fusion_ablation").read_text())["fingerprint"] == 2
+    runfolder.marker_path(cfg.run_dir, "04_audio_align").write_text('{"stage": "04_au')       # cut short
+    with pytest.raises(runfolder.RunFolderError, match="04_audio_align.json cannot be read"):
+        runfolder.stage_status(run.STAGES, cfg, cfg.run_dir)
+
+
+def test_the_digest_cache_is_used_and_survives_damage(tmp_path, fake_stages, monkeypatch):
+    cfg = _finish(tmp_path, "01-07")
+    before = fingerprints.input_digests("07_submission", cfg, cfg.run_dir)
+    reads = []
+    real_digest = fingerprints.DigestCache.digest
+
+    def digest(self, path, stat=None, bar=None):
+        if not (hit := self.entries.get(self.place(path))) or hit[:2] != [path.stat().st_size, path.stat().st_mtime_ns]:
+            reads.append(path)
+        return real_digest(self, path, stat, bar)
+
+    monkeypatch.setattr(fingerprints.DigestCache, "digest", digest)
+    assert fingerprints.input_digests("07_submission", cfg, cfg.run_dir) == before and reads == []
+    cache = cfg.run_dir / fingerprints.DIGEST_CACHE
+    cache.write_text(cache.read_text()[:100])               # a write cut short
+    assert fingerprints.input_digests("07_submission", cfg, cfg.run_dir) == before and reads
+    assert json.loads(cache.read_text())["files"]
+
+
+def test_a_full_disk_ends_with_the_resume_line(tmp_path, fake_stages, capsys):
+    import papermill
+
+    _, actions = fake_stages
+    make_run(tmp_path)
+    items = run_items(tmp_path)
+    failure = papermill.PapermillExecutionError(3, 3, "extract_visual(cfg, index)", "DiskFullError",
+                                                "[Errno 28] No space left on device while writing x/v1.npz", [])
+    stopped = run.stage_failure("03_crop_extract", failure, None, None, None)
+    assert isinstance(stopped, run.DiskFull) and str(stopped) == "No space left on device while writing x/v1.npz"
+
+    def full():
+        raise stopped
+
+    actions["03_crop_extract"] = full
+    capsys.readouterr()
+    assert run.main(["--no-preflight", *items]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["stopped by a full disk (No space left on device while writing x/v1.npz) during 03_crop_extract; "
+                   "kept: the finished stages (01, 02) and the feature files of finished tracks; resume with: "
+                   f"python -m kitlib.run {' '.join(items)} --stages 03-07"]
+
+
+@pytest.mark.parametrize("stage", run.STAGES)
+def test_each_stage_fingerprints_the_params_sections_its_code_and_notebook_read(stage):
+    """A params section a stage reads but does not fingerprint would leave it current after a change."""
+    import re
+
+    root = config.repo_root()
+    notebook = json.loads((root / "notebooks" / f"{stage}.ipynb").read_text())
+    text = (root / "kitlib" / "stages" / f"s{stage}.py").read_text() + "".join(
+        "".join(cell["source"]) for cell in notebook["cells"])
+    sections = {f.name for f in config.dataclasses.fields(config.Config)}
+    read = set(re.findall(r"cfg\.([a-z0-9_]+)\.", text)) & sections
+    assert read <= set(fingerprints.STAGE_PARAMS[stage]), read - set(fingerprints.STAGE_PARAMS[stage])

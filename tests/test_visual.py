@@ -309,3 +309,31 @@ def test_two_person_tracks_never_share_the_face_and_manifest_records_the_detecto
     swapped = FeatureStore(tmp_path / "swapped", "visual")
     out = run([track("face_left", videos["face"]), track("face_right", videos["face"])], swapped, selection=selection)
     assert out.set_index("txtid").loc["face_left", "strategy"] == "right"
+
+
+def test_a_full_disk_stops_the_extraction_at_the_first_failed_write(tmp_path, videos, monkeypatch):
+    """The first write the disk refuses ends the loop (no more videos tried): the tracks finished before stay,
+    the partial file is removed, and the error names the file."""
+    import errno
+
+    import kitlib.store
+
+    names = [f"v{i}" for i in range(5)]
+    for name in names:
+        (tmp_path / f"{name}.mp4").write_bytes(videos["face"].read_bytes())
+    writes = []
+    real_savez = np.savez
+
+    def savez(fh, **arrays):
+        writes.append(Path(fh.name).name)
+        if len(writes) == 2:
+            fh.write(b"the first bytes of a file the disk has no room for")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_savez(fh, **arrays)
+
+    monkeypatch.setattr(kitlib.store.np, "savez", savez)
+    store = FeatureStore(tmp_path / "features", "visual")
+    with pytest.raises(kitlib.store.DiskFullError, match=r"No space left on device while writing .*v1\.npz"):
+        run([track(name, tmp_path / f"{name}.mp4") for name in names], store)
+    assert len(writes) == 2 and store.keys() == ["v0"]
+    assert not list(store.root.glob(".*.partial"))

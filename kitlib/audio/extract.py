@@ -18,7 +18,7 @@ from kitlib.audio.waveform import AudioTrack, NoAudioError, load_audio
 from kitlib.data import Track
 from kitlib.faces.video import VideoError, frame_times, probe
 from kitlib.progress import tqdm
-from kitlib.store import FeatureStore
+from kitlib.store import FeatureStore, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
             try:
                 jobs.append((video_path, group, todo, {**prepare(video_path), "tic": tic}))
             except Exception as exc:  # one bad video must not end a multi-video run
+                if disk_full(exc):  # a full disk fails every later video too: stop at the first
+                    raise
                 failed(group, todo, video_path, exc, tic)
         with_audio = [job for job in jobs if job[3]["audio"] is not None]
         try:
@@ -153,6 +155,8 @@ def extract_audio_features(tracks: Sequence[Track], store: FeatureStore, encoder
                                                start_time_s=job["audio"].start_time_s, progress=True)
                 finish(group, todo, job, feats, feat_times)
             except Exception as exc:  # one bad video must not end a multi-video run
+                if disk_full(exc):  # a full disk fails every later video too: stop at the first
+                    raise
                 failed(group, todo, video_path, exc, job["tic"])
         bar.update(min(len(videos), first + max(1, batch_videos)) - first)
     bar.close()

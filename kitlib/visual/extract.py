@@ -34,7 +34,7 @@ from kitlib.faces.selection import strategies_of
 from kitlib.faces.tracking import INTERPOLATED
 from kitlib.faces.video import FrameBatch, VideoError, VideoInfo, iter_frames, probe
 from kitlib.progress import tqdm
-from kitlib.store import FeatureStore
+from kitlib.store import FeatureStore, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +363,8 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
                                            strategies=strategies, assign=assign, detect_every=detect_every,
                                            **encode_args))
             except Exception as exc:  # one bad video never stops the run; it is reported
+                if disk_full(exc):  # a full disk fails every later video too: stop at the first
+                    raise
                 rows.extend(_error_rows(todo, exc, started))
     frames_bar.close()
     return _visual_report(rows, store, manifest=manifest, settings=_visual_settings(

@@ -46,7 +46,7 @@ from kitlib.faces import FaceDetector, FollowSettings, crop_faces, normalize
 from kitlib.faces.assign import AssignSettings
 from kitlib.faces.video import FrameBatch, VideoInfo, iter_frames, probe
 from kitlib.progress import tqdm
-from kitlib.store import FeatureStore
+from kitlib.store import FeatureStore, disk_full
 from kitlib.visual.extract import (_encoder_args, _error_rows, _save_tracks, _strategies, _track_and_encode,
                                    _VideoPass, _videos_to_do, _visual_report, _visual_settings)
 
@@ -257,6 +257,8 @@ def extract_visual_features_pipelined(
             try:
                 rows.extend(future.result())
             except Exception as exc:  # a failed write is that video's error, as in the serial loop
+                if disk_full(exc):  # a full disk fails every later video too: stop at the first
+                    raise
                 rows.extend(_error_rows(todo, exc, waited))
             times.wait_writer += time.perf_counter() - waited
 
@@ -284,6 +286,8 @@ def extract_visual_features_pipelined(
                                              encode=_encode_on_device, input_dtype=input_dtype, **encode_args)
                     event = _to_host(done, device)
                 except Exception as exc:  # one bad video never stops the run; it is reported
+                    if disk_full(exc):  # a full disk fails every later video too: stop at the first
+                        raise
                     decoder.cancel.set()
                     rows.extend(_error_rows(todo, exc, started))
                     continue
