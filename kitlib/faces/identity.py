@@ -518,7 +518,8 @@ def identity_stats(plan: IdentityPlan | None, tracker, *, method: str, strategie
     final = persons_picked(tracker.pop_picks(), plan.person, len(strategies)) if plan is not None else None
     for t, strategy in enumerate(strategies):
         if plan is None or strategy not in IDENTITY_STRATEGIES:
-            rows.append(dict(identity=method if plan is None else f"online (strategy {strategy})", person=-1,
+            rows.append(dict(identity=method if strategy in IDENTITY_STRATEGIES else f"online (strategy {strategy})",
+                             person=-1,
                              by_identity=0, by_position=int(tracker.by_identity[t] + tracker.by_position[t]),
                              switches_avoided=0, frames_changed=0, identity_warning=""))
             continue
