@@ -203,3 +203,41 @@ def test_left_and_right_follow_their_person_through_cuts_on_real_photos(joined):
     assert np.isfinite(tracks[0].boxes[alone]).all() and np.isnan(tracks[1].boxes[alone]).all()
     assert [s["identity"] for s in stats] == ["colour-texture"] * 2 and [s["identity_warning"] for s in stats] == ["", ""]
     assert all(s["by_identity"] >= 60 and s["by_position"] == 0 and s["frames_changed"] >= 60 for s in stats)
+
+
+def test_extraction_decides_identity_in_a_first_pass_and_reports_it(tmp_path):
+    """The two-pass extractor on the joined clip written as a video: the report's identity columns."""
+    import cv2
+    import timm
+    import torch
+
+    from kitlib.data import Track
+    from kitlib.faces import build_detector
+    from kitlib.faces.photo_clip import joined_clip
+    from kitlib.store import FeatureStore
+    from kitlib.visual.extract import REPORT_COLUMNS, extract_visual_features
+
+    clip = joined_clip(size=(320, 180))
+    video = tmp_path / "joined.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 25, (320, 180))
+    for frame in clip.frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    tracks = [Track(txtid=f"joined_{side}", videoid="joined", split="Train_Set", video_path=video, labels_path=None,
+                    side=side) for side in ("left", "right")]
+    torch.manual_seed(0)
+    backbone = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=28, depth=1,
+                                 embed_dim=32, num_heads=2, global_pool="avg")
+    store = FeatureStore(tmp_path, "visual")
+    report = extract_visual_features(
+        tracks, store, backbone, detector=build_detector("opencv-haar"), crop_scales=(1.0,), image_size=28,
+        mean=(0.5,) * 3, std=(0.25,) * 3, batch_size=16, max_gap=0, device=torch.device("cpu"), decode_batch=32,
+        identity=ColourTextureEmbedder(), manifest={"run": "test"}).set_index("txtid")
+    assert list(report.reset_index().columns) == list(REPORT_COLUMNS)
+    assert report["identity"].tolist() == ["colour-texture"] * 2 and report["status"].tolist() == ["ok"] * 2
+    assert (report["by_identity"] >= 60).all() and (report["frames_changed"] >= 60).all()
+    truth = {"joined_left": clip.boxes[:, 0], "joined_right": clip.boxes[:, 1]}
+    for txtid, boxes in truth.items():
+        saved = store.load(txtid)["boxes"]
+        assert wrong_person_frames(saved, boxes)[0] == 0, txtid
+    assert store.read_manifest()["identity"] == "colour-texture"
