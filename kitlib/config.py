@@ -77,6 +77,8 @@ class FacesParams:
     detect_every: int       # run the detector on every k-th frame; the frames between are interpolated
     selection: str | None   # CSV txtid,strategy: which face is each track's person (null = default_strategy)
     default_strategy: str   # for tracks the selection table does not list: largest | left | right | top | ...
+    identity: str           # who is who over the whole video: arcface | colour-texture | online (kitlib.faces.identity)
+    identity_weights: str | None  # arcface: w600k_r50.onnx or the buffalo_l folder; null = online rule (reported)
     max_gap: int            # bridge detection gaps up to this many frames; longer = face missing
     follow_max_frames: int  # follow a face lost at the frame border for up to this many frames (0 = off)
     follow_min_visible: float     # stop following when less of the box than this lies inside the frame

@@ -72,3 +72,14 @@ def test_exported_boxes_carry_the_landmarks_back_into_the_boxes_detector(tmp_pat
     assert np.isnan(landmarks_of(found[1])).all()
     older = detector.for_video("v2").detect(None, frame_index=np.array([1]))[0]
     assert len(older) == 1 and np.isnan(landmarks_of(older)).all()
+
+
+def test_face_identity_from_params_names_the_online_fallback(tmp_path):
+    embedder, method = s03.face_identity(_cfg(tmp_path))
+    assert embedder is None and method == "online (no arcface weights)"    # the default: arcface, no weights here
+    embedder, method = s03.face_identity(_cfg(tmp_path, "faces.identity=colour-texture"))
+    assert embedder.name == method == "colour-texture"
+    with pytest.raises(FileNotFoundError, match=r"'arcface'.*w600k_r50\.onnx"):
+        s03.face_identity(_cfg(tmp_path, f"faces.identity_weights={tmp_path / 'buffalo_l'}"))
+    with pytest.raises(ValueError, match="valid"):
+        s03.face_identity(_cfg(tmp_path, "faces.identity=facenet"))

@@ -32,6 +32,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from kitlib.faces.detectors import LANDMARK_NAMES, as_detections, landmarks_of
+from kitlib.faces.identity import (IDENTITY_STRATEGIES, FaceEmbedder, IdentitySettings, identity_method,
+                                   identity_stats, plan_video)
 from kitlib.faces.selection import OPPOSITE_DROPS, check_strategy, opposite, preference
 from kitlib.faces.tracking import FaceTrack, FaceTracker, FollowSettings, box_iou, bridge_gaps
 
@@ -54,6 +56,15 @@ class AssignSettings:
 
 
 THUMB = 8  # side of the appearance thumbnail, pixels
+
+
+def usable_faces(faces: np.ndarray, *, min_rel_area: float) -> np.ndarray:
+    """One frame's detections (k, 15) without boxes of no area or smaller than ``min_rel_area`` x the largest."""
+    faces = as_detections(faces)
+    if not len(faces):
+        return faces
+    area = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
+    return faces[(area > 0) & (area >= min_rel_area * area.max(initial=0.0))]
 
 
 def appearance(frame: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -85,7 +96,8 @@ class JointTracker:
     """
 
     def __init__(self, *, frame_size: tuple[int, int], strategies: Sequence[str],
-                 settings: AssignSettings | None = None, follow: FollowSettings | None = None):
+                 settings: AssignSettings | None = None, follow: FollowSettings | None = None,
+                 record_picks: bool = False):
         self.frame_size = frame_size
         self.strategies = [check_strategy(s) for s in strategies]
         self.settings = settings or AssignSettings()
@@ -96,6 +108,10 @@ class JointTracker:
         self.identity_switches = np.zeros(len(self.strategies), np.int64)
         self._last_box: list[np.ndarray | None] = [None] * len(self.strategies)   # last box, kept across misses
         self._age = np.zeros(len(self.strategies), np.int64)                     # frames since that box
+        self.by_identity = np.zeros(len(self.strategies), np.int64)   # picks of the track's person (identity owners)
+        self.by_position = np.zeros(len(self.strategies), np.int64)   # picks of a free face (the online rule)
+        self.record_picks = record_picks
+        self._picks: list[np.ndarray] = []                             # per frame (T,) face index taken, -1: none
 
     def _previous(self, t: int) -> np.ndarray | None:
         """Track ``t``'s box on the previous frame, else its last box if at most ``reacquire_frames`` old."""
@@ -104,8 +120,9 @@ class JointTracker:
             return live
         return self._last_box[t] if self._age[t] <= self.settings.reacquire_frames else None
 
-    def _scores(self, faces: np.ndarray, looks: np.ndarray | None) -> np.ndarray:
-        """(T, k) score of giving face f to track t; -inf where the track may not take it."""
+    def _scores(self, faces: np.ndarray, looks: np.ndarray | None, owners: np.ndarray | None = None) -> np.ndarray:
+        """(T, k) score of giving face f to track t; -inf where the track may not take it. ``owners`` (k,):
+        the track each face belongs to by identity (``kitlib.faces.identity``), -1: free (the online rule)."""
         s = self.settings
         k = len(faces)
         area = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
@@ -128,10 +145,14 @@ class JointTracker:
                 reid = ~np.isfinite(scores[t]) & (match >= s.reid_min)   # ruled out by position, but it is the person
                 scores[t, reid] = 1.0 - len(ranked) / k
                 scores[t] += s.appearance_weight * match
+        if owners is not None:   # identity decided over the whole video outranks position and continuity
+            for t in range(len(self.strategies)):
+                scores[t, (owners >= 0) & (owners != t)] = -np.inf
+                scores[t, owners == t] = 4.0
         return scores
 
-    def _step(self, faces: np.ndarray | None,
-              frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _step(self, faces: np.ndarray | None, frame: np.ndarray | None,
+              owners: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One frame: boxes (T, 4) NaN where none, followed (T,) bool, landmarks (T, 5, 2) of the picked
         detections (NaN where none was picked)."""
         n_tracks = len(self.strategies)
@@ -139,23 +160,29 @@ class JointTracker:
         followed = np.zeros(n_tracks, bool)
         landmarks = np.full((n_tracks, len(LANDMARK_NAMES), 2), np.nan, np.float32)
         if faces is None:  # not looked at: the tracks wait for the next detection
+            if self.record_picks:
+                self._picks.append(np.full(n_tracks, -1, np.int64))
             return boxes, followed, landmarks
-        faces = as_detections(faces)
-        if len(faces):
-            area = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
-            faces = faces[(area > 0) & (area >= self.settings.min_rel_area * area.max(initial=0.0))]
+        faces = usable_faces(faces, min_rel_area=self.settings.min_rel_area)
+        if owners is not None and len(owners) != len(faces):
+            raise ValueError(f"identity owners for {len(owners)} faces, but the frame has {len(faces)} usable faces")
         picks: list[int | None] = [None] * n_tracks
         looks = appearance(frame, faces) if frame is not None and len(faces) else None
         if len(faces):
-            scores = self._scores(faces, looks)
+            scores = self._scores(faces, looks, owners)
             finite = np.isfinite(scores)
             rows, cols = linear_sum_assignment(np.where(finite, -scores, 1e6))
             for t, f in zip(rows, cols):
                 if finite[t, f]:
                     picks[t] = int(f)
         s = self.settings
+        if self.record_picks:
+            self._picks.append(np.array([-1 if f is None else f for f in picks], np.int64))
         for t, tracker in enumerate(self.trackers):
             f = picks[t]
+            if f is not None and owners is not None:
+                self.by_identity[t] += int(owners[f] == t)
+                self.by_position[t] += int(owners[f] != t)
             if f is not None and looks is not None:
                 previous = self._previous(t)
                 continuing = previous is not None and box_iou(faces[f:f + 1], previous)[0] >= s.iou_keep
@@ -174,12 +201,13 @@ class JointTracker:
                 self._last_box[t], self._age[t] = box, 0
         return boxes, followed, landmarks
 
-    def update(self, detections: Sequence[np.ndarray | None],
-               frames: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def update(self, detections: Sequence[np.ndarray | None], frames: np.ndarray | None = None,
+               owners: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Picks for a batch of frames: boxes (T, B, 4) float32 (NaN: no face for that track), followed
         (T, B) bool and the picked detections' landmarks (T, B, 5, 2) float32 (NaN where the track took
         no detection: no face, followed, or a detector without landmarks); ``frames`` (B, H, W, 3)
-        uint8 RGB give appearance and following."""
+        uint8 RGB give appearance and following; ``owners`` (per frame (k,) over the ``usable_faces``):
+        the track each face belongs to by identity (``IdentityPlan.owners``), -1 where position decides."""
         if frames is not None and len(frames) != len(detections):
             raise ValueError(f"{len(frames)} frames but {len(detections)} detection lists")
         n_tracks, n_frames = len(self.strategies), len(detections)
@@ -187,8 +215,15 @@ class JointTracker:
         followed = np.zeros((n_tracks, n_frames), bool)
         landmarks = np.full((n_tracks, n_frames, len(LANDMARK_NAMES), 2), np.nan, np.float32)
         for i, faces in enumerate(detections):  # light loop: each frame's assignment depends on the previous one
-            boxes[:, i], followed[:, i], landmarks[:, i] = self._step(faces, frames[i] if frames is not None else None)
+            boxes[:, i], followed[:, i], landmarks[:, i] = self._step(
+                faces, frames[i] if frames is not None else None, owners[i] if owners is not None else None)
         return boxes, followed, landmarks
+
+    def pop_picks(self) -> list[np.ndarray]:
+        """Per frame since the last call, (T,) the index of the usable face each track took (-1: none);
+        recorded only with ``record_picks``."""
+        picks, self._picks = self._picks, []
+        return picks
 
 
 def overlap_frames(tracks: Sequence[FaceTrack], *, min_iou: float = 0.3) -> np.ndarray:
@@ -216,20 +251,35 @@ def overlap_frames(tracks: Sequence[FaceTrack], *, min_iou: float = 0.3) -> np.n
 
 def track_video(detections: Sequence[np.ndarray | None], *, frame_size: tuple[int, int], strategies: Sequence[str],
                 max_gap: int, frames: np.ndarray | None = None, follow: FollowSettings | None = None,
-                settings: AssignSettings | None = None) -> tuple[list[FaceTrack], list[dict[str, int]]]:
+                settings: AssignSettings | None = None, embedder: FaceEmbedder | None = None,
+                identity: IdentitySettings | None = None) -> tuple[list[FaceTrack], list[dict]]:
     """The face tracks of ALL annotation files of one video, assigned jointly, gaps bridged.
 
     ``detections``: per frame a (k, 15) array, or None where the detector did not look (those
     frames, when bridged, are INTERPOLATED); ``strategies``: one per track; ``frames`` (N, H, W, 3)
-    uint8 RGB for appearance and following. Returns one ``FaceTrack`` per strategy (with the picked
-    detections' landmarks) and per track ``{"identity_switches", "overlap"}``.
+    uint8 RGB for appearance and following. With an ``embedder`` (``kitlib.faces.identity``) and
+    ``frames``, positional tracks follow the person decided over the whole video (``plan_video``).
+    Returns one ``FaceTrack`` per strategy (with the picked detections' landmarks) and per track
+    ``{"identity_switches", "overlap"}`` plus the identity report (``identity_stats``).
     """
-    tracker = JointTracker(frame_size=frame_size, strategies=strategies, settings=settings, follow=follow)
-    boxes, followed, landmarks = tracker.update(detections, frames)
+    s = settings or AssignSettings()
+    plan = None
+    if embedder is not None and frames is not None and any(x in IDENTITY_STRATEGIES for x in strategies):
+        from kitlib.faces.video import FrameBatch
+
+        batch = FrameBatch(index=np.arange(1, len(frames) + 1), times_s=np.zeros(len(frames)), frames=frames)
+        plan = plan_video([batch], detect=lambda _: list(detections), embedder=embedder, strategies=strategies,
+                          frame_size=frame_size, usable=lambda f: usable_faces(f, min_rel_area=s.min_rel_area),
+                          online=lambda: JointTracker(frame_size=frame_size, strategies=strategies, settings=s,
+                                                      record_picks=True), settings=identity)
+    tracker = JointTracker(frame_size=frame_size, strategies=strategies, settings=s, follow=follow,
+                           record_picks=plan is not None)
+    boxes, followed, landmarks = tracker.update(detections, frames, plan.owners if plan is not None else None)
     skipped = np.array([d is None for d in detections], bool)
     tracks = [bridge_gaps(boxes[t], max_gap=max_gap, followed=followed[t], skipped=skipped, landmarks=landmarks[t])
               for t in range(len(strategies))]
     overlap = overlap_frames(tracks, min_iou=tracker.settings.overlap_iou)
-    stats = [dict(identity_switches=int(tracker.identity_switches[t]), overlap=int(overlap[t]))
+    report = identity_stats(plan, tracker, method=identity_method(embedder, "online"), strategies=strategies)
+    stats = [dict(identity_switches=int(tracker.identity_switches[t]), overlap=int(overlap[t]), **report[t])
              for t in range(len(strategies))]
     return tracks, stats

@@ -13,6 +13,9 @@ can be scored on what the synthetic demo faces cannot show:
 6. ``cross``: Hopper alone, starting just right of the centre and walking into the left half (the
    issue's reproduction: separate ``_left`` / ``_right`` trackers both take her).
 
+``joined_clip`` is a second clip for identity decided over the whole video: Collins alone right of
+the centre, then (after a cut) on the left beside Hopper, then (another cut) Hopper alone on the left.
+
 The true boxes are the faces' boxes in the photos (hand-checked, WIDER FACE convention: forehead
 to chin), moved and scaled with the paste; they extend past the frame where a face crosses it.
 """
@@ -89,12 +92,46 @@ def _paste(canvas: np.ndarray, person: str, photo: np.ndarray, *, centre: tuple[
                      ox + (x2 - rx0) * scale, oy + (y2 - ry0) * scale], np.float32)
 
 
-def photo_clip(*, size: tuple[int, int] = (640, 360), seed: int = 0) -> PhotoClip:
-    """The five-segment clip (165 frames at 640x360 by default); see the module docstring."""
-    rng = np.random.default_rng(seed)
+def _render(plan: list[tuple[str, dict[str, tuple[float, float, float]]]], *, size: tuple[int, int],
+            rng: np.random.Generator) -> PhotoClip:
+    """Frames and true boxes of a ``plan``: per frame (segment, person -> (centre x, centre y, face height))."""
     width, height = size
     photos = {p: _photo(p) for p in PEOPLE}
     background = _background(rng, size)
+    frames = np.empty((len(plan), height, width, 3), np.uint8)
+    boxes = np.full((len(plan), len(PEOPLE), 4), np.nan, np.float32)
+    for i, (_, people) in enumerate(plan):
+        canvas = background.copy()
+        for person, (cx, cy, face_h) in people.items():
+            boxes[i, PEOPLE.index(person)] = _paste(canvas, person, photos[person], centre=(cx, cy), face_height=face_h)
+        noise = rng.normal(0, 3, canvas.shape)   # sensor noise: no two frames identical
+        frames[i] = np.clip(canvas + noise, 0, 255).astype(np.uint8)
+    return PhotoClip(frames=frames, boxes=boxes, segment=np.array([s for s, _ in plan]))
+
+
+def joined_clip(*, size: tuple[int, int] = (640, 360), seed: int = 0) -> PhotoClip:
+    """The identity clip (110 frames): who is ``_left`` / ``_right`` must come from the person, not the side.
+
+    1. ``alone``: Collins alone right of the centre (the online rule gives her to ``_right``);
+    2. ``together``: a cut, then Collins on the LEFT and Hopper on the right (so Collins is ``_left``);
+    3. ``hopper_alone``: a cut, then Hopper alone left of the centre (she is still ``_right``).
+    The cuts break box continuity: only appearance links a person across them.
+    """
+    width, height = size
+    plan: list[tuple[str, dict[str, tuple[float, float, float]]]] = []
+    for t in range(40):
+        plan.append(("alone", {"collins": (0.62 * width + t, 0.45 * height, 0.34 * height)}))
+    for t in range(40):
+        plan.append(("together", {"collins": (0.28 * width + t, 0.45 * height, 0.32 * height),
+                                  "hopper": (0.74 * width - t, 0.5 * height, 0.36 * height)}))
+    for t in range(30):
+        plan.append(("hopper_alone", {"hopper": (0.38 * width - t, 0.5 * height, 0.38 * height)}))
+    return _render(plan, size=size, rng=np.random.default_rng(seed))
+
+
+def photo_clip(*, size: tuple[int, int] = (640, 360), seed: int = 0) -> PhotoClip:
+    """The five-segment clip (165 frames at 640x360 by default); see the module docstring."""
+    width, height = size
     plan: list[tuple[str, dict[str, tuple[float, float, float]]]] = []   # segment, person -> (cx, cy, face h)
     for t in range(30):
         plan.append(("moving", {"hopper": (0.25 * width + 6 * t, 0.5 * height, 0.30 * height + 2 * t)}))
@@ -108,12 +145,4 @@ def photo_clip(*, size: tuple[int, int] = (640, 360), seed: int = 0) -> PhotoCli
         plan.append(("left_exit", {"collins": (0.3 * width - 9 * t, 0.45 * height, 0.35 * height)}))
     for t in range(30):
         plan.append(("cross", {"hopper": (0.55 * width - 6 * t, 0.5 * height, 0.36 * height)}))
-    frames = np.empty((len(plan), height, width, 3), np.uint8)
-    boxes = np.full((len(plan), len(PEOPLE), 4), np.nan, np.float32)
-    for i, (_, people) in enumerate(plan):
-        canvas = background.copy()
-        for person, (cx, cy, face_h) in people.items():
-            boxes[i, PEOPLE.index(person)] = _paste(canvas, person, photos[person], centre=(cx, cy), face_height=face_h)
-        noise = rng.normal(0, 3, canvas.shape)   # sensor noise: no two frames identical
-        frames[i] = np.clip(canvas + noise, 0, 255).astype(np.uint8)
-    return PhotoClip(frames=frames, boxes=boxes, segment=np.array([s for s, _ in plan]))
+    return _render(plan, size=size, rng=np.random.default_rng(seed))

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
 __all__ = ['notebook_config', 'start', 'data_index', 'frame_labels', 'read_report', 'follow_settings',
-           'face_detector', 'face_selection',
+           'face_detector', 'face_selection', 'face_identity',
            'extract_visual', 'export_boxes', 'state_store', 'official_crop_store', 'crop_scale_probe',
            'OFFICIAL_CROP']
 
@@ -67,15 +67,28 @@ def face_selection(cfg: Config) -> dict[str, str]:
     return read_selection(cfg.path(cfg.faces.selection))
 
 
+def face_identity(cfg: Config, dev: torch.device | None = None):
+    """``faces.identity`` as (embedder or None, the name the report gives to what decided): ArcFace from
+    ``faces.identity_weights`` (null: None, the online rule, "online (no arcface weights)"), the
+    ``colour-texture`` fallback, or ``online``. Missing weights fail here, before any video is decoded."""
+    from kitlib.faces.identity import build_embedder, identity_method
+
+    f = cfg.faces
+    weights = cfg.path(f.identity_weights) if f.identity_weights else None
+    embedder = build_embedder(f.identity, weights=weights, device=dev or device(cfg))
+    return embedder, identity_method(embedder, f.identity)
+
+
 def _face_args(cfg: Config) -> dict:
     """The face-tracking keyword arguments of ``extract_visual_features`` from ``faces.*``."""
     if cfg.faces.detect_every < 1:
         raise ValueError(f"faces.detect_every must be >= 1, got {cfg.faces.detect_every}")
     # crop_centre_fraction: the authors save s·max(w, h) crops, then Resize(256) + CenterCrop(224)
     scales = [s * cfg.faces.crop_centre_fraction for s in cfg.faces.crop_scales]
+    embedder, method = face_identity(cfg)
     return dict(crop_scales=scales, max_gap=cfg.faces.max_gap, follow=follow_settings(cfg),
                 decode_batch=cfg.faces.decode_batch, selection=face_selection(cfg),
-                default_strategy=cfg.faces.default_strategy)
+                default_strategy=cfg.faces.default_strategy, identity=embedder, identity_method=method)
 
 
 def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Track] | None = None,

@@ -28,8 +28,9 @@ import torch
 from kitlib.data import Track
 from kitlib.faces import (BRIDGED, DETECTED, FOLLOWED, MISSING, FaceDetector, FaceTrack, FollowSettings, bridge_gaps,
                           crop_faces, normalize)
-from kitlib.faces.assign import AssignSettings, JointTracker, overlap_frames
+from kitlib.faces.assign import AssignSettings, JointTracker, overlap_frames, usable_faces
 from kitlib.faces.detectors import detector_record
+from kitlib.faces.identity import IDENTITY_COLUMNS, IDENTITY_STRATEGIES, FaceEmbedder, identity_stats, plan_video
 from kitlib.faces.selection import strategies_of
 from kitlib.faces.tracking import INTERPOLATED
 from kitlib.faces.video import FrameBatch, VideoError, VideoInfo, iter_frames, probe
@@ -40,8 +41,8 @@ log = logging.getLogger(__name__)
 
 
 REPORT_COLUMNS: tuple[str, ...] = ("txtid", "videoid", "video", "strategy", "frames", "detected", "followed",
-                                   "bridged", "interpolated", "missing", "identity_switches", "overlap", "status",
-                                   "seconds")
+                                   "bridged", "interpolated", "missing", "identity_switches", "overlap",
+                                   *IDENTITY_COLUMNS, "status", "seconds")
 OFFICIAL_REPORT_COLUMNS: tuple[str, ...] = ("txtid", "frames", "images", "unreadable", "missing", "status",
                                             "problems", "seconds")
 
@@ -165,22 +166,40 @@ class _VideoPass:
     started: float
     identity_switches: np.ndarray   # per track (JointTracker)
     overlap_iou: float              # boxes of two tracks overlapping more than this count as an overlap frame
+    identity: list[dict[str, Any]]  # per track, the IDENTITY_COLUMNS (kitlib.faces.identity.identity_stats)
 
 
 def _track_and_encode(tracks: list[Track], *, detector: FaceDetector, max_gap: int, follow: FollowSettings | None,
                       decode_batch: int, device: torch.device, frames_bar: tqdm, strategies: list[str],
                       assign: AssignSettings | None = None, detect_every: int = 1,
                       batches: Iterable[FrameBatch] | None = None, info: VideoInfo | None = None,
+                      identity: FaceEmbedder | None = None, identity_method: str = "online",
                       **encode_args) -> _VideoPass:
     """Decode one video once (or read its ``batches``, decoded ahead with ``info``), detect, track all of
     its ``tracks`` jointly (``JointTracker``: no two take one face on a frame) and encode the face crops;
-    the features stay in the returned states."""
+    the features stay in the returned states. With an ``identity`` embedder and a positional track,
+    a first pass decodes, detects and embeds the whole video (``kitlib.faces.identity.plan_video``) and
+    the second follows each track's person; else ``identity_method`` names the online rule in the report."""
     started = time.perf_counter()
     video_path = tracks[0].video_path
     info = info or probe(video_path)
     video_detector = detector.for_video(tracks[0].videoid)
     states = [_TrackFeatures(track=t, strategy=s) for t, s in zip(tracks, strategies)]
-    joint = JointTracker(frame_size=(info.width, info.height), strategies=strategies, settings=assign, follow=follow)
+    frame_size = (info.width, info.height)
+    plan = None
+    if identity is not None and any(s in IDENTITY_STRATEGIES for s in strategies):
+        settings = assign or AssignSettings()
+        frames_bar.reset(total=info.n_frames)
+        frames_bar.set_description(f"{tracks[0].videoid} identity")
+        plan = plan_video(iter_frames(video_path, batch_size=decode_batch),
+                          detect=lambda batch: _detect(video_detector, batch, detect_every), embedder=identity,
+                          strategies=strategies, frame_size=frame_size,
+                          usable=lambda faces: usable_faces(faces, min_rel_area=settings.min_rel_area),
+                          online=lambda: JointTracker(frame_size=frame_size, strategies=strategies, settings=settings,
+                                                      record_picks=True),
+                          progress=frames_bar.update)
+    joint = JointTracker(frame_size=frame_size, strategies=strategies, settings=assign, follow=follow,
+                         record_picks=plan is not None)
     frames_bar.reset(total=info.n_frames)
     frames_bar.set_description(tracks[0].videoid)
     buffer: list[FrameBatch] = []
@@ -189,9 +208,17 @@ def _track_and_encode(tracks: list[Track], *, detector: FaceDetector, max_gap: i
     n_seen = n_done = 0
     for batch in iter_frames(video_path, batch_size=decode_batch) if batches is None else batches:
         # found ahead by a decode worker (every frame), or now (every detect_every-th frame)
-        detections = list(batch.detections) if batch.detections is not None else \
-            _detect(video_detector, batch, detect_every)
-        picks, followed, landmarks = joint.update(detections, batch.frames)
+        owners = None
+        if plan is not None:   # the first pass's detections, and whose face each one is
+            if int(batch.index[-1]) > len(plan.detections):
+                raise VideoError(video_path, f"decoded {int(batch.index[-1])} frames, {len(plan.detections)} in the "
+                                             f"identity pass")
+            detections = [plan.detections[i - 1] for i in batch.index]
+            owners = [plan.owners[i - 1] for i in batch.index]
+        else:
+            detections = list(batch.detections) if batch.detections is not None else \
+                _detect(video_detector, batch, detect_every)
+        picks, followed, landmarks = joint.update(detections, batch.frames, owners)
         for i, state in enumerate(states):
             state.picks.append(picks[i])
             state.followed.append(followed[i])
@@ -211,7 +238,8 @@ def _track_and_encode(tracks: list[Track], *, detector: FaceDetector, max_gap: i
                    **encode_args)
     return _VideoPass(video_path=video_path, states=states, n_seen=n_seen, times_s=np.concatenate(times),
                       started=started, identity_switches=np.asarray(joint.identity_switches),
-                      overlap_iou=joint.settings.overlap_iou)
+                      overlap_iou=joint.settings.overlap_iou,
+                      identity=identity_stats(plan, joint, method=identity_method, strategies=strategies))
 
 
 def _save_tracks(done: _VideoPass, store: FeatureStore) -> list[dict[str, Any]]:
@@ -237,12 +265,15 @@ def _save_tracks(done: _VideoPass, store: FeatureStore) -> list[dict[str, Any]]:
         if overlap[i]:
             log.warning("%s: its face box overlaps another track's of the same video on %d frames",
                         state.track.txtid, int(overlap[i]))
+        if done.identity[i]["identity_warning"]:
+            log.warning("%s: %s (reports/visual_extraction.csv, identity_warning)", state.track.txtid,
+                        done.identity[i]["identity_warning"])
         rows.append(dict(txtid=state.track.txtid, videoid=state.track.videoid, video=str(video_path),
                          strategy=state.strategy, frames=n_seen, detected=int(counts[DETECTED]),
                          followed=int(counts[FOLLOWED]), bridged=int(counts[BRIDGED]),
                          interpolated=int(counts[INTERPOLATED]), missing=int(counts[MISSING]),
                          identity_switches=int(done.identity_switches[i]), overlap=int(overlap[i]),
-                         status="ok" if found else "no face", seconds=round(time.perf_counter() - done.started, 2)))
+                         **done.identity[i], status="ok" if found else "no face", seconds=round(time.perf_counter() - done.started, 2)))
     return rows
 
 
@@ -284,7 +315,8 @@ def _visual_report(rows: list[dict[str, Any]], store: FeatureStore, *, manifest:
                    settings: dict[str, Any]) -> pd.DataFrame:
     """The run report (``REPORT_COLUMNS``), its log line, and the store manifest (``manifest`` + ``settings``)."""
     report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
-    for col in ("frames", "detected", "followed", "bridged", "interpolated", "missing", "identity_switches", "overlap"):
+    for col in ("frames", "detected", "followed", "bridged", "interpolated", "missing", "identity_switches", "overlap",
+                "person", "by_identity", "by_position", "switches_avoided", "frames_changed"):
         report[col] = report[col].astype("Int64")
     n_ok = int((report["status"] == "ok").sum())
     n_noface = int((report["status"] == "no face").sum())
@@ -293,20 +325,27 @@ def _visual_report(rows: list[dict[str, Any]], store: FeatureStore, *, manifest:
     log.info("visual features: %d tracks saved (%d of them without any face), %d skipped (done), %d failed; "
              "%d frames, %d with a face", n_ok + n_noface, n_noface, skipped, n_err, int(report["frames"].sum()),
              int((report["detected"] + report["followed"] + report["bridged"] + report["interpolated"]).sum()))
+    if report["by_identity"].sum() > 0:
+        log.info("face identity: %d picks of the track's person decided over the whole video, %d by position; "
+                 "%d person switches of the online rule avoided; %d tracks with persons too close to tell apart",
+                 int(report["by_identity"].sum()), int(report["by_position"].sum()),
+                 int(report["switches_avoided"].sum()), int((report["identity_warning"].fillna("") != "").sum()))
     store.write_manifest({**manifest, **settings})
     return report
 
 
 def _visual_settings(*, crop_scales: Sequence[float], image_size: int, detector: FaceDetector, dim: int,
                      detect_every: int, default_strategy: str, assign: AssignSettings | None, max_gap: int,
-                     follow: FollowSettings | None, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
+                     follow: FollowSettings | None, mean: Sequence[float], std: Sequence[float],
+                     identity: str = "online") -> dict[str, Any]:
     """What the store manifest records about how the features were made (both extractors)."""
     return {"crop_scales": list(crop_scales), "image_size": image_size,
             "detector": getattr(detector, "name", type(detector).__name__), "feature_dim": dim,
             "detector_settings": detector_record(detector), "detect_every": detect_every,
             "default_strategy": default_strategy,
             "assign": vars(assign) if assign is not None else vars(AssignSettings()),
-            "max_gap": max_gap, "follow": None if follow is None else vars(follow), "mean": list(mean), "std": list(std)}
+            "max_gap": max_gap, "follow": None if follow is None else vars(follow), "mean": list(mean), "std": list(std),
+            "identity": identity}
 
 
 def _strategies(todo: list[Track], selection: Mapping[str, str] | None, default_strategy: str) -> list[str]:
@@ -321,6 +360,7 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
                             dtype: torch.dtype = torch.float32, decode_batch: int = 128,
                             selection: Mapping[str, str] | None = None, default_strategy: str = "largest",
                             assign: AssignSettings | None = None, detect_every: int = 1,
+                            identity: FaceEmbedder | None = None, identity_method: str = "online",
                             manifest: dict[str, Any]) -> pd.DataFrame:
     """Multi-scale face features (eqs. 6-7) for every track, saved in ``store``; returns the run report.
 
@@ -336,6 +376,8 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
     says which face is each track's person (unlisted: the ``_left`` / ``_right`` side, else
     ``default_strategy``); all tracks of a video are assigned jointly (``assign``). The detector runs
     on every ``detect_every``-th frame; frames between are INTERPOLATED (bridged within ``max_gap``).
+    ``identity`` (``kitlib.faces.identity``; None: the online rule, named ``identity_method`` in the
+    report): positional tracks follow the person decided over the whole video (a first pass per video).
     Tracks already in the store are skipped (resume). A video that fails
     (undecodable, or any other error) gets "error: ..." rows and the run goes on; a track whose
     person is never found is saved all-masked with status "no face". Report columns:
@@ -361,7 +403,7 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
                 rows.extend(_extract_video(todo, store, detector=detector, max_gap=max_gap, follow=follow,
                                            decode_batch=decode_batch, device=device, frames_bar=frames_bar,
                                            strategies=strategies, assign=assign, detect_every=detect_every,
-                                           **encode_args))
+                                           identity=identity, identity_method=identity_method, **encode_args))
             except Exception as exc:  # one bad video never stops the run; it is reported
                 if disk_full(exc):  # a full disk fails every later video too: stop at the first
                     raise
@@ -369,7 +411,8 @@ def extract_visual_features(tracks: Sequence[Track], store: FeatureStore, backbo
     frames_bar.close()
     return _visual_report(rows, store, manifest=manifest, settings=_visual_settings(
         crop_scales=crop_scales, image_size=image_size, detector=detector, dim=dim, detect_every=detect_every,
-        default_strategy=default_strategy, assign=assign, max_gap=max_gap, follow=follow, mean=mean, std=std))
+        default_strategy=default_strategy, assign=assign, max_gap=max_gap, follow=follow, mean=mean, std=std,
+        identity=identity.name if identity is not None else identity_method))
 
 
 def _read_official_crops(folder: Path, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -44,6 +44,7 @@ import torch
 from kitlib.data import Track
 from kitlib.faces import FaceDetector, FollowSettings, crop_faces, normalize
 from kitlib.faces.assign import AssignSettings
+from kitlib.faces.identity import FaceEmbedder
 from kitlib.faces.video import FrameBatch, VideoInfo, iter_frames, probe
 from kitlib.progress import tqdm
 from kitlib.store import FeatureStore, disk_full
@@ -210,6 +211,7 @@ def extract_visual_features_pipelined(
         pin_decoded: bool = False, detector_factory: Callable[[], FaceDetector] | None = None,
         selection: Mapping[str, str] | None = None, default_strategy: str = "largest",
         assign: AssignSettings | None = None, detect_every: int = 1,
+        identity: FaceEmbedder | None = None, identity_method: str = "online",
         stage_times: StageTimes | None = None) -> pd.DataFrame:
     """``extract.extract_visual_features`` with its stages overlapped (module docstring): the same
     arguments, files, report and manifest, plus ``decode_workers`` (videos decoded ahead in parallel;
@@ -282,6 +284,7 @@ def extract_visual_features_pipelined(
                                              decode_batch=decode_batch, device=device, frames_bar=frames_bar,
                                              strategies=_strategies(todo, selection, default_strategy),
                                              assign=assign, detect_every=detect_every,
+                                             identity=identity, identity_method=identity_method,
                                              batches=decoder.batches(device, times), info=info,
                                              encode=_encode_on_device, input_dtype=input_dtype, **encode_args)
                     event = _to_host(done, device)
@@ -304,4 +307,5 @@ def extract_visual_features_pipelined(
     times.track_encode -= times.wait_decode + times.upload
     return _visual_report(rows, store, manifest=manifest, settings=_visual_settings(
         crop_scales=crop_scales, image_size=image_size, detector=detector, dim=dim, detect_every=detect_every,
-        default_strategy=default_strategy, assign=assign, max_gap=max_gap, follow=follow, mean=mean, std=std))
+        default_strategy=default_strategy, assign=assign, max_gap=max_gap, follow=follow, mean=mean, std=std,
+        identity=identity.name if identity is not None else identity_method))
