@@ -211,6 +211,6 @@ def write_overlay(video: Path, frames: pd.DataFrame, out_path: Path, *, classes:
     found = frames["face_found"].to_numpy()
     boxes = frames[["x1", "y1", "x2", "y2"]].to_numpy()
     return overlay.write_overlay(video, out_path, probs=frames[list(classes)].fillna(0).to_numpy(), frame_index=index,
-                                 truth=np.full(int(index.max()), -1), pred=frames["label_id"].to_numpy(),
+                                 truth=None, pred=frames["label_id"].to_numpy(),
                                  boxes={int(f): boxes[i][None] for i, f in enumerate(index) if found[i]},
                                  max_frames=None)
