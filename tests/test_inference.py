@@ -211,3 +211,30 @@ def test_predict_command_reports_bad_videos_and_goes_on(demo_run, tmp_path, caps
     assert len(with_sound) == len(silent_frames)
     assert (silent_frames["source"][silent_frames["face_found"]] == "face").all()
     assert set(silent_frames["source"]) <= {"face", "filled"}
+
+
+def test_base_model_by_hub_id_from_the_local_cache(mini_bundle, tmp_path, monkeypatch):
+    """A bundle without its encoder finds it by hub id in the Hugging Face cache, checked by checksum."""
+    bundle = _copy(mini_bundle, tmp_path)
+    hub_id = "facebook/wav2vec2-large-960h-lv60"
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    encoder = manifest["audio"]["encoder"]
+    manifest["audio"]["encoder"] = {**encoder, "hub_id": hub_id, "included": False}
+    manifest["files"] = {k: v for k, v in manifest["files"].items() if not k.startswith("base/")}
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    copied = bundle / encoder["folder"]
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(BundleError, match="not in the local Hugging Face cache"):
+        Predictor.from_bundle(bundle, device="cpu")
+    snapshot = tmp_path / "cache" / "models--facebook--wav2vec2-large-960h-lv60" / "snapshots" / "abc123"
+    shutil.copytree(copied, snapshot)
+    shutil.rmtree(copied)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc123")
+    predictor = Predictor.from_bundle(bundle, device="cpu")
+    assert predictor.encoder.path == snapshot
+    with open(snapshot / "model.safetensors", "r+b") as fh:
+        fh.seek(-2, 2)
+        fh.write(b"\x07\x07")
+    with pytest.raises(BundleError, match=f"model.safetensors: changed since export .*audio encoder {hub_id}"):
+        Predictor.from_bundle(bundle, device="cpu")
