@@ -5,8 +5,10 @@
     abaw-kit weights fetch params/abaw10.yaml
     abaw-kit run params/abaw10.yaml params/local.yaml --stages 05-07
     abaw-kit compare outputs/*
+    abaw-kit export outputs/demo --out bundles/demo      # a finished run as a model bundle
+    abaw-kit predict bundles/demo clips/ --out predictions/ [--overlay]   # per-frame labels of any video
 
-Each word runs the module of the same name (``python -m kitlib.run`` ... work the same). Outside a
+Each word runs its module (``python -m kitlib.run``, ``python -m kitlib.tools.export`` ... work the same). Outside a
 checkout the kit works in the folder that holds ``params/`` (``init`` makes one; or set ``KIT_ROOT``).
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from importlib import import_module
 from pathlib import Path
 
 COMMANDS = {"run": "kitlib.run", "doctor": "kitlib.tools.doctor", "weights": "kitlib.tools.weights",
-            "compare": "kitlib.tools.compare"}
+            "compare": "kitlib.tools.compare", "export": "kitlib.tools.export", "predict": "kitlib.tools.predict"}
 KIT_FILES = ("params", "notebooks")       # what a run needs beside the package
 
 

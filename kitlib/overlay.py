@@ -31,9 +31,10 @@ def _strip(labels: np.ndarray, width: int, colours: list[tuple[int, int, int]]) 
     return np.repeat(lut[np.where(cols < 0, len(colours), cols)][None], STRIP, axis=0)
 
 
-def render_frame(frame: np.ndarray, *, boxes: np.ndarray, probs: np.ndarray | None, pred: int | None, truth: int,
+def render_frame(frame: np.ndarray, *, boxes: np.ndarray, probs: np.ndarray | None, pred: int | None, truth: int | None,
                  position: float, strips: np.ndarray, colours: list[tuple[int, int, int]]) -> np.ndarray:
-    """One output image (RGB): the frame with its boxes and labels over the probability panel and the strips."""
+    """One output image (RGB): the frame with its boxes and labels over the probability panel and the strips
+    (``truth`` None: a video without labels, no "true" line)."""
     scale = WIDTH / frame.shape[1]
     height = int(round(frame.shape[0] * scale / 2)) * 2
     top = cv2.resize(frame, (WIDTH, height), interpolation=cv2.INTER_AREA)
@@ -41,9 +42,12 @@ def render_frame(frame: np.ndarray, *, boxes: np.ndarray, probs: np.ndarray | No
         cv2.rectangle(top, (int(x1 * scale), int(y1 * scale)), (int(x2 * scale), int(y2 * scale)), (0, 255, 0), 2)
     font = cv2.FONT_HERSHEY_SIMPLEX
     said = "no prediction" if pred is None else f"predicted: {CLASSES[pred]} ({probs[pred]:.2f})"
-    true = "true: -" if truth < 0 else f"true: {CLASSES[truth]}"
-    ok = pred is not None and pred == truth
-    for y, text, colour in ((20, said, (255, 255, 255)), (42, true, (120, 255, 120) if ok else (255, 150, 150))):
+    lines = [(20, said, (255, 255, 255))]
+    if truth is not None:
+        ok = pred is not None and pred == truth
+        lines.append((42, "true: -" if truth < 0 else f"true: {CLASSES[truth]}",
+                      (120, 255, 120) if ok else (255, 150, 150)))
+    for y, text, colour in lines:
         cv2.putText(top, text, (8, y), font, 0.55, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(top, text, (8, y), font, 0.55, colour, 1, cv2.LINE_AA)
     panel = np.full((BAR_ROW * len(CLASSES) + 6, WIDTH, 3), 255, dtype=np.uint8)
@@ -52,7 +56,7 @@ def render_frame(frame: np.ndarray, *, boxes: np.ndarray, probs: np.ndarray | No
         cv2.putText(panel, name, (6, y + BAR_ROW - 4), font, 0.42, (40, 40, 40), 1, cv2.LINE_AA)
         length = 0 if probs is None else int(probs[k] * (WIDTH - 130))
         cv2.rectangle(panel, (100, y + 2), (100 + length, y + BAR_ROW - 3), colours[k], -1)
-        if k == truth:
+        if truth is not None and k == truth:
             cv2.rectangle(panel, (99, y + 1), (WIDTH - 29, y + BAR_ROW - 2), (0, 0, 0), 1)
     timeline = strips.copy()
     x = int(position * (WIDTH - 1))
@@ -61,24 +65,26 @@ def render_frame(frame: np.ndarray, *, boxes: np.ndarray, probs: np.ndarray | No
     return image[: image.shape[0] // 2 * 2]
 
 
-def write_overlay(video_path: Path, out_path: Path, *, probs: np.ndarray, frame_index: np.ndarray, truth: np.ndarray,
-                  pred: np.ndarray, boxes: dict[int, np.ndarray], start_frame: int = 1,
+def write_overlay(video_path: Path, out_path: Path, *, probs: np.ndarray, frame_index: np.ndarray,
+                  truth: np.ndarray | None, pred: np.ndarray, boxes: dict[int, np.ndarray], start_frame: int = 1,
                   max_frames: int | None = 300) -> Path:
     """Write the overlay MP4 of frames ``start_frame``.. (at most ``max_frames``) and its first frame as PNG.
 
     ``probs`` (N, C) and ``pred`` (N,) belong to the 1-based frames ``frame_index``; ``truth`` is per
-    frame (index 0 = frame 1); ``boxes`` maps a frame to its (k, 4) boxes in source pixels.
+    frame (index 0 = frame 1), or None for a video without labels (``abaw-kit predict``: no "true" line,
+    the prediction's strip alone); ``boxes`` maps a frame to its (k, 4) boxes in source pixels.
     """
     import av
 
     info = probe(video_path)
     colours = _palette()
     row_of = {int(f): i for i, f in enumerate(frame_index)}
-    full_pred = np.full(len(truth), -1)
-    inside = (frame_index >= 1) & (frame_index <= len(truth))
+    n_labels = info.n_frames if truth is None else len(truth)
+    full_pred = np.full(n_labels, -1)
+    inside = (frame_index >= 1) & (frame_index <= n_labels)
     full_pred[frame_index[inside] - 1] = pred[inside]
-    strips = np.vstack([_strip(truth, WIDTH, colours), np.full((2, WIDTH, 3), 255, np.uint8),
-                        _strip(full_pred, WIDTH, colours)])
+    strips = _strip(full_pred, WIDTH, colours) if truth is None else np.vstack(
+        [_strip(truth, WIDTH, colours), np.full((2, WIDTH, 3), 255, np.uint8), _strip(full_pred, WIDTH, colours)])
     last = info.n_frames if max_frames is None else min(info.n_frames, start_frame + max_frames - 1)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     first_png = out_path.with_suffix(".png")
@@ -94,7 +100,8 @@ def write_overlay(video_path: Path, out_path: Path, *, probs: np.ndarray, frame_
                 image = render_frame(frame, boxes=boxes.get(int(number), np.zeros((0, 4))),
                                      probs=None if row is None else probs[row],
                                      pred=None if row is None else int(pred[row]),
-                                     truth=int(truth[number - 1]) if number <= len(truth) else -1,
+                                     truth=None if truth is None else
+                                     int(truth[number - 1]) if number <= len(truth) else -1,
                                      position=(number - 1) / max(1, info.n_frames - 1), strips=strips, colours=colours)
                 if stream is None:
                     stream = container.add_stream("libx264", rate=round(info.fps) or 30)

@@ -64,7 +64,7 @@ def test_console_script_and_data_files_are_declared():
     assert shipped == {f"params/{p.name}" for p in (ROOT / "params").iterdir()
                        if p.suffix in (".yaml", ".csv") and p.name != "local.yaml"}
     assert data_files["share/abaw-expr-kit/notebooks"] == ["notebooks/*.ipynb"]
-    assert set(cli.COMMANDS) == {"run", "doctor", "weights", "compare"}
+    assert set(cli.COMMANDS) == {"run", "doctor", "weights", "compare", "export", "predict"}
 
 
 def test_requires_python_matches_the_pins():

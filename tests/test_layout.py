@@ -9,7 +9,7 @@ import pytest
 from kitlib import config
 
 KITLIB = config.repo_root() / "kitlib"
-DOMAIN = ("data", "faces", "visual", "audio", "fusion", "smoothing")
+DOMAIN = ("data", "faces", "visual", "audio", "fusion", "smoothing", "inference")
 WIRING = ("stages", "tools")
 SHIMS = ("pipeline.py", "distributed.py")   # moved names kept for one release (README "Moved")
 

@@ -1,5 +1,6 @@
 """The overlay MP4 of a track: H.264 of the asked length, first frame saved, labels and box drawn."""
 import av
+import cv2
 import numpy as np
 
 from kitlib import CLASSES, overlay
@@ -34,3 +35,21 @@ def test_render_frame_without_prediction_says_so():
     image = overlay.render_frame(np.zeros((96, 128, 3), np.uint8), boxes=np.zeros((0, 4)), probs=None, pred=None,
                                  truth=2, position=0.5, strips=strips, colours=colours)
     assert image.shape[1] == overlay.WIDTH and image.shape[0] % 2 == 0
+
+
+def test_overlay_of_a_video_without_labels_has_no_truth(demo_video, tmp_path):
+    """``truth=None`` (``abaw-kit predict``): no "true" line, one strip (the prediction's)."""
+    from kitlib.faces.video import probe
+
+    n = probe(demo_video).n_frames
+    frame_index = np.arange(1, n + 1)
+    probs = np.full((n, len(CLASSES)), 1 / len(CLASSES))
+    pred = np.full(n, 4)
+    with_truth = overlay.write_overlay(demo_video, tmp_path / "t.mp4", probs=probs, frame_index=frame_index,
+                                       truth=np.full(n, 4), pred=pred, boxes={}, max_frames=5)
+    without = overlay.write_overlay(demo_video, tmp_path / "n.mp4", probs=probs, frame_index=frame_index,
+                                    truth=None, pred=pred, boxes={}, max_frames=5)
+    a, b = (cv2.imread(str(p.with_suffix(".png"))) for p in (with_truth, without))
+    assert a.shape[0] - b.shape[0] in (overlay.STRIP + 2, overlay.STRIP + 1, overlay.STRIP + 3)   # one strip less
+    line = slice(int(42 - 14), int(42 + 6))                           # where the "true: ..." line is written
+    assert np.abs(a[line].astype(int) - b[line].astype(int)).max() > 100
