@@ -90,8 +90,6 @@ class AudioEncoder:
         device = pick_device(device) if isinstance(device, str) else torch.device(device)
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        if device.type == "cpu" and dtype == torch.float16:
-            raise ValueError("float16 autocast is CUDA-only; use bfloat16 or float32 on CPU")
         return cls(model=model.to(device).eval(), device=device, dtype=dtype, sampling_rate=int(sampling_rate),
                    do_normalize=bool(do_normalize),
                    geometry=FrameGeometry(tuple(config.conv_kernel), tuple(config.conv_stride)),
@@ -144,6 +142,45 @@ def load_audio_encoder(path: Path, *, device: torch.device | str = "cpu",
     log.info("audio encoder %s: %s, %d layers x %d, %.1fM params, do_normalize=%s, on %s/%s", path,
              model.config.model_type, encoder.num_layers, encoder.hidden_size,
              sum(p.numel() for p in model.parameters()) / 1e6, do_normalize, encoder.device, str(dtype))
+    return encoder
+
+
+# Full-size architectures a rehearsal builds with random weights (``audio.weights: random``): the
+# transformers config of each released checkpoint, written out here because nothing is downloaded.
+_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+RANDOM_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    # facebook/wav2vec2-large-960h-lv60(-self), the main system: layer-norm conv stack, pre-LN transformer
+    "wav2vec2-large-lv60": ("wav2vec2", {**_LARGE, "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+                                         "conv_bias": True}),
+    "wav2vec2-base": ("wav2vec2", {}),            # facebook/wav2vec2-base-960h: the library defaults
+    "wavlm-large": ("wavlm", {**_LARGE, "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+                              "conv_bias": False}),
+    "hubert-large": ("hubert", {**_LARGE, "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+                                "conv_bias": True}),
+}
+
+
+def random_encoder(arch: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   normalize: bool | None = None, seed: int = 0) -> AudioEncoder:
+    """The full-size ``arch`` (``RANDOM_ARCHS``) with RANDOM weights, built in memory from its config.
+
+    For rehearsals only (``audio.weights: random``): the real shapes, memory and time of the
+    encoder, features that mean nothing. ``normalize`` None = True (the feature extractor's default).
+    """
+    from transformers import HubertConfig, Wav2Vec2Config, WavLMConfig, AutoModel
+
+    if arch not in RANDOM_ARCHS:
+        raise ValueError(f"audio.random_arch {arch!r} unknown; valid: {', '.join(RANDOM_ARCHS)}")
+    kind, sizes = RANDOM_ARCHS[arch]
+    config = {"wav2vec2": Wav2Vec2Config, "wavlm": WavLMConfig, "hubert": HubertConfig}[kind](**sizes)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    encoder = AudioEncoder.from_model(model, device=device, dtype=dtype,
+                                      do_normalize=True if normalize is None else bool(normalize),
+                                      config_hash=f"random:{arch}")
+    log.warning("audio encoder %s with RANDOM weights (audio.weights: random): %d layers x %d, %.1fM params; "
+                "a rehearsal, its features carry no meaning", arch, encoder.num_layers, encoder.hidden_size,
+                sum(p.numel() for p in model.parameters()) / 1e6)
     return encoder
 
 
