@@ -131,15 +131,27 @@ def measure_size(factor: int, args: argparse.Namespace, work: Path) -> dict:
 
 
 def growth(sizes: list[dict]) -> dict:
-    """Per stage: largest / smallest size's ms per frame and peak RSS, and what that means."""
+    """Per stage, largest size against smallest: ms per frame (overall, which a fixed start-up cost makes
+    fall) and marginal ms per frame (the slope between the two largest sizes against the slope between
+    the two smallest: what each added frame costs, free of the start-up), and peak RSS. A stage is
+    superlinear when its marginal cost per frame grows more than 1.3x."""
     small, large = sizes[0], sizes[-1]
     out = {}
     for stage in STAGES:
         a, b = small["stages"][stage], large["stages"][stage]
-        per_frame = b["ms_per_frame"] / max(a["ms_per_frame"], 1e-9)
-        memory = b["peak_rss_anon_gib"] / max(a["peak_rss_anon_gib"], 1e-9)
-        out[stage] = {"ms_per_frame_ratio": round(per_frame, 2), "peak_rss_ratio": round(memory, 2),
-                      "superlinear": per_frame > 1.3}
+        row = {"ms_per_frame_ratio": round(b["ms_per_frame"] / max(a["ms_per_frame"], 1e-9), 2),
+               "peak_rss_ratio": round(b["peak_rss_anon_gib"] / max(a["peak_rss_anon_gib"], 1e-9), 2)}
+        if len(sizes) >= 3:
+            def slope(p: dict, q: dict) -> float:
+                return 1000 * (q["stages"][stage]["seconds"] - p["stages"][stage]["seconds"]) / (
+                    q["track_frames"] - p["track_frames"])
+            first, last = slope(sizes[0], sizes[1]), slope(sizes[-2], sizes[-1])
+            row.update(marginal_ms_per_frame_first=round(first, 3), marginal_ms_per_frame_last=round(last, 3),
+                       marginal_ratio=round(last / first, 2) if first > 0.05 else None)
+            row["superlinear"] = bool(first > 0.05 and last / first > 1.3)
+        else:
+            row["superlinear"] = row["ms_per_frame_ratio"] > 1.3
+        out[stage] = row
     return out
 
 
@@ -230,7 +242,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "scaling_cpu.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "images" / "scaling_cpu.png")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--replot", action="store_true", help="recompute the growth and the plot from --json")
     args = parser.parse_args()
+    if args.replot:
+        result = json.loads(args.json.read_text())
+        result["growth"] = growth(result["sizes"])
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["growth"], indent=1))
+        plot(result["sizes"], args.plot)
+        return
 
     print(machine_line("cpu"), flush=True)
     started = time.perf_counter()
@@ -247,8 +267,8 @@ def main() -> None:
             result["real_resolution"] = real_resolution(args, work)
     result["total_s"] = round(time.perf_counter() - started, 1)
     for stage, g in result["growth"].items():
-        print(f"  {stage:<20} ms/frame x{g['ms_per_frame_ratio']:<5} peak RSS x{g['peak_rss_ratio']:<5}"
-              + ("  SUPERLINEAR" if g["superlinear"] else ""))
+        print(f"  {stage:<20} ms/frame x{g['ms_per_frame_ratio']:<5} marginal x{g.get('marginal_ratio')!s:<5} "
+              f"peak RSS x{g['peak_rss_ratio']:<5}" + ("  SUPERLINEAR" if g["superlinear"] else ""))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"results: {args.json} (in {result['total_s']:.0f} s)")

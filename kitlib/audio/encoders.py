@@ -312,16 +312,20 @@ def _forward(encoder: AudioEncoder, samples: np.ndarray, last_k: LayerSelection)
                 if encoder.dtype != torch.float32 else nullcontext())
     with torch.inference_mode(), autocast:
         out = encoder.model(x, output_hidden_states=last_k is not None)
-        if last_k is None:
-            hidden = out.last_hidden_state[0]
-        elif isinstance(last_k, tuple):   # explicit 1-based layers: hidden_states[i] is after layer i
-            hidden = torch.stack([out.hidden_states[i][0].float() for i in last_k]).mean(0)
-        else:
-            # transformers 5 returns the pre-LN residual stream as the final entry of pre-LN stacks
-            # (wav2vec2-large); use last_hidden_state there so that k=1 is "last" on any version
-            stack = [*out.hidden_states[-last_k:-1], out.last_hidden_state] if last_k > 1 else [out.last_hidden_state]
-            hidden = torch.stack([h[0].float() for h in stack]).mean(0)
+        hidden = _select_layers(out, last_k)[0]
     return hidden.float().cpu()
+
+
+def _select_layers(out: Any, last_k: LayerSelection) -> torch.Tensor:
+    """The (B, T, D) float32 features of a forward's output for a layer selection (``parse_layers``)."""
+    if last_k is None:
+        return out.last_hidden_state.float()
+    if isinstance(last_k, tuple):   # explicit 1-based layers: hidden_states[i] is after layer i
+        return torch.stack([out.hidden_states[i].float() for i in last_k]).mean(0)
+    # transformers 5 returns the pre-LN residual stream as the final entry of pre-LN stacks
+    # (wav2vec2-large); use last_hidden_state there so that k=1 is "last" on any version
+    stack = [*out.hidden_states[-last_k:-1], out.last_hidden_state] if last_k > 1 else [out.last_hidden_state]
+    return torch.stack([h.float() for h in stack]).mean(0)
 
 
 def encode(waveform: np.ndarray, encoder: AudioEncoder, *, sample_rate: int = 16000, chunk_s: float = 30.0,
@@ -367,7 +371,7 @@ def encode(waveform: np.ndarray, encoder: AudioEncoder, *, sample_rate: int = 16
     return features, times
 
 
-def _forward_batch(encoder: AudioEncoder, chunks: list[np.ndarray], last_k: int | None) -> list[torch.Tensor]:
+def _forward_batch(encoder: AudioEncoder, chunks: list[np.ndarray], last_k: LayerSelection) -> list[torch.Tensor]:
     """``_forward`` of several chunks in one pass: each normalised on its own, zero-padded to the longest
     with an attention mask; per chunk its (frames, D) float32 features on the host."""
     if len(chunks) == 1:
@@ -386,11 +390,7 @@ def _forward_batch(encoder: AudioEncoder, chunks: list[np.ndarray], last_k: int 
     with torch.inference_mode(), autocast:
         out = encoder.model(x.to(encoder.device, non_blocking=True), attention_mask=mask.to(encoder.device),
                             output_hidden_states=last_k is not None)
-        if last_k is None:
-            hidden = out.last_hidden_state.float()
-        else:  # as in ``_forward``
-            stack = [*out.hidden_states[-last_k:-1], out.last_hidden_state] if last_k > 1 else [out.last_hidden_state]
-            hidden = torch.stack([h.float() for h in stack]).mean(0)
+        hidden = _select_layers(out, last_k)   # as in ``_forward``: explicit layers ("1-4") too
     hidden = hidden.cpu()  # one copy to the host per batch
     return [hidden[row, :encoder.geometry.n_frames(n)] for row, n in enumerate(lengths)]
 
