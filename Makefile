@@ -2,7 +2,7 @@
 # make test   set up (first time) and run the tests
 # make lab    open the repository in JupyterLab (notebooks/ and the runs' outputs/)
 # make hooks  keep notebook outputs out of git (pre-commit hook)
-# make rehearsal  abaw10 at real model sizes, random weights, on the CPU (~25 min; make test skips it)
+# make rehearsal  abaw10 at real model sizes, random weights, on the CPU (~1.5 h on 2 cores; make test skips it)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

@@ -1,7 +1,7 @@
 """The rehearsal (issue 23): params/abaw10.yaml + params/rehearsal.yaml, 01-07 at real model sizes with
 random weights on the generated release-shaped set, to a validated submission.
 
-About 25 minutes on 2 CPU cores (README, Tests), so it runs only when asked: ``make rehearsal``
+About 1 h 25 min on 2 shared CPU cores (README, Tests), so it runs only when asked: ``make rehearsal``
 (``KIT_REHEARSAL=1 pytest -m rehearsal``); ``make test`` skips it.
 """
 import json
@@ -13,12 +13,11 @@ import yaml
 from kitlib import config, run
 from kitlib.data import submission
 from kitlib.data.demo import release
-from kitlib.store import FeatureStore
 from kitlib.stages import common
 
 pytestmark = [pytest.mark.slow, pytest.mark.rehearsal,
               pytest.mark.skipif(os.environ.get("KIT_REHEARSAL") != "1",
-                                 reason="the rehearsal takes ~25 min on 2 cores: make rehearsal (KIT_REHEARSAL=1)")]
+                                 reason="the rehearsal takes ~1.5 h on 2 cores: make rehearsal (KIT_REHEARSAL=1)")]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def rehearsal(tmp_path_factory):
 
 def test_real_model_sizes_with_random_weights(rehearsal):
     cfg, run_dir = rehearsal
-    visual, audio = FeatureStore(run_dir / "features" / "visual", "visual"), FeatureStore(run_dir / "features" / "audio", "audio")
+    visual, audio = common.feature_store(cfg, "visual"), common.feature_store(cfg, "audio")
     assert visual.read_manifest()["feature_dim"] == 1024                  # ViT-L/14: Dv = 1024
     key = visual.keys()[0]
     assert audio.load(key)["features"].shape[1] == 1024                    # wav2vec 2.0 large: Da = 1024
