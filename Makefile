@@ -2,13 +2,14 @@
 # make test   set up (first time) and run the tests
 # make lab    open the repository in JupyterLab (notebooks/ and the runs' outputs/)
 # make hooks  keep notebook outputs out of git (pre-commit hook)
+# make rehearsal  abaw10 at real model sizes, random weights, on the CPU (~1.5 h on 2 cores; make test skips it)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/demo.yaml
 
-.PHONY: setup demo test test-fast lint lab hooks clean-demo
+.PHONY: setup demo test test-fast rehearsal lint lab hooks clean-demo
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ test: $(STAMP) lint
 
 test-fast: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not slow"
+
+rehearsal: $(STAMP)
+	KIT_REHEARSAL=1 $(BIN)/python -m pytest -m rehearsal tests/test_rehearsal.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check --select F,E9 kitlib tests benchmarks

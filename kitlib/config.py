@@ -35,6 +35,7 @@ class RunParams:
     outputs_root: str       # where run folders live
     seed: int               # seeds every RNG (kitlib.runtime.seed_everything)
     device: str             # auto | cpu | cuda | cuda:N
+    amp_on_cpu: bool        # each section's amp on the CPU too: the GPU's dtype path (tests, rehearsals)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class DemoParams:
     size: list[int]         # [width, height]
     sample_rate: int
     images_per_class: int   # the demo's class-per-folder face image set for Stage I
+    layout: str             # demo | release (the release's names, sizes, fps and files: kitlib.data.demo.release)
 
 
 @dataclass
@@ -92,7 +94,8 @@ class FacesParams:
 class Stage1Params:
     arch: str               # timm name: vit_{small,base,large,giant}_patch14_dinov2, beit_large_patch16_224, vit_large_patch14_clip_224
     arch_overrides: dict[str, Any]  # timm.create_model kwargs (the CPU demo shrinks depth/width)
-    weights: str | None     # local pretrained weights of that arch (file or folder); null = random init
+    weights: str | None     # local pretrained weights of that arch (file or folder); "random" = random weights on
+                            # purpose (a rehearsal, reported as such); null = random init (the demo)
     image_size: int         # backbone input size in pixels
     train: bool             # run Stage-I adaptation (false: use `checkpoint` or `weights` as they are)
     checkpoint: str | None  # an adapted backbone (.safetensors) made elsewhere
@@ -150,6 +153,8 @@ class VisualParams:
 class AudioParams:
     encoder: str            # local folder of a transformers audio encoder (wav2vec2 / WavLM / HuBERT)
     make_tiny_encoder: bool  # demo only: build a random-init tiny wav2vec2 at `encoder` if absent
+    weights: str            # pretrained (the `encoder` folder) | random (`random_arch` with random weights: a rehearsal)
+    random_arch: str        # the architecture built with weights: random (kitlib.audio.encoders.RANDOM_ARCHS)
     sample_rate: int
     chunk_s: float          # long audio is encoded in overlapping chunks of this length
     overlap_s: float
@@ -294,6 +299,17 @@ class Config:
         keeps its params."""
         return without_location(self.to_dict(), sections)
 
+    def random_weights(self) -> list[str]:
+        """The models this run builds with RANDOM weights on purpose (``stage1.weights: random``,
+        ``audio.weights: random``): a rehearsal whose scores mean nothing. The run's provenance and
+        summary name them, so nobody mistakes its outputs for a trained model's."""
+        out = []
+        if self.stage1.weights == RANDOM_WEIGHTS:
+            out.append(f"stage1.weights: random ({self.stage1.arch})")
+        if self.audio.weights == RANDOM_WEIGHTS:
+            out.append(f"audio.weights: random ({self.audio.random_arch})")
+        return out
+
     def path(self, value: str | os.PathLike) -> Path:
         """A params path made absolute: relative paths are relative to the repository root. A Hugging
         Face id (``facebook/dinov2-large``) that is no path here is its snapshot in the local cache."""
@@ -404,6 +420,10 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         else:
             kwargs[name] = float(value) if hint is float else value
     return cls(**kwargs)
+
+
+# the value of stage1.weights / audio.weights that builds a model with random weights on purpose (a rehearsal)
+RANDOM_WEIGHTS = "random"
 
 
 # mappings whose keys are free (keyword options passed through): replaced whole, never checked key by key

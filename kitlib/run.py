@@ -110,7 +110,8 @@ def provenance(cfg: config.Config, argv: list[str]) -> dict:
     return {"git_commit": git("rev-parse", "--verify", "-q", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
             "params_digest": cfg.digest(), "seed": cfg.run.seed, "python": sys.version.split()[0],
             "platform": platform.platform(), "packages": versions, "command": argv, "gpu": _gpu_info(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "random_weights": cfg.random_weights()}
 
 
 def _gpu_info() -> dict:

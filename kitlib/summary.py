@@ -77,6 +77,7 @@ def build(run_dir: Path) -> dict[str, Any]:
             "total_seconds": round(sum(s["seconds"] or 0 for s in stages), 1),
             "provenance": {k: prov.get(k) for k in ("git_commit", "git_dirty", "params_digest", "seed", "command",
                                                     "started", "gpu", "python")},
+            "random_weights": prov.get("random_weights") or [],
             "figures": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "figures").glob("*.png")),
             "notebooks": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "notebooks").glob("*.ipynb")),
             "logs": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "logs").glob("*.log")),
@@ -117,7 +118,7 @@ img{{max-width:520px;max-height:360px;border:1px solid #eee}}figcaption{{font-si
 <p>{esc(summary['run_dir'])} · commit <code>{esc(str(prov.get('git_commit')))}</code>{' (dirty tree)' if prov.get('git_dirty') else ''}
  · params digest <code>{esc(str(prov.get('params_digest')))}</code> · seed {esc(str(prov.get('seed')))}
  · <a href="params.yaml">params.yaml</a> · <a href="provenance.json">provenance.json</a></p>
-<h2>Headline</h2><table>{''.join(f'<tr><td>{k}</td><td>{v}</td></tr>' for k, v in rows)}</table>
+{_random_banner_html(summary)}<h2>Headline</h2><table>{''.join(f'<tr><td>{k}</td><td>{v}</td></tr>' for k, v in rows)}</table>
 <h2>Stages</h2><table><tr><th>stage</th><th>took</th><th>finished</th></tr>{stages}
 <tr><td><b>total</b></td><td><b>{_duration(summary['total_seconds'])}</b></td><td></td></tr></table>
 <p>Executed notebooks: {links(summary['notebooks'])}</p><p>Logs: {links(summary['logs'])}</p>
@@ -127,9 +128,23 @@ img{{max-width:520px;max-height:360px;border:1px solid #eee}}figcaption{{font-si
 """
 
 
+def random_weights_line(summary: dict[str, Any]) -> str:
+    """The warning a rehearsal's page and terminal carry: which models had random weights."""
+    return ("REHEARSAL, RANDOM WEIGHTS: " + "; ".join(summary["random_weights"])
+            + ". These scores come from untrained models and mean nothing.")
+
+
+def _random_banner_html(summary: dict[str, Any]) -> str:
+    if not summary.get("random_weights"):
+        return ""
+    return (f'<p style="background:#c62828;color:#fff;padding:10px;font-weight:bold">'
+            f'{html.escape(random_weights_line(summary))}</p>')
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     h = summary["headline"]
-    lines = [f"# Run `{summary['run']}`", "", "| | |", "| --- | --- |",
+    lines = [f"# Run `{summary['run']}`", ""] + ([f"**{random_weights_line(summary)}**", ""]
+                                                 if summary.get("random_weights") else []) + ["| | |", "| --- | --- |",
              f"| final head | {h['final_head']} |", f"| official validation macro F1 | {_score(h['official_val_f1'])} |",
              f"| 5-fold macro F1 | {_score(h['cv_mean_f1'])} ± {_score(h['cv_std_f1'])} |",
              f"| after smoothing ({h['smoothing']}), official validation | {_score(h['smoothed_official_val_f1'])} |",
@@ -160,6 +175,8 @@ def terminal_lines(run_dir: Path) -> str:
     """The runner's closing lines: the headline scores and where the page is (writes the page)."""
     page = write(run_dir)
     h = headline(run_dir)
+    built = build(run_dir)
+    banner = random_weights_line(built) + "\n" if built["random_weights"] else ""
     parts = [f"{h['final_head']}: official val F1 {_score(h['official_val_f1'])}"]
     if h["cv_mean_f1"] is not None:
         parts.append(f"5-fold {_score(h['cv_mean_f1'])} ± {_score(h['cv_std_f1'])}")
@@ -167,4 +184,4 @@ def terminal_lines(run_dir: Path) -> str:
         parts.append(f"after {h['smoothing']} smoothing {_score(h['smoothed_official_val_f1'])}")
     if h["test_frames"] is not None:
         parts.append(f"test: {h['test_frames']:,} frames in {h['test_tracks']} tracks ({h['test_frames_filled']:,} filled)")
-    return "summary: " + "; ".join(parts) + f"\npage: {page}"
+    return banner + "summary: " + "; ".join(parts) + f"\npage: {page}"

@@ -9,7 +9,7 @@ from kitlib.store import FeatureStore
 from test_audio import encoder, make_track, media, noise  # noqa: F401 - fixtures
 
 
-@pytest.mark.parametrize("layers", ["last", 2])
+@pytest.mark.parametrize("layers", ["last", 2, "1-2"])  # "1-2": explicit layers, as abaw10's "1-4"
 def test_encode_many_equals_encode_per_waveform(encoder, layers):  # noqa: F811
     waves = [noise(5.3, seed=1), noise(1.2, seed=2), noise(3.7, seed=3), noise(5.3, seed=4)]
     one = [encode(w, encoder, chunk_s=2.0, overlap_s=1.0, layers=layers, start_time_s=0.5 * i)

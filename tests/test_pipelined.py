@@ -107,9 +107,11 @@ def test_decoder_hands_a_decode_error_to_the_consumer(videos):
         decoder.info()
 
 
-def test_prepare_backbone_keeps_fp32_on_cpu():
+def test_prepare_backbone_keeps_fp32_when_given_fp32():
+    """The device path is the caller's (stages.common.amp_dtype: float32 on the CPU unless run.amp_on_cpu);
+    the half path on the CPU is tested in test_device_dtypes.py."""
     model, input_dtype, autocast = prepare_backbone(tiny_backbone(), device=torch.device("cpu"),
-                                                    dtype=torch.bfloat16, weights_bf16=True, compile=False)
+                                                    dtype=torch.float32, weights_bf16=True, compile=False)
     assert input_dtype == torch.float32 and not autocast
     assert next(model.parameters()).dtype == torch.float32
 

@@ -2,8 +2,8 @@
 chunked encoding (``encoders``), frame alignment (``alignment``, eq. 8) and extraction (``extract``).
 """
 from kitlib.audio.alignment import align_to_frames
-from kitlib.audio.encoders import TINY_KINDS, FrameGeometry, AudioEncoder, load_audio_encoder, tiny_encoder_config, make_tiny_encoder, chunk_plan, encode
+from kitlib.audio.encoders import TINY_KINDS, FrameGeometry, AudioEncoder, load_audio_encoder, tiny_encoder_config, make_tiny_encoder, RANDOM_ARCHS, random_encoder, chunk_plan, encode
 from kitlib.audio.extract import extract_audio_features
 from kitlib.audio.waveform import AudioError, NoAudioError, AudioTrack, load_audio
 
-__all__ = ['AudioError', 'NoAudioError', 'AudioTrack', 'load_audio', 'TINY_KINDS', 'FrameGeometry', 'AudioEncoder', 'load_audio_encoder', 'tiny_encoder_config', 'make_tiny_encoder', 'chunk_plan', 'encode', 'align_to_frames', 'extract_audio_features']
+__all__ = ['AudioError', 'NoAudioError', 'AudioTrack', 'load_audio', 'TINY_KINDS', 'FrameGeometry', 'AudioEncoder', 'load_audio_encoder', 'tiny_encoder_config', 'make_tiny_encoder', 'RANDOM_ARCHS', 'random_encoder', 'chunk_plan', 'encode', 'align_to_frames', 'extract_audio_features']

@@ -90,8 +90,6 @@ class AudioEncoder:
         device = pick_device(device) if isinstance(device, str) else torch.device(device)
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        if device.type == "cpu" and dtype == torch.float16:
-            raise ValueError("float16 autocast is CUDA-only; use bfloat16 or float32 on CPU")
         return cls(model=model.to(device).eval(), device=device, dtype=dtype, sampling_rate=int(sampling_rate),
                    do_normalize=bool(do_normalize),
                    geometry=FrameGeometry(tuple(config.conv_kernel), tuple(config.conv_stride)),
@@ -144,6 +142,45 @@ def load_audio_encoder(path: Path, *, device: torch.device | str = "cpu",
     log.info("audio encoder %s: %s, %d layers x %d, %.1fM params, do_normalize=%s, on %s/%s", path,
              model.config.model_type, encoder.num_layers, encoder.hidden_size,
              sum(p.numel() for p in model.parameters()) / 1e6, do_normalize, encoder.device, str(dtype))
+    return encoder
+
+
+# Full-size architectures a rehearsal builds with random weights (``audio.weights: random``): the
+# transformers config of each released checkpoint, written out here because nothing is downloaded.
+_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+RANDOM_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    # facebook/wav2vec2-large-960h-lv60(-self), the main system: layer-norm conv stack, pre-LN transformer
+    "wav2vec2-large-lv60": ("wav2vec2", {**_LARGE, "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+                                         "conv_bias": True}),
+    "wav2vec2-base": ("wav2vec2", {}),            # facebook/wav2vec2-base-960h: the library defaults
+    "wavlm-large": ("wavlm", {**_LARGE, "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+                              "conv_bias": False}),
+    "hubert-large": ("hubert", {**_LARGE, "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+                                "conv_bias": True}),
+}
+
+
+def random_encoder(arch: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                   normalize: bool | None = None, seed: int = 0) -> AudioEncoder:
+    """The full-size ``arch`` (``RANDOM_ARCHS``) with RANDOM weights, built in memory from its config.
+
+    For rehearsals only (``audio.weights: random``): the real shapes, memory and time of the
+    encoder, features that mean nothing. ``normalize`` None = True (the feature extractor's default).
+    """
+    from transformers import HubertConfig, Wav2Vec2Config, WavLMConfig, AutoModel
+
+    if arch not in RANDOM_ARCHS:
+        raise ValueError(f"audio.random_arch {arch!r} unknown; valid: {', '.join(RANDOM_ARCHS)}")
+    kind, sizes = RANDOM_ARCHS[arch]
+    config = {"wav2vec2": Wav2Vec2Config, "wavlm": WavLMConfig, "hubert": HubertConfig}[kind](**sizes)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    encoder = AudioEncoder.from_model(model, device=device, dtype=dtype,
+                                      do_normalize=True if normalize is None else bool(normalize),
+                                      config_hash=f"random:{arch}")
+    log.warning("audio encoder %s with RANDOM weights (audio.weights: random): %d layers x %d, %.1fM params; "
+                "a rehearsal, its features carry no meaning", arch, encoder.num_layers, encoder.hidden_size,
+                sum(p.numel() for p in model.parameters()) / 1e6)
     return encoder
 
 
@@ -275,16 +312,20 @@ def _forward(encoder: AudioEncoder, samples: np.ndarray, last_k: LayerSelection)
                 if encoder.dtype != torch.float32 else nullcontext())
     with torch.inference_mode(), autocast:
         out = encoder.model(x, output_hidden_states=last_k is not None)
-        if last_k is None:
-            hidden = out.last_hidden_state[0]
-        elif isinstance(last_k, tuple):   # explicit 1-based layers: hidden_states[i] is after layer i
-            hidden = torch.stack([out.hidden_states[i][0].float() for i in last_k]).mean(0)
-        else:
-            # transformers 5 returns the pre-LN residual stream as the final entry of pre-LN stacks
-            # (wav2vec2-large); use last_hidden_state there so that k=1 is "last" on any version
-            stack = [*out.hidden_states[-last_k:-1], out.last_hidden_state] if last_k > 1 else [out.last_hidden_state]
-            hidden = torch.stack([h[0].float() for h in stack]).mean(0)
+        hidden = _select_layers(out, last_k)[0]
     return hidden.float().cpu()
+
+
+def _select_layers(out: Any, last_k: LayerSelection) -> torch.Tensor:
+    """The (B, T, D) float32 features of a forward's output for a layer selection (``parse_layers``)."""
+    if last_k is None:
+        return out.last_hidden_state.float()
+    if isinstance(last_k, tuple):   # explicit 1-based layers: hidden_states[i] is after layer i
+        return torch.stack([out.hidden_states[i].float() for i in last_k]).mean(0)
+    # transformers 5 returns the pre-LN residual stream as the final entry of pre-LN stacks
+    # (wav2vec2-large); use last_hidden_state there so that k=1 is "last" on any version
+    stack = [*out.hidden_states[-last_k:-1], out.last_hidden_state] if last_k > 1 else [out.last_hidden_state]
+    return torch.stack([h.float() for h in stack]).mean(0)
 
 
 def encode(waveform: np.ndarray, encoder: AudioEncoder, *, sample_rate: int = 16000, chunk_s: float = 30.0,
@@ -330,7 +371,7 @@ def encode(waveform: np.ndarray, encoder: AudioEncoder, *, sample_rate: int = 16
     return features, times
 
 
-def _forward_batch(encoder: AudioEncoder, chunks: list[np.ndarray], last_k: int | None) -> list[torch.Tensor]:
+def _forward_batch(encoder: AudioEncoder, chunks: list[np.ndarray], last_k: LayerSelection) -> list[torch.Tensor]:
     """``_forward`` of several chunks in one pass: each normalised on its own, zero-padded to the longest
     with an attention mask; per chunk its (frames, D) float32 features on the host."""
     if len(chunks) == 1:
@@ -349,11 +390,7 @@ def _forward_batch(encoder: AudioEncoder, chunks: list[np.ndarray], last_k: int 
     with torch.inference_mode(), autocast:
         out = encoder.model(x.to(encoder.device, non_blocking=True), attention_mask=mask.to(encoder.device),
                             output_hidden_states=last_k is not None)
-        if last_k is None:
-            hidden = out.last_hidden_state.float()
-        else:  # as in ``_forward``
-            stack = [*out.hidden_states[-last_k:-1], out.last_hidden_state] if last_k > 1 else [out.last_hidden_state]
-            hidden = torch.stack([h.float() for h in stack]).mean(0)
+        hidden = _select_layers(out, last_k)   # as in ``_forward``: explicit layers ("1-4") too
     hidden = hidden.cpu()  # one copy to the host per batch
     return [hidden[row, :encoder.geometry.n_frames(n)] for row, n in enumerate(lengths)]
 

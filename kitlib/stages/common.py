@@ -56,19 +56,21 @@ def ensure_demo(cfg: Config) -> dict:
     d = cfg.demo
     return demo.generate_demo(cfg.path(cfg.data.root), seed=d.seed, n_train=d.n_train, n_val=d.n_val, n_test=d.n_test,
                               seconds=tuple(d.seconds), fps=d.fps, size=tuple(d.size), sample_rate=d.sample_rate,
-                              images_per_class=d.images_per_class)
+                              images_per_class=d.images_per_class, layout=d.layout)
 
 
 def device(cfg: Config) -> torch.device:
     return runtime.pick_device(cfg.run.device)
 
 
-def amp_dtype(name: str, dev: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``bf16`` / ``fp16`` on CUDA; None (full precision) on CPU or for ``none``."""
+def amp_dtype(name: str, dev: torch.device, *, on_cpu: bool = False) -> torch.dtype | None:
+    """The device path, chosen once here: the autocast dtype for ``bf16`` / ``fp16`` on CUDA (and on the
+    CPU with ``on_cpu``, ``run.amp_on_cpu``: the GPU's dtype path run on the CPU); None (full precision)
+    on the CPU or for ``none``. The domain code autocasts exactly when it is given a half dtype."""
     valid = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
     if name not in valid:
         raise config.ConfigError(f"amp must be one of {', '.join(valid)}, got {name!r}")
-    return valid[name] if dev.type == "cuda" else None
+    return valid[name] if dev.type == "cuda" or on_cpu else None
 
 
 def report(cfg: Config, name: str, table: pd.DataFrame) -> Path:

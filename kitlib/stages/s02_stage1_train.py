@@ -33,10 +33,14 @@ def backbone_path(cfg: Config) -> Path:
 
 
 def pretrained_backbone(cfg: Config) -> torch.nn.Module:
-    """The ``stage1.arch`` backbone before adaptation (local ``stage1.weights``, or random init when null)."""
+    """The ``stage1.arch`` backbone before adaptation (local ``stage1.weights``; random init when null, or
+    on purpose with ``random``: a rehearsal, said loudly)."""
     from kitlib.visual.backbones import build_backbone
 
-    weights = cfg.path(cfg.stage1.weights) if cfg.stage1.weights else None
+    if cfg.stage1.weights == config.RANDOM_WEIGHTS:
+        log.warning("backbone %s with RANDOM weights (stage1.weights: random): a rehearsal, its features and "
+                    "scores carry no meaning", cfg.stage1.arch)
+    weights = cfg.path(cfg.stage1.weights) if cfg.stage1.weights not in (None, config.RANDOM_WEIGHTS) else None
     return build_backbone(arch=cfg.stage1.arch, weights=weights, img_size=cfg.stage1.image_size,
                           overrides=cfg.stage1.arch_overrides)
 
@@ -58,7 +62,7 @@ def train_stage1(cfg: Config, *, head: str | None = None, use_padaug: bool | Non
         num_experts=s.num_experts, epochs=s.epochs, batch_size=s.batch_size, lr_backbone=s.lr_backbone,
         lr_head=s.lr_head, weight_decay=s.weight_decay, mixup_alpha=s.mixup_alpha, label_smoothing=s.label_smoothing,
         padaug=padaug(cfg) if use_padaug else None, n_frozen_blocks=s.n_frozen_blocks, image_size=s.image_size,
-        device=dev, amp_dtype=amp_dtype(s.amp, dev) or torch.float32, seed=cfg.run.seed, out_path=out_path or backbone_path(cfg),
+        device=dev, amp_dtype=amp_dtype(s.amp, dev, on_cpu=cfg.run.amp_on_cpu) or torch.float32, seed=cfg.run.seed, out_path=out_path or backbone_path(cfg),
         max_steps_per_epoch=s.max_steps_per_epoch, moe_structure=s.moe_structure, head_dropout=s.head_dropout,
         layer_decay=s.layer_decay, no_decay_bias_norm=s.no_decay_bias_norm, grad_clip=s.grad_clip,
         lr_schedule=s.lr_schedule, lr_min=s.lr_min, trainable_tokens=s.trainable_tokens, augment=s.augment,

@@ -118,7 +118,7 @@ def extract_visual(cfg: Config, index: data.DataIndex, *, tracks: list[data.Trac
     table = extract(
         index.tracks if tracks is None else tracks, feature_store(cfg, "visual", rank=rank), backbone,
         detector=detector, image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size,
-        device=dev, dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, detect_every=cfg.faces.detect_every,
+        device=dev, dtype=amp_dtype(cfg.visual.amp, dev, on_cpu=cfg.run.amp_on_cpu) or torch.float32, detect_every=cfg.faces.detect_every,
         manifest={"backbone": record, "params_digest": cfg.digest()}, **_face_args(cfg), **extractor_options)
     return extraction_report(cfg, "visual_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)
 
@@ -190,7 +190,7 @@ def state_store(cfg: Config, index: data.DataIndex, state: str) -> FeatureStore 
     table = extract_visual_features(
         _table1_tracks(index), store, backbone, detector=build_detector("boxes", path=export_boxes(cfg)),
         image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size, device=dev,
-        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, detect_every=cfg.faces.detect_every,
+        dtype=amp_dtype(cfg.visual.amp, dev, on_cpu=cfg.run.amp_on_cpu) or torch.float32, detect_every=cfg.faces.detect_every,
         manifest={"backbone": record, "params_digest": cfg.digest()}, **_face_args(cfg))
     report(cfg, f"visual_extraction_{state}", table)
     return store
@@ -224,7 +224,7 @@ def official_crop_store(cfg: Config, index: data.DataIndex, state: str) -> Featu
     table = extract_official_crop_features(
         tracks, store, backbone, crops_root=crops_root, n_frames={t.txtid: n_frames.get(t.videoid, 0) for t in tracks},
         image_size=cfg.stage1.image_size, mean=mean, std=std, batch_size=cfg.visual.batch_size, device=dev,
-        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, frame_stride=cfg.data.cropped_aligned_stride,
+        dtype=amp_dtype(cfg.visual.amp, dev, on_cpu=cfg.run.amp_on_cpu) or torch.float32, frame_stride=cfg.data.cropped_aligned_stride,
         manifest={"backbone": {k: v for k, v in record.items() if k != "history"}, "params_digest": cfg.digest()})
     report(cfg, f"official_crops_{state}", table)
     return store

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
 __all__ = ['notebook_config', 'start', 'data_index', 'frame_labels', 'read_report', 'audio_encoder_path',
-           'extract_audio', 'alignment_probe']
+           'audio_encoder', 'extract_audio', 'alignment_probe']
 
 
 def audio_encoder_path(cfg: Config) -> Path:
@@ -31,25 +31,39 @@ def audio_encoder_path(cfg: Config) -> Path:
     return path
 
 
+def audio_encoder(cfg: Config, dev: torch.device):
+    """The encoder of ``audio.encoder`` (``audio.weights: pretrained``), or ``audio.random_arch`` with
+    random weights (``audio.weights: random``, a rehearsal: no folder is read)."""
+    from kitlib.audio import load_audio_encoder, random_encoder
+    from kitlib.config import RANDOM_WEIGHTS, ConfigError
+
+    a = cfg.audio
+    dtype = amp_dtype(a.amp, dev, on_cpu=cfg.run.amp_on_cpu) or torch.float32
+    if a.weights == RANDOM_WEIGHTS:
+        return random_encoder(a.random_arch, device=dev, dtype=dtype, normalize=a.normalize_waveform, seed=cfg.run.seed)
+    if a.weights != "pretrained":
+        raise ConfigError(f"audio.weights must be pretrained or {RANDOM_WEIGHTS}, got {a.weights!r}")
+    return load_audio_encoder(audio_encoder_path(cfg), device=dev, dtype=dtype, normalize=a.normalize_waveform)
+
+
 def extract_audio(cfg: Config, index: data.DataIndex, *, tracks: list[data.Track] | None = None,
                   rank: int | None = None, dev: torch.device | None = None) -> pd.DataFrame:
     """wav2vec 2.0 features aligned to every frame (plus the Table-2 alignments), resumable.
 
     ``tracks`` / ``rank`` / ``dev``: one shard of a sharded extraction, as in ``extract_visual``.
     """
-    from kitlib.audio import extract_audio_features, load_audio_encoder
+    from kitlib.audio import extract_audio_features
 
     a, dev = cfg.audio, dev or device(cfg)
-    path = audio_encoder_path(cfg)
-    encoder = load_audio_encoder(path, device=dev, dtype=amp_dtype(a.amp, dev) or torch.float32,
-                                 normalize=a.normalize_waveform)
+    encoder = audio_encoder(cfg, dev)
+    source = str(encoder.path) if encoder.path is not None else encoder.config_hash
     layers: str | int = int(a.layers) if a.layers.isdigit() else a.layers
     used_total, extra = alignment_windows(cfg)
     table = extract_audio_features(
         index.tracks if tracks is None else tracks, feature_store(cfg, "audio", rank=rank), encoder,
         sample_rate=a.sample_rate,
         chunk_s=a.chunk_s, overlap_s=a.overlap_s, layers=layers, method=a.align, align_window_s=used_total,
-        manifest={"encoder": str(path), "params_digest": cfg.digest()},
+        manifest={"encoder": source, "params_digest": cfg.digest()},
         extra_windows_s=[total for _, total, _ in extra], empty=a.align_empty, frame_time=a.frame_time,
         batch_videos=a.batch_videos, batch_chunks=a.batch_chunks)
     return extraction_report(cfg, "audio_extraction" + ("" if rank is None else f".rank{rank:05d}"), table)

@@ -266,7 +266,7 @@ def _comparison_store(cfg: Config, index: data.DataIndex, row: dict):
         tracks, store, backbone.eval(), detector=build_detector("boxes", path=export_boxes(cfg)),
         crop_scales=cfg.faces.crop_scales, image_size=image_size, mean=mean, std=std,
         batch_size=cfg.visual.batch_size, max_gap=cfg.faces.max_gap, follow=follow_settings(cfg), device=dev,
-        dtype=amp_dtype(cfg.visual.amp, dev) or torch.float32, decode_batch=cfg.faces.decode_batch,
+        dtype=amp_dtype(cfg.visual.amp, dev, on_cpu=cfg.run.amp_on_cpu) or torch.float32, decode_batch=cfg.faces.decode_batch,
         manifest={"backbone": record, "params_digest": cfg.digest()})
     report(cfg, f"visual_extraction_backbone_{row['name']}", table)
     return store

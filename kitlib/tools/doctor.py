@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from kitlib import config, hub
-from kitlib.config import Config, ConfigError
+from kitlib.config import RANDOM_WEIGHTS, Config, ConfigError
 
 OK, WARN, FAIL = "✓", "!", "✗"
 
@@ -124,6 +124,8 @@ def _weights(cfg: Config, *, fast: bool) -> list[Check]:
     if s1.checkpoint:
         path, failed = _resolve(cfg, s1.checkpoint, "stage1.checkpoint")
         out.append(failed or Check("weights", "stage1.checkpoint", OK, str(path)))
+    elif s1.weights == RANDOM_WEIGHTS:
+        out.append(Check("weights", "stage1.weights", WARN, f"random: {s1.arch} with RANDOM weights (a rehearsal)"))
     elif s1.weights:
         path, failed = _resolve(cfg, s1.weights, "stage1.weights")
         if failed:
@@ -140,8 +142,12 @@ def _weights(cfg: Config, *, fast: bool) -> list[Check]:
     else:
         out.append(Check("weights", "stage1.weights", OK if cfg.data.generate_demo else WARN,
                          f"null: {s1.arch} starts from random init"))
-    out.append(_transformers_folder(cfg, cfg.audio.encoder, "audio.encoder", cfg.audio.make_tiny_encoder,
-                                    kinds=("wav2vec2", "wavlm", "hubert")))
+    if cfg.audio.weights == RANDOM_WEIGHTS:
+        out.append(Check("weights", "audio.weights", WARN,
+                         f"random: {cfg.audio.random_arch} with RANDOM weights (a rehearsal; audio.encoder not read)"))
+    else:
+        out.append(_transformers_folder(cfg, cfg.audio.encoder, "audio.encoder", cfg.audio.make_tiny_encoder,
+                                        kinds=("wav2vec2", "wavlm", "hubert")))
     if "tcn_prompt" in cfg.fusion.heads:
         out.append(_transformers_folder(cfg, cfg.fusion.text_encoder, "fusion.text_encoder",
                                         cfg.fusion.make_tiny_text_encoder, kinds=("clip", "clip_text_model")))

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from kitlib import config, hub
-from kitlib.config import Config
+from kitlib.config import RANDOM_WEIGHTS, Config
 
 # the hub id a profile's weights param defaults to, by what the params ask for
 DEFAULT_IDS = {("stage1.weights", "dinov2"): "timm/vit_large_patch14_dinov2.lvd142m",
@@ -35,9 +35,9 @@ def needed(cfg: Config) -> dict[str, str]:
     from kitlib.visual.backbones import backbone_family
 
     wants: dict[str, tuple[str | None, str]] = {}
-    if cfg.stage1.weights and not cfg.stage1.checkpoint:
+    if cfg.stage1.weights and cfg.stage1.weights != RANDOM_WEIGHTS and not cfg.stage1.checkpoint:
         wants["stage1.weights"] = (cfg.stage1.weights, backbone_family(cfg.stage1.arch))
-    if not cfg.audio.make_tiny_encoder:
+    if not cfg.audio.make_tiny_encoder and cfg.audio.weights != RANDOM_WEIGHTS:   # a rehearsal downloads nothing
         wants["audio.encoder"] = (cfg.audio.encoder, "wavlm" if "wavlm" in cfg.audio.encoder.lower() else "wav2vec2")
     if "tcn_prompt" in cfg.fusion.heads and not cfg.fusion.make_tiny_text_encoder:
         wants["fusion.text_encoder"] = (cfg.fusion.text_encoder, "clip")

@@ -402,6 +402,13 @@ def input_mean_std(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[flo
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
 
+def _as_saved(tensor: torch.Tensor) -> torch.Tensor:
+    """A state tensor as a checkpoint stores it: on the CPU, floating point in float32 (a backbone cast
+    to bf16 for inference, ``pipelined.prepare_backbone``, still saves full-precision weights)."""
+    tensor = tensor.detach().to("cpu")
+    return (tensor.float() if tensor.is_floating_point() else tensor).contiguous()
+
+
 def save_backbone(model: torch.nn.Module, path: Path, *, record: dict[str, Any]) -> Path:
     """Write only the backbone's weights (safetensors, atomically) with ``record`` as metadata + JSON.
 
@@ -414,7 +421,7 @@ def save_backbone(model: torch.nn.Module, path: Path, *, record: dict[str, Any])
         raise ValueError("save_backbone needs a model made by build_backbone/load_backbone (no build record)")
     path = Path(path)
     full = {**record, **build}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: _as_saved(v) for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={_RECORD_KEY: json.dumps(full, default=str)})
     full["sha256"] = checkpoint_hash(path)

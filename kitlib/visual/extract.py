@@ -96,9 +96,9 @@ def _encoder_args(backbone: torch.nn.Module, *, crop_scales: Sequence[float], im
                   dtype: torch.dtype) -> dict[str, Any]:
     """The keyword arguments of ``_encode`` for ``backbone`` on ``device`` (checks its output, picks autocast)."""
     dim = feature_dim(backbone, image_size=image_size, device=device)
-    use_autocast = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    use_autocast = dtype in (torch.bfloat16, torch.float16)   # the caller chose the device path (stages: amp_dtype)
 
-    def autocast():  # mixed precision only where it pays: bf16/fp16 on CUDA
+    def autocast():  # bf16/fp16 autocast wherever the caller asks for it (CUDA; the CPU in tests and rehearsals)
         return torch.autocast(device_type=device.type, dtype=dtype) if use_autocast else nullcontext()
     return dict(backbone=backbone, crop_scales=tuple(crop_scales), image_size=image_size, mean=mean, std=std,
                 batch_size=batch_size, dim=dim, autocast=autocast)

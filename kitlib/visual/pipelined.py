@@ -192,7 +192,7 @@ def prepare_backbone(backbone: torch.nn.Module, *, device: torch.device, dtype: 
     the inputs follow, which skips autocast's per-op casts; ``compile`` wraps it in ``torch.compile``.
     """
     backbone = backbone.to(device).eval()
-    half = device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+    half = dtype in (torch.bfloat16, torch.float16)   # the caller chose the device path (CUDA; the CPU in tests)
     input_dtype, use_autocast = torch.float32, half
     if half and weights_bf16:
         backbone = backbone.to(dtype)

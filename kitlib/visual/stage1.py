@@ -346,6 +346,12 @@ def _evaluate(model: nn.Module, val_set: FaceImageDataset, *, batch_size: int, n
     return macro_f1(val_set.labels, full)
 
 
+def loss_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """A gradient scaler, active for float16 autocast only: fp16 gradients underflow to zero without
+    one (bfloat16 has float32's range and needs none); disabled it passes the loss and steps through."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
 def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: list[Item], head_kind: str = "moe",
                  num_experts: int = 4, epochs: int = 12, batch_size: int = 32, lr_backbone: float = 1e-5,
                  lr_head: float = 3e-4, weight_decay: float = 0.05, mixup_alpha: float = 0.2,
@@ -413,6 +419,7 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=lr_min)
     mix_gen = torch.Generator().manual_seed(seed + 1000 * rank)
+    scaler = loss_scaler(amp_dtype, device)
     params = dict(head_kind=head_kind, num_experts=num_experts, epochs=epochs, batch_size=batch_size,
                   lr_backbone=lr_backbone, lr_head=lr_head, weight_decay=weight_decay, mixup_alpha=mixup_alpha,
                   label_smoothing=label_smoothing, padaug=repr(padaug), n_frozen_blocks=n_frozen_blocks,
@@ -446,10 +453,12 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
                 logits = model(images)
             loss = soft_target_cross_entropy(logits, targets, class_weights)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if grad_clip is not None:
+                scaler.unscale_(optimizer)   # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)           # skipped (and the scale lowered) when an fp16 gradient overflowed
+            scaler.update()
             if lr_schedule == "step_cosine":
                 scheduler.step()
             loss_sum += loss.detach() * len(images)

@@ -18,6 +18,7 @@ from kitlib.progress import tqdm
 
 from kitlib import CLASSES, NUM_CLASSES
 from kitlib.data import HEADER
+from kitlib.data.demo import release
 from kitlib.data.demo.faces import (IMAGE_SIZE, OFFICIAL_CROPS_DIR, Identity, _background, _composite, _placement,
                                     face_sprites, official_crop)
 from kitlib.data.demo.timeline import (_assign_classes, _chunk_modes, _fill_frames, _plan_person, _trajectory, _VideoPlan,
@@ -148,6 +149,21 @@ def write_mp4(path: Path, frames: Iterable[np.ndarray], audio: np.ndarray, *, fp
         container.mux(sound.encode(None))
 
 
+def _face_image(rng: np.random.Generator, label: int) -> np.ndarray:
+    """One face image of class ``label`` (IMAGE_SIZE square, RGB uint8): a new identity, placement, tilt."""
+    identity = Identity.sample(rng)
+    sprite = face_sprites(identity)[label]
+    expand = rng.uniform(1.1, 1.5)
+    box_h = IMAGE_SIZE / expand
+    centre = (IMAGE_SIZE / 2 + rng.uniform(-0.08, 0.08) * IMAGE_SIZE,
+              IMAGE_SIZE / 2 + rng.uniform(-0.08, 0.08) * IMAGE_SIZE)
+    affine, _ = _placement(identity, centre=centre, box_height=box_h,
+                           roll_deg=identity.tilt_deg + rng.uniform(-6, 6))
+    canvas = _background(rng, IMAGE_SIZE, IMAGE_SIZE)
+    _composite(canvas, sprite, affine)
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
 def _render_images(root: Path, *, rng: np.random.Generator, images_per_class: int) -> dict[str, int]:
     """The class-per-folder face crop set (images/{train,val}/<ClassName>/*.png)."""
     counts = {"train": images_per_class, "val": max(1, int(round(images_per_class / 3)))}
@@ -157,20 +173,18 @@ def _render_images(root: Path, *, rng: np.random.Generator, images_per_class: in
             folder = root / "images" / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for j in range(per_class):
-                identity = Identity.sample(rng)
-                sprite = face_sprites(identity)[label]
-                expand = rng.uniform(1.1, 1.5)
-                box_h = IMAGE_SIZE / expand
-                centre = (IMAGE_SIZE / 2 + rng.uniform(-0.08, 0.08) * IMAGE_SIZE,
-                          IMAGE_SIZE / 2 + rng.uniform(-0.08, 0.08) * IMAGE_SIZE)
-                affine, _ = _placement(identity, centre=centre, box_height=box_h,
-                                       roll_deg=identity.tilt_deg + rng.uniform(-6, 6))
-                canvas = _background(rng, IMAGE_SIZE, IMAGE_SIZE)
-                _composite(canvas, sprite, affine)
-                image = np.clip(canvas, 0, 255).astype(np.uint8)
+                image = _face_image(rng, label)
                 cv2.imwrite(str(folder / f"{split}_{label}_{j:04d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             written[f"{split}/{name}"] = per_class
     return written
+
+
+def _render_release_images(root: Path, *, rng: np.random.Generator, images_per_class: int) -> dict[str, int]:
+    """The same faces in AffectNet's and RAF-DB's layouts (``stage1.dataset: affectnet_rafdb``)."""
+    val = max(1, int(round(images_per_class / 3)))
+    draw = lambda label: _face_image(rng, label)   # noqa: E731
+    return {**release.write_affectnet(root, draw, per_class={"train": images_per_class, "val": val}),
+            **release.write_rafdb(root, draw, per_class={"train": images_per_class, "test": val})}
 
 
 # ----------------------------------------------------------------------------- the dataset
@@ -180,9 +194,44 @@ def _params(**kwargs: Any) -> dict[str, Any]:
     return json.loads(json.dumps({"version": DEMO_VERSION, **kwargs}))
 
 
+def _plan_release(params: dict[str, Any], rng: np.random.Generator,
+                  seeds: list[np.random.SeedSequence]) -> list[_VideoPlan]:
+    """The videos of ``release.RELEASE_VIDEOS``: real names, sizes, frame rates and splits."""
+    plans = []
+    for k, video in enumerate(release.RELEASE_VIDEOS):
+        n = int(round(rng.uniform(*params["seconds"]) * video.fps))
+        people = [_plan_person(rng, txtid=release.txtid_of(video, side), side=side, n=n, fps=video.fps)
+                  for side in video.sides]
+        plans.append(_VideoPlan(videoid=video.videoid, split=video.split, batch=f"batch{1 + k % 2}", n_frames=n,
+                                extra_label_line=k == 0, people=people, seed=seeds[k], size=video.size,
+                                fps=video.fps, person_splits=video.person_splits))
+    _fill_plans(rng, plans)
+    return plans
+
+
+def _fill_plans(rng: np.random.Generator, plans: list[_VideoPlan]) -> None:
+    """Classes of each split's segments, then every person's frames (a pair's speakers take turns)."""
+    for split in ("Train_Set", "Validation_Set", "Test_Set"):
+        split_plans = [v for v in plans if v.split == split]
+        people = [p for v in split_plans for p in v.people]
+        if not people:
+            continue
+        _assign_classes(rng, people, [v.n_frames for v in split_plans for _ in v.people])
+        for video in split_plans:
+            fps = video.fps
+            speaking = None
+            if len(video.people) == 2:
+                turns = _chunk_modes(rng, video.n_frames, fps, (0.5, 0.5))   # who speaks, 1-3 s turns
+                speaking = [turns == 0, turns == 1]
+            for idx, person in enumerate(video.people):
+                _fill_frames(rng, person, video.n_frames, fps, None if speaking is None else speaking[idx])
+
+
 def _plan(params: dict[str, Any], rng: np.random.Generator,
           seeds: list[np.random.SeedSequence]) -> list[_VideoPlan]:
     """Names, lengths and label timelines of every video of every split."""
+    if params.get("layout") == "release":
+        return _plan_release(params, rng, seeds)
     fps, (width, height) = params["fps"], params["size"]
     counts = {"Train_Set": params["n_train"], "Validation_Set": params["n_val"], "Test_Set": params["n_test"]}
     total = sum(counts.values())
@@ -219,6 +268,14 @@ def _plan(params: dict[str, Any], rng: np.random.Generator,
     return plans
 
 
+def _layout_names(layout: str) -> dict[str, str]:
+    """Where a layout keeps its annotation folders and the organisers' two test files."""
+    if layout == "release":
+        return {"annotations": release.ANNOTATIONS_DIR, "test_names": release.TEST_NAMES,
+                "test_template": release.TEST_TEMPLATE}
+    return {"annotations": "annotations", "test_names": "test/names.txt", "test_template": "test/template.txt"}
+
+
 def _write_annotation(path: Path, labels: np.ndarray, *, extra_line: bool) -> None:
     lines = labels.tolist() + ([int(labels[-1])] if extra_line else [])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +283,7 @@ def _write_annotation(path: Path, labels: np.ndarray, *, extra_line: bool) -> No
 
 
 def _statistics(truths: dict[str, dict[str, np.ndarray]], plans: list[_VideoPlan]) -> dict[str, Any]:
-    split_of = {p.txtid: v.split for v in plans for p in v.people}
+    split_of = {p.txtid: v.split_of(k) for v in plans for k, p in enumerate(v.people)}
     stats: dict[str, Any] = {"class_hist": {}, "frames": {}}
     for split in ("Train_Set", "Validation_Set", "Test_Set"):
         labels = [t["labels"] for k, t in truths.items() if split_of[k] == split]
@@ -277,8 +334,12 @@ def demo_is_complete(root: Path) -> bool:
 
 def generate_demo(root: Path, *, seed: int = 0, n_train: int = 7, n_val: int = 3, n_test: int = 3,
                   seconds: Sequence[float] = (14.0, 24.0), fps: float = 30.0, size: Sequence[int] = (256, 192),
-                  sample_rate: int = 44100, images_per_class: int = 60, force: bool = False) -> dict[str, Any]:
+                  sample_rate: int = 44100, images_per_class: int = 60, layout: str = "demo",
+                  force: bool = False) -> dict[str, Any]:
     """Write the demo dataset into ``root`` (unless a complete one with the same params is there).
+
+    ``layout="release"`` writes the release-shaped set of :mod:`kitlib.data.demo.release` instead
+    (its fixed videos: ``n_train`` / ``n_val`` / ``n_test``, ``fps`` and ``size`` are not used).
 
     ``n_train`` / ``n_val`` / ``n_test`` count raw videos; the first train video has two annotated
     people (``_left`` / ``_right``), so Train_Set holds ``n_train + 1`` annotation files. The
@@ -293,8 +354,12 @@ def generate_demo(root: Path, *, seed: int = 0, n_train: int = 7, n_val: int = 3
         raise ValueError(f"size must be [width, height] of at least 32 px, got {list(size)}")
     if min(n_train, n_val, n_test) < 0 or n_train + n_val + n_test == 0:
         raise ValueError(f"video counts must be >= 0 and not all 0, got {n_train}, {n_val}, {n_test}")
+    if layout not in ("demo", "release"):
+        raise ValueError(f"layout must be 'demo' or 'release', got {layout!r}")
     params = _params(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, seconds=list(seconds), fps=fps,
-                     size=list(size), sample_rate=sample_rate, images_per_class=images_per_class)
+                     size=list(size), sample_rate=sample_rate, images_per_class=images_per_class,
+                     **({"layout": layout} if layout != "demo" else {}))
+    names = _layout_names(layout)
     existing = _read_manifest(root)
     if existing is not None and not force and existing.get("params") == params and demo_is_complete(root):
         log.info("demo: %s is complete (%d tracks), not regenerating", root, len(existing["tracks"]))
@@ -311,7 +376,8 @@ def generate_demo(root: Path, *, seed: int = 0, n_train: int = 7, n_val: int = 3
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
         seq = np.random.SeedSequence(seed)
-        plan_seed, image_seed, *video_seeds = seq.spawn(2 + n_train + n_val + n_test)
+        n_videos = len(release.RELEASE_VIDEOS) if layout == "release" else n_train + n_val + n_test
+        plan_seed, image_seed, *video_seeds = seq.spawn(2 + n_videos)
         plans = _plan(params, np.random.default_rng(plan_seed), video_seeds)
         log.info("demo: planned %d videos (%d tracks), %d frames", len(plans),
                  sum(len(v.people) for v in plans), sum(v.n_frames for v in plans))
@@ -321,14 +387,16 @@ def generate_demo(root: Path, *, seed: int = 0, n_train: int = 7, n_val: int = 3
         for video in tqdm(plans, desc="demo videos", unit="video"):
             video_rel = Path("videos") / video.batch / f"{video.videoid}.mp4"
             (work / video_rel).parent.mkdir(parents=True, exist_ok=True)
-            truth = _render_video(video, work / video_rel, fps=fps, size=(int(size[0]), int(size[1])),
+            truth = _render_video(video, work / video_rel, fps=video.fps or fps,
+                                  size=video.size or (int(size[0]), int(size[1])),
                                   sample_rate=sample_rate, crops_root=work / OFFICIAL_CROPS_DIR)
             files.append(str(video_rel))
-            for person in video.people:
-                entry = {"txtid": person.txtid, "videoid": video.videoid, "split": video.split,
+            for k, person in enumerate(video.people):
+                split = video.split_of(k)
+                entry = {"txtid": person.txtid, "videoid": video.videoid, "split": split,
                          "side": person.side, "video": str(video_rel), "n_frames": video.n_frames}
-                if video.split != "Test_Set":
-                    ann_rel = Path("annotations") / video.split / f"{person.txtid}.txt"
+                if split != "Test_Set":
+                    ann_rel = Path(names["annotations"]) / split / f"{person.txtid}.txt"
                     _write_annotation(work / ann_rel, person.labels, extra_line=video.extra_label_line)
                     entry.update(annotation=str(ann_rel), n_label_lines=video.n_frames + video.extra_label_line)
                     files.append(str(ann_rel))
@@ -342,12 +410,18 @@ def generate_demo(root: Path, *, seed: int = 0, n_train: int = 7, n_val: int = 3
             truths.update(truth)
 
         test_tracks = [t for t in tracks if t["split"] == "Test_Set"]
-        (work / "test").mkdir(parents=True, exist_ok=True)
-        (work / "test" / "names.txt").write_text("".join(f"{t['txtid']}\n" for t in test_tracks))
+        for rel in (names["test_names"], names["test_template"]):
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / names["test_names"]).write_text("".join(f"{t['txtid']}\n" for t in test_tracks))
         rows = [f"{t['txtid']}/{i:05d}.jpg" for t in test_tracks for i in range(1, t["n_frames"] + 1)]
-        (work / "test" / "template.txt").write_text("\n".join([TEMPLATE_HEADER, *rows]) + "\n")
-        files += ["test/names.txt", "test/template.txt"]
-        images = _render_images(work, rng=np.random.default_rng(image_seed), images_per_class=images_per_class)
+        (work / names["test_template"]).write_text("\n".join([TEMPLATE_HEADER, *rows]) + "\n")
+        files += [names["test_names"], names["test_template"]]
+        render = _render_release_images if layout == "release" else _render_images
+        images = render(work, rng=np.random.default_rng(image_seed), images_per_class=images_per_class)
+        if layout == "release":
+            (work / release.SELECTION_FILE).write_text(
+                "txtid,strategy\n" + "".join(f"{t},{s}\n" for t, s in release.selection_rows()))
+            files.append(release.SELECTION_FILE)
         log.info("demo: wrote %d face images for Stage I", sum(images.values()))
 
         manifest = {"generator": "kitlib.demo", "params": params, "tracks": tracks, "images": images,

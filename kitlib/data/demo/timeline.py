@@ -126,6 +126,14 @@ class _VideoPlan:
     extra_label_line: bool
     people: list[_PersonPlan]
     seed: np.random.SeedSequence
+    size: tuple[int, int] | None = None   # (width, height); None: the dataset's one size (the demo)
+    fps: float | None = None              # None: the dataset's one frame rate (the demo)
+    person_splits: tuple[str, ...] = ()   # per person, where its split differs from the video's (the release
+                                          # has _left / _right files of one video in Train_Set and Validation_Set)
+
+    def split_of(self, k: int) -> str:
+        """The split of person ``k``'s annotation file."""
+        return self.person_splits[k] if self.person_splits else self.split
 
 
 def _plan_person(rng: np.random.Generator, *, txtid: str, side: str | None, n: int, fps: float) -> _PersonPlan:
