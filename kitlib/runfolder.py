@@ -6,7 +6,8 @@ that know their inputs, and the checks made before a stage writes.
   holder's lock is taken over (and said so) while a live one is refused with who holds it.
 - **Params** (``record_params``): the first run writes ``params.yaml`` by an exclusive link (never over
   another run's), every later one compares, so a folder never records one set of params for results of another.
-- **Provenance** (``record_provenance``): the newest run's facts, plus the history of every command run here.
+- **Provenance** (``prepare_run_dir``, ``record_provenance``): git commit, package versions, seed and GPU of the
+  newest run, plus the history of every command run here.
 - **Stage markers** (``mark_finished`` / ``stage_status``): ``<run>/stages/<stage>.json`` records fingerprints
   of what the stage's result depends on (``kitlib.fingerprints``: the params it reads, annotation files, name
   lists, template, videos, Stage-I and fusion outputs, feature manifests, by content and relative names). When
@@ -26,17 +27,21 @@ import fcntl
 import json
 import logging
 import os
+import platform
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from kitlib import config, fingerprints
+from kitlib import config, fingerprints, runtime
 from kitlib.fingerprints import FINGERPRINT_VERSION, DigestCache, input_digests
 from kitlib.store import write_json_atomic, write_text_atomic
 
@@ -180,6 +185,43 @@ def diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
         elif va != vb:
             out.add(prefix + key)
     return out
+
+
+TRACKED_PACKAGES = ("torch", "torchvision", "torchaudio", "transformers", "timm", "decord", "av", "opencv-python",
+                    "face-alignment", "numpy", "scipy", "pandas", "scikit-learn", "seaborn", "papermill", "safetensors")
+
+
+def provenance(cfg: config.Config, argv: list[str]) -> dict:
+    """Git commit, package versions, seed and command of a run."""
+    root = config.repo_root()
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"git_commit": git("rev-parse", "--verify", "-q", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
+            "params_digest": cfg.digest(), "seed": cfg.run.seed, "python": sys.version.split()[0],
+            "platform": platform.platform(), "packages": versions, "command": argv, "gpu": runtime.gpu_info(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def prepare_run_dir(cfg: config.Config, *, argv: list[str]) -> Path:
+    """Create the run folder (or reopen it with the same params) and record params + provenance (with history)."""
+    run_dir = cfg.run_dir
+    moved = record_params(run_dir, cfg)
+    if moved:
+        print(moved, flush=True)
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    record_provenance(run_dir, provenance(cfg, argv))
+    return run_dir
 
 
 HISTORY_KEYS = ("started", "command", "git_commit", "git_dirty", "host")

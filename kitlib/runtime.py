@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import subprocess
 
 import numpy as np
 import torch
@@ -41,3 +42,22 @@ def setup_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(level)
+
+
+def gpu_info() -> dict:
+    """GPU name and count, NVIDIA driver, the CUDA and cuDNN torch runs with (provenance of a run)."""
+    info = {"cuda_build": torch.version.cuda, "count": 0, "name": None, "driver": None, "cudnn": None}
+    if torch.cuda.is_available():
+        info.update(count=torch.cuda.device_count(), name=torch.cuda.get_device_name(0), driver=gpu_driver(),
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version (nvidia-smi), or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None

@@ -4,7 +4,7 @@ Read from what the stages wrote (``reports/*.csv``, ``stages/*.json``, ``params.
 ``provenance.json``), so it works on any run folder, finished or not: the headline scores (the
 final head on the official validation split and over the folds, after smoothing, the test coverage
 of the submission), the stage times, the figures and links to the executed notebooks. The runner
-writes it at the end of every run; ``python -m kitlib.compare`` puts several side by side.
+writes it at the end of every run; ``python -m kitlib.tools.compare`` puts several side by side.
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_broken_setup_names_every_problem_with_its_fix(tmp_path, capsys):
     items = items_for(tmp_path, "stage1.weights=facebook/dinov2-large", "run.name=broken")
     assert doctor.main(["params/abaw10.yaml", *items, "--fast"]) == 1
     out = capsys.readouterr().out
-    assert "✗ weights stage1.weights" in out and "kitlib.weights fetch" in out
+    assert "✗ weights stage1.weights" in out and "kitlib.tools.weights fetch" in out
     assert "✗ weights audio.encoder" in out
     assert "✗ data videos" in out and "b.txt" in out and "fix: add the missing videos" in out
     assert "✗ data template" in out and "['e']" in out

@@ -1,7 +1,7 @@
 """Runs side by side: the params that differ between them and their headline scores, as one table and one plot.
 
-    python -m kitlib.compare outputs/*                  # table on the terminal, compare.csv + compare.png in outputs/
-    python -m kitlib.compare outputs/demo outputs/demo-e5 --out /tmp/cmp
+    python -m kitlib.tools.compare outputs/*                  # table on the terminal, compare.csv + compare.png in outputs/
+    python -m kitlib.tools.compare outputs/demo outputs/demo-e5 --out /tmp/cmp
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def plot(table: pd.DataFrame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kitlib.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kitlib.tools.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (outputs/<run.name>)")
     parser.add_argument("--out", type=Path, help="where compare.csv and compare.png go (default: the runs' parent)")
     args = parser.parse_args(argv)
