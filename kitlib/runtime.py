@@ -32,15 +32,18 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """One log line per stage event, with the time, on stderr (shown in notebooks too) and, under the
-    runner, in ``<run>/logs/<stage>.log`` (``kitlib.progress``)."""
+    """One log line per stage event, with the time. Under the runner every line goes to
+    ``<run>/logs/<stage>.log`` (``kitlib.progress``; the terminal shows it live) and only warnings and errors
+    to stderr, so the executed notebook reads as a report; run by hand, every line goes to stderr."""
     from kitlib.progress import attach_stage_log
 
-    attach_stage_log(log)
-    if not any(type(h) is logging.StreamHandler for h in log.handlers):
+    under_runner = attach_stage_log(log) is not None
+    handler = next((h for h in log.handlers if type(h) is logging.StreamHandler), None)
+    if handler is None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
+    handler.setLevel(logging.WARNING if under_runner else logging.NOTSET)
     log.setLevel(level)
 
 

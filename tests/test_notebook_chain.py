@@ -131,6 +131,18 @@ def test_stage_logs_summary_page_overlay_and_clean_notebooks(tiny_run):
         streams = "".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream")
         assert "IProgress" not in streams and "\r" not in streams, stage
         assert not [o for o in outputs if "PosixPath" in "".join(o.get("data", {}).get("text/plain", ""))], stage
+        assert " INFO " not in streams, f"{stage}: the kit's INFO lines belong in the stage log, not the notebook"
+        assert "val F1 nan" not in streams + (run_dir / "logs" / f"{stage}.log").read_text(), stage
+        note = "".join(nb["cells"][-1]["outputs"][0]["data"]["text/markdown"]) if stage != "01_padaug_preview" else ""
+        assert stage == "01_padaug_preview" or ("Data problems so far in this run: 2 (" in note
+                                                and "](../reports/data_problems.csv)" in note), (stage, note)
+    # each data problem is a warning once per run: in the first notebook that meets it, not again later
+    shown = [stage for stage in run.STAGES if "video decodes to" in "".join(
+        "".join(o.get("text", "")) for c in json.loads((run_dir / "notebooks" / f"{stage}.ipynb").read_text())["cells"]
+        for o in c.get("outputs", []))]
+    assert shown == ["01_padaug_preview"], shown
+    problems = pd.read_csv(run_dir / "reports" / "data_problems.csv")
+    assert sorted(problems["kind"]) == ["length", "video"], problems
     extraction_log = (run_dir / "logs" / "03_crop_extract.log").read_text()
     assert "kitlib.visual.extract INFO" in extraction_log and "videos: 100%" in extraction_log
     page = json.loads((run_dir / "summary.json").read_text())

@@ -11,7 +11,7 @@ import torch
 
 from kitlib import data
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import (amp_dtype, data_index, device, extraction_report, feature_store, frame_labels,
+from kitlib.stages.common import (data_problems_note, amp_dtype, data_index, device, extraction_report, feature_store, frame_labels,
                                   probe_table, read_report, report, start, video_table)
 from kitlib.stages.s02_stage1_train import (adapted_backbone, main_state, pretrained_backbone, state_label, state_path,
                                             table1_states)
@@ -20,7 +20,7 @@ from kitlib.store import FeatureStore
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
-__all__ = ['notebook_config', 'start', 'data_index', 'frame_labels', 'read_report', 'follow_settings',
+__all__ = ['notebook_config', 'start', 'data_index', 'data_problems_note', 'frame_labels', 'read_report', 'follow_settings',
            'face_detector', 'face_selection', 'face_identity',
            'extract_visual', 'export_boxes', 'state_store', 'official_crop_store', 'crop_scale_probe',
            'OFFICIAL_CROP']
