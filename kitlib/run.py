@@ -104,9 +104,7 @@ def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "p
         with log_path.open("a", encoding="utf-8") as f:
             f.write(str(failure) + "\n")
         raise failure from None
-    seconds = time.time() - start
-    runfolder.mark_finished(run_dir, stage, cfg, seconds=seconds)
-    return seconds
+    return runfolder.mark_finished(run_dir, stage, cfg, started=start)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -135,6 +133,17 @@ def plan_stages(selected: list[str], status: dict[str, runfolder.StageStatus], *
                 f"{shlex.join(resume)} --stages {behind[0][:2]}-{selected[-1][:2]}")
         plan.append((stage, what, st.why() if what == "stale" else ""))
     return plan
+
+
+def total_line(run_dir: Path, ran: list[str]) -> str:
+    """The closing line's time: the stages this command ran, as their markers record them (the summary page
+    adds up the same markers, so both say the same), and the folder's total when earlier stages count too."""
+    seconds = runfolder.stage_seconds(run_dir)
+    here = sum(seconds.get(stage, 0.0) for stage in ran)
+    line = f"all selected stages finished in {progress.duration(here)}"
+    if set(seconds) - set(ran):
+        line += f" ({progress.duration(sum(seconds.values()))} for all {len(seconds)} stages of the run folder)"
+    return f"{line}; outputs in {run_dir}"
 
 
 def _stage_spec(stages: list[str]) -> str:
@@ -195,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run folder: {run_dir}\nstages: {', '.join(stages)}", flush=True)
             status = runfolder.stage_status(STAGES, cfg, run_dir, upgrade=True)
             plan = plan_stages(stages, status, rerun=args.rerun, resume=resume)
-            total = time.time()
             for stage, what, why in plan:
                 if what == "skip":
                     print(f"[{stage}] finished earlier, skipped (--rerun to run it again)", flush=True)
@@ -220,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 current = None
                 print(f"[{stage}] done in {progress.duration(seconds)} -> {run_dir / 'notebooks' / (stage + '.ipynb')}",
                       flush=True)
-            print(f"all selected stages finished in {progress.duration(time.time() - total)}; outputs in {run_dir}",
-                  flush=True)
+            print(total_line(run_dir, [stage for stage, what, _ in plan if what != "skip"]), flush=True)
             print(summary.terminal_lines(run_dir), flush=True)
             return 0
     except runfolder.RunFolderError as exc:

@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -297,13 +298,28 @@ def mark_started(run_dir: Path, stage: str) -> None:
     marker_path(run_dir, stage).unlink(missing_ok=True)
 
 
-def mark_finished(run_dir: Path, stage: str, cfg: config.Config, *, seconds: float, finished: str | None = None
-                  ) -> None:
-    """Record that ``stage`` finished, with the digests of the inputs it read."""
+def mark_finished(run_dir: Path, stage: str, cfg: config.Config, *, seconds: float | None = None,
+                  started: float | None = None, finished: str | None = None) -> float:
+    """Record that ``stage`` finished, with the digests of the inputs it read; return its seconds: ``seconds``,
+    or the time since ``started`` (``time.time()``) with the digests included, as the terminal counts it."""
+    inputs = input_digests(stage, cfg, run_dir)
+    if seconds is None:
+        seconds = time.time() - started if started is not None else 0.0
     write_json_atomic(marker_path(run_dir, stage),
                       {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(),
-                       "finished": finished or _now(), "fingerprint": FINGERPRINT_VERSION,
-                       "inputs": input_digests(stage, cfg, run_dir)})
+                       "finished": finished or _now(), "fingerprint": FINGERPRINT_VERSION, "inputs": inputs})
+    return round(seconds, 1)
+
+
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds of every finished stage of a run folder, from its markers (what the summary page adds up)."""
+    out = {}
+    for marker in sorted((Path(run_dir) / "stages").glob("*.json")):
+        try:
+            out[marker.stem] = float(json.loads(marker.read_text()).get("seconds") or 0.0)
+        except (ValueError, OSError):
+            continue
+    return out
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,10 @@ def test_abaw10_finds_the_organisers_files_by_their_own_names(tmp_path):
         path.unlink()
     (bad,) = [c for c in doctor._data(cfg) if c.what == "template"]
     assert bad.status == doctor.FAIL and "*ABAW_Expr_test_set_sample.txt: template file missing (data.test_template)" in bad.detail
+
+
+def test_disk_check_says_nothing_about_feature_size_without_data(tmp_path):
+    cfg = config.load("params/demo.yaml", overrides=[f"run.outputs_root={tmp_path / 'out'}",
+                                                      f"data.root={tmp_path / 'nothing-yet'}"])
+    (check,) = doctor._disk(cfg)
+    assert check.status == doctor.OK and "GiB free" in check.detail and "features need" not in check.detail

@@ -71,3 +71,38 @@ def test_compare_shows_the_params_that_differ_and_the_scores(tmp_path, capsys):
 
 def test_flatten_keeps_lists_as_leaves():
     assert compare.flatten(yaml.safe_load("a: {b: 1, c: [1, 2]}\nd: x")) == {"a.b": 1, "a.c": "[1, 2]", "d": "x"}
+
+
+def test_summary_page_links_resolve_plays_the_overlay_and_widens_wide_figures(tmp_path):
+    import matplotlib.pyplot as plt
+
+    run_dir = fake_run(tmp_path, "demo")
+    for name, size in (("face_coverage", (12, 3)), ("confusion_final", (5, 4))):
+        fig = plt.figure(figsize=size)
+        fig.savefig(run_dir / "figures" / f"{name}.png", dpi=100)
+        plt.close(fig)
+    (run_dir / "figures" / "overlay_t1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    for name in ("params.yaml", "logs/05_fusion_ablation.log"):
+        (run_dir / name).parent.mkdir(exist_ok=True)
+        (run_dir / name).touch()
+    page = summary.write(run_dir)
+    text = page.read_text()
+    assert summary.broken_links(page) == []
+    assert '<video src="figures/overlay_t1.mp4" controls' in text and 'href="figures/overlay_t1.mp4"' in text
+    assert '<figure class=wide><a href="figures/face_coverage.png">' in text
+    assert '<figure><a href="figures/confusion_final.png">' in text
+    assert "[overlay_t1.mp4](figures/overlay_t1.mp4)" in (run_dir / "summary.md").read_text()
+    (run_dir / "figures" / "face_coverage.png").unlink()
+    assert summary.broken_links(page) == ["figures/face_coverage.png", "figures/face_coverage.png"]
+
+
+def test_the_terminal_total_is_the_page_total(tmp_path):
+    from kitlib import run
+
+    run_dir = fake_run(tmp_path, "demo")
+    (run_dir / "stages" / "06_smoothing_sweep.json").write_text(json.dumps({"stage": "06_smoothing_sweep", "seconds": 30.4}))
+    page = json.loads((summary.write(run_dir).with_suffix(".json")).read_text())
+    assert page["total_seconds"] == 115.2
+    assert run.total_line(run_dir, ["05_fusion_ablation", "06_smoothing_sweep"]).startswith(
+        "all selected stages finished in 1 min 55 s;")
+    assert "(1 min 55 s for all 2 stages of the run folder)" in run.total_line(run_dir, ["06_smoothing_sweep"])

@@ -214,6 +214,8 @@ def _disk(cfg: Config) -> list[Check]:
     existing = next(p for p in (target, *target.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     need = estimate_feature_bytes(cfg) * (1 + len(cfg.stage1.table1_states))
+    if need == 0:      # no annotation files or template yet (the demo before it is generated): nothing to size
+        return [Check("disk", "free space", OK, f"{free / 2**30:.1f} GiB free at {existing}")]
     ok = free > 1.2 * need
     return [Check("disk", "free space", OK if ok else FAIL, f"{free / 2**30:.1f} GiB free at {existing}; features need "
                   f"about {need / 2**30:.1f} GiB", "" if ok else "free space there, or set run.outputs_root to a bigger disk")]
