@@ -48,7 +48,7 @@ def class_histogram(hist: pd.DataFrame) -> plt.Figure:
         id_vars="split", var_name="class", value_name="frames")
     fig, ax = plt.subplots(figsize=(9, 3.4))
     sns.barplot(long, x="class", y="frames", hue="split", ax=ax)
-    ax.tick_params(axis="x", labelrotation=30)          # "Happiness", "Surprise" ... side by side do not collide
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")   # long names do not collide
     ax.set_xlabel("expression class"), ax.set_ylabel("valid frames")
     legend_outside(ax)
     ax.set_title("Valid frames per class")
@@ -186,9 +186,15 @@ def _distribution_and_worst(share: pd.DataFrame, counts: pd.DataFrame, *, worst_
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.28 * min(len(share), WORST_SHOWN) + 2.6),
                                       gridspec_kw={"width_ratios": [1, 1.3]})
     long = share.reset_index(names="track").melt(id_vars="track", var_name="part", value_name="share")
-    sns.boxplot(long, x="share", y="part", hue="part", palette=colours, ax=left, fliersize=2, legend=False)
+    # Matplotlib's own box plot (seaborn 0.13's passes the ``vert`` Matplotlib 3.11 deprecates), first part on top
+    boxes = left.boxplot([share[part].to_numpy() for part in share.columns], positions=np.arange(share.shape[1]),
+                         orientation="horizontal", tick_labels=list(share.columns), patch_artist=True, widths=0.6,
+                         flierprops={"markersize": 2}, medianprops={"color": "black"})
+    for patch, part in zip(boxes["boxes"], share.columns):
+        patch.set_facecolor(colours[part])
     if len(share) <= 60:
         sns.stripplot(long, x="share", y="part", color="black", size=2.5, ax=left)
+    left.set_ylim(share.shape[1] - 0.5, -0.5)
     left.set_xlim(-0.02, 1.02), left.set_xlabel(share_label), left.set_ylabel("")
     left.set_title(f"all {len(share)} tracks")
     worst = share.sort_values(worst_by, ascending=False).head(WORST_SHOWN)
