@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitlib import config, data, run
+from browser import needs_chromium, screenshots
+from kitlib import config, data, run, summary
 from kitlib.stages import common
 from kitlib.data import submission
 from kitlib.store import FeatureStore
@@ -150,3 +151,15 @@ def test_stage_logs_summary_page_overlay_and_clean_notebooks(tiny_run):
     assert len(page["stages"]) == len(run.STAGES) and (run_dir / "summary.html").is_file()
     overlays = list((run_dir / "figures").glob("overlay_*.mp4"))
     assert len(overlays) == 1 and overlays[0].stat().st_size > 10_000 and overlays[0].with_suffix(".png").is_file()
+
+
+@needs_chromium
+def test_summary_page_of_the_tiny_run_in_headless_chromium(tiny_run, tmp_path):
+    _, run_dir, _ = tiny_run
+    page = run_dir / "summary.html"
+    assert summary.broken_links(page) == []
+    report = screenshots.check_page(page)
+    assert len(report["images"]) >= 9 and all(i["ok"] for i in report["images"]), report["images"]
+    assert all(link["ok"] for link in report["links"]), [link for link in report["links"] if not link["ok"]]
+    assert any(link["url"].endswith(".mp4") for link in report["links"])
+    assert screenshots.screenshot(page, tmp_path / "summary.png").stat().st_size > 50_000
