@@ -217,8 +217,9 @@ def _disk(cfg: Config) -> list[Check]:
     if need == 0:      # no annotation files or template yet (the demo before it is generated): nothing to size
         return [Check("disk", "free space", OK, f"{free / 2**30:.1f} GiB free at {existing}")]
     ok = free > 1.2 * need
+    size = f"{need / 2**30:.1f} GiB" if need >= 2**30 / 10 else f"{need / 2**20:.1f} MiB"
     return [Check("disk", "free space", OK if ok else FAIL, f"{free / 2**30:.1f} GiB free at {existing}; features need "
-                  f"about {need / 2**30:.1f} GiB", "" if ok else "free space there, or set run.outputs_root to a bigger disk")]
+                  f"about {size}", "" if ok else "free space there, or set run.outputs_root to a bigger disk")]
 
 
 def requirement_pins(root: Path | None = None) -> dict[str, str]:
