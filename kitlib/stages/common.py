@@ -99,8 +99,9 @@ def record_data_problems(cfg: Config, kind: str, problems: list[tuple[str, str]]
     known = set(zip(old["file"], old["reason"]))
     for file, reason in problems:
         (log.info if (file, reason) in known else log.warning)("%s: %s", file, reason)
+    kept = old[old["kind"] != kind]
     rows = pd.DataFrame([(kind, file, reason) for file, reason in problems], columns=DATA_PROBLEM_COLUMNS)
-    table = pd.concat([old[old["kind"] != kind], rows], ignore_index=True) if len(old) else rows
+    table = pd.concat([kept, rows], ignore_index=True) if len(kept) and len(rows) else rows if len(rows) else kept
     report(cfg, "data_problems", table)
     return table
 
