@@ -6,7 +6,7 @@
     abaw-kit run params/abaw10.yaml params/local.yaml --stages 05-07
     abaw-kit compare outputs/*
 
-Each word runs the module of the same name (``python -m kitlib.run`` ... work the same). Outside a
+Each word runs its module (``COMMANDS``: ``python -m kitlib.run``, ``python -m kitlib.tools.doctor`` ... work the same). Outside a
 checkout the kit works in the folder that holds ``params/`` (``init`` makes one; or set ``KIT_ROOT``).
 """
 from __future__ import annotations
