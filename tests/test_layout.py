@@ -95,4 +95,5 @@ def test_the_runner_is_the_top_layer():
                                                     "overlay", "config", "store", "fingerprints", "runtime")), \
         "the runner is the top layer: move what is shared down (e.g. into runfolder)"
     assert not _importers(("runfolder", "summary"), within=(*DOMAIN, "stages"))
+    assert not _importers(("tools",), within=(*DOMAIN, "stages")), "tools build on the stages, not the reverse"
 

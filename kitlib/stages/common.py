@@ -37,13 +37,11 @@ def check_run_params(cfg: Config) -> None:
     so params that differ from its ``params.yaml`` are refused (they would overwrite its reports)."""
     import yaml
 
-    from kitlib.tools.compare import flatten
-
     recorded = cfg.run_dir / "params.yaml"
     if not recorded.is_file():
         return
-    old = flatten(config.without_location(yaml.safe_load(recorded.read_text()) or {}))
-    new = flatten(cfg.results_dict())            # a renamed, moved or copied run folder keeps its params
+    old = config.flatten(config.without_location(yaml.safe_load(recorded.read_text()) or {}))
+    new = config.flatten(cfg.results_dict())            # a renamed, moved or copied run folder keeps its params
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         raise config.ConfigError(f"{cfg.run_dir} was made with other params (changed: {', '.join(changed[:8])}); "
