@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from kitlib import config, fingerprints, runtime
+from kitlib import config, fingerprints
 from kitlib.fingerprints import FINGERPRINT_VERSION, DigestCache, input_digests
 from kitlib.store import write_json_atomic, write_text_atomic
 
@@ -193,7 +193,9 @@ TRACKED_PACKAGES = ("torch", "torchvision", "torchaudio", "transformers", "timm"
 
 
 def provenance(cfg: config.Config, argv: list[str]) -> dict:
-    """Git commit, package versions, seed and command of a run."""
+    """Git commit, package versions, seed, command and GPU of a run."""
+    from kitlib.runtime import gpu_info       # imports torch: only when a run folder is prepared
+
     root = config.repo_root()
 
     def git(*args: str) -> str:
@@ -210,7 +212,7 @@ def provenance(cfg: config.Config, argv: list[str]) -> dict:
             versions[name] = None
     return {"git_commit": git("rev-parse", "--verify", "-q", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
             "params_digest": cfg.digest(), "seed": cfg.run.seed, "python": sys.version.split()[0],
-            "platform": platform.platform(), "packages": versions, "command": argv, "gpu": runtime.gpu_info(),
+            "platform": platform.platform(), "packages": versions, "command": argv, "gpu": gpu_info(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
