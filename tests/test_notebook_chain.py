@@ -20,7 +20,8 @@ CORRUPT = "99-30-256x192"
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     items = ["params/demo.yaml", "params/tiny.yaml", f"run.outputs_root={root / 'outputs'}",
-             f"data.root={root / 'data'}", f"audio.encoder={root / 'models' / 'wav2vec2-tiny'}"]
+             f"data.root={root / 'data'}", f"audio.encoder={root / 'models' / 'wav2vec2-tiny'}",
+             f"fusion.text_encoder={root / 'models' / 'text-tiny'}"]          # made by 05: under tmp, not data/
     cfg = config.load(*items[:2], overrides=items[2:])
     # bad input beside the demo: a corrupt video with its annotation; the run must report it and go on
     common.ensure_demo(cfg)
