@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -71,12 +72,21 @@ def face_identity(cfg: Config, dev: torch.device | None = None):
     """``faces.identity`` as (embedder or None, the name the report gives to what decided): ArcFace from
     ``faces.identity_weights`` (null: None, the online rule, "online (no arcface weights)"), the
     ``colour-texture`` fallback, or ``online``. Missing weights fail here, before any video is decoded."""
-    from kitlib.faces.identity import build_embedder, identity_method
+    from kitlib.faces.identity import identity_method
 
     f = cfg.faces
     weights = cfg.path(f.identity_weights) if f.identity_weights else None
-    embedder = build_embedder(f.identity, weights=weights, device=dev or device(cfg))
+    embedder = _embedder(f.identity, weights, str(dev or device(cfg)))
     return embedder, identity_method(embedder, f.identity)
+
+
+@functools.cache
+def _embedder(name: str, weights: Path | None, dev: str):
+    """One embedder per process for every extraction of the stage (Table 1's states, the official crops):
+    the weights load once, and "arcface has no weights" is said once."""
+    from kitlib.faces.identity import build_embedder
+
+    return build_embedder(name, weights=weights, device=dev)
 
 
 def _face_args(cfg: Config) -> dict:
