@@ -31,6 +31,11 @@ def legend_outside(ax: plt.Axes, **kwargs) -> None:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, **kwargs)
 
 
+def rotate_x_labels(ax: plt.Axes, degrees: float = 30) -> None:
+    """Slant the x tick labels, anchored at their right end under their tick, so long names do not collide."""
+    plt.setp(ax.get_xticklabels(), rotation=degrees, ha="right", rotation_mode="anchor")
+
+
 def save(fig: plt.Figure, run_dir: Path, name: str) -> Path:
     """Save ``fig`` as ``<run_dir>/figures/<name>.png`` and return the path."""
     path = Path(run_dir) / "figures" / f"{name}.png"
@@ -48,7 +53,7 @@ def class_histogram(hist: pd.DataFrame) -> plt.Figure:
         id_vars="split", var_name="class", value_name="frames")
     fig, ax = plt.subplots(figsize=(9, 3.4))
     sns.barplot(long, x="class", y="frames", hue="split", ax=ax)
-    plt.setp(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")   # long names do not collide
+    rotate_x_labels(ax)
     ax.set_xlabel("expression class"), ax.set_ylabel("valid frames")
     legend_outside(ax)
     ax.set_title("Valid frames per class")
@@ -106,7 +111,7 @@ def bar_table(table: pd.DataFrame, *, x: str, y: str, hue: str | None = None, ti
     ax.set_xlabel(label(x)), ax.set_ylabel(label(y))
     legend_outside(ax)
     ax.set_title(title)
-    ax.tick_params(axis="x", rotation=30)
+    rotate_x_labels(ax)
     fig.tight_layout()
     return fig
 
@@ -225,8 +230,9 @@ def fold_scores(table: pd.DataFrame) -> plt.Figure:
     sns.barplot(long, x="head", y="f1", errorbar="sd", color="lightsteelblue", ax=ax)
     sns.stripplot(long, x="head", y="f1", hue="fold", dodge=False, ax=ax)
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1))
+    ax.set_xlabel(label("head")), ax.set_ylabel(label("f1"))
     ax.set_title("Fusion heads: video-level cross-validation (mean ± std, folds as points)")
-    ax.tick_params(axis="x", rotation=30)
+    rotate_x_labels(ax)
     fig.tight_layout()
     return fig
 
@@ -266,7 +272,7 @@ def xattn_grid(table: pd.DataFrame) -> plt.Figure:
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1, 1))
     ax.set_xlabel("modality dropout p, d_model d, self-attention layers l"), ax.set_ylabel("macro F1")
     ax.set_title("Safe cross-attention transformer (Yu et al.): settings")
-    ax.tick_params(axis="x", rotation=30)
+    rotate_x_labels(ax)
     fig.tight_layout()
     return fig
 

@@ -121,8 +121,11 @@ def render_html(summary: dict[str, Any]) -> str:
     figures = "".join(f'<figure{" class=wide" if p in wide else ""}><a href="{esc(p)}"><img src="{esc(p)}" '
                       f'alt="{esc(Path(p).stem)}"></a><figcaption>{esc(Path(p).stem)}</figcaption></figure>'
                       for p in summary["figures"])
-    videos = "".join(f'<figure class=wide><video src="{esc(p)}" controls muted loop preload="metadata" width="640">'
-                     f'</video><figcaption><a href="{esc(p)}">{esc(Path(p).name)}</a></figcaption></figure>'
+    posters = {str(Path(p).with_suffix("")) for p in summary["figures"]}     # overlay_<txtid>.png: its first frame
+    videos = "".join(f'<figure class=wide><video src="{esc(p)}" controls muted loop preload="metadata" width="640"'
+                     + (f' poster="{esc(str(Path(p).with_suffix(".png")))}"' if str(Path(p).with_suffix("")) in posters
+                        else "")
+                     + f'></video><figcaption><a href="{esc(p)}">{esc(Path(p).name)}</a></figcaption></figure>'
                      for p in summary.get("videos", ()))
     prov = summary["provenance"]
     return f"""<!doctype html>
