@@ -35,8 +35,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check --select F,E9 kitlib tests benchmarks
 	$(BIN)/python -m kitlib.tools.notebooks check notebooks/*.ipynb
 
+# JupyterLab refuses to start as root without --allow-root (GPU boxes, containers): passed there, and said so
+AS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=.
+	@if [ -n "$(AS_ROOT)" ]; then echo "running as root: starting JupyterLab with --allow-root"; fi
+	$(BIN)/jupyter lab --notebook-dir=. $(AS_ROOT)
 
 hooks:
 	git config core.hooksPath .githooks

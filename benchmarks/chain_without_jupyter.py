@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kitlib import config  # noqa: E402
-from kitlib.run import prepare_run_dir, select_stages  # noqa: E402
+from kitlib.run import select_stages  # noqa: E402
+from kitlib.runfolder import prepare_run_dir  # noqa: E402
 from kitlib.store import write_json_atomic  # noqa: E402
 
 

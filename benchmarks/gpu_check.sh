@@ -18,7 +18,9 @@
 # (benchmarks/common.py: metadata_dir), for the projections and the folds. Without papermill the chain runs through benchmarks/chain_without_jupyter.py
 # (the notebooks' cells executed in one process: the same stage functions).
 # Environment: PYTHON (default python3; .venv/bin/python in a dry run); GPU_CHECK_STEPS=a,b runs only those steps
-# (environment, gpu_tests, visual_pipelined, audio, stage1, fusion, tiny_chain; profile only when named). The step
+# (environment, gpu_tests, visual_pipelined, audio, stage1, fusion, tiny_chain; profile only when named);
+# GPU_CHECK_RUNS=DIR puts the tiny chain's run folders and generated data under DIR (default: outputs/ and
+# data/tiny, as the params say; the test points it at a temporary folder). The step
 # limits add up to 8 min 35 s on the GPU (profile: 2 min 30 s more); a step that runs out is recorded as timed out and the next one starts.
 set -u
 cd "$(dirname "$0")/.."
@@ -107,7 +109,13 @@ EOF
   echo "   rc=$rc in $(( $(date +%s) - t0 )) s"
 }
 
-rm -rf outputs/gpu-check-dry outputs/gpu-check-tiny outputs/gpu-check-tiny-nojupyter  # this check's own run
+RUNS=${GPU_CHECK_RUNS:-outputs}   # where the tiny chain's run folders go (and its data, when set)
+PLACE=""
+if [ -n "${GPU_CHECK_RUNS:-}" ]; then
+  mkdir -p "$RUNS"; RUNS=$(cd "$RUNS" && pwd)
+  PLACE="run.outputs_root=$RUNS data.root=$RUNS/data audio.encoder=$RUNS/data/models/wav2vec2-tiny fusion.text_encoder=$RUNS/data/models/text-tiny"
+fi
+rm -rf "$RUNS/gpu-check-dry" "$RUNS/gpu-check-tiny" "$RUNS/gpu-check-tiny-nojupyter"  # this check's own run
 # folders, made fresh each time (a run folder refuses params that changed since it was made)
 if [ "$DRY" = 1 ]; then
   DEV=cpu
@@ -120,7 +128,7 @@ if [ "$DRY" = 1 ]; then
   step stage1 180 - "$PYTHON" benchmarks/stage1_training.py --device cpu --image-size 56 --batch-size 4 --steps 1 --no-baseline
   step fusion 240 "$OUT/fusion.json" "$PYTHON" benchmarks/fusion_gpu.py --device cpu --frames 3000 --dim 64 --epochs 1 --json "$OUT/fusion.json"
   step tiny_chain 300 "$OUT/tiny_chain.json" "$PYTHON" benchmarks/chain_without_jupyter.py params/demo.yaml params/tiny.yaml \
-    run.name=gpu-check-dry --stages 01 --json "$OUT/tiny_chain.json"
+    run.name=gpu-check-dry $PLACE --stages 01 --json "$OUT/tiny_chain.json"
   step profile 300 "$OUT/profile.json" "$PYTHON" benchmarks/gpu_profile.py --device cpu --clips 2 --seconds 0.3 \
     --width 320 --height 180 --arch vit_small_patch14_dinov2 --image-size 28 --batches 8 --no-compile --json "$OUT/profile.json"
 else
@@ -136,12 +144,12 @@ else
   step stage1 50 - "$PYTHON" benchmarks/stage1_training.py --device cuda --steps 15 --workers 16
   step fusion 60 "$OUT/fusion.json" "$PYTHON" benchmarks/fusion_gpu.py --device cuda --json "$OUT/fusion.json"
   step tiny_chain 120 "$OUT/tiny_chain.json" bash -c "if $PYTHON -c 'import papermill' 2>/dev/null; then \
-      $PYTHON -m kitlib.run params/demo.yaml params/tiny.yaml run.device=cuda run.name=gpu-check-tiny stage1.amp=bf16 \
+      $PYTHON -m kitlib.run params/demo.yaml params/tiny.yaml run.device=cuda run.name=gpu-check-tiny $PLACE stage1.amp=bf16 \
         visual.amp=bf16 audio.amp=bf16 visual.extractor=pipelined && $PYTHON -c \"import json, pathlib; \
-        p = pathlib.Path('outputs/gpu-check-tiny/stages'); json.dump({'runner': 'papermill', 'stage_seconds': \
+        p = pathlib.Path('$RUNS/gpu-check-tiny/stages'); json.dump({'runner': 'papermill', 'stage_seconds': \
         {f.stem: json.loads(f.read_text())['seconds'] for f in sorted(p.glob('*.json'))}}, open('$OUT/tiny_chain.json', 'w'))\"; \
     else $PYTHON benchmarks/chain_without_jupyter.py params/demo.yaml params/tiny.yaml run.device=cuda \
-        run.name=gpu-check-tiny-nojupyter stage1.amp=bf16 visual.amp=bf16 audio.amp=bf16 visual.extractor=pipelined \
+        run.name=gpu-check-tiny-nojupyter $PLACE stage1.amp=bf16 visual.amp=bf16 audio.amp=bf16 visual.extractor=pipelined \
         --json $OUT/tiny_chain.json; fi"
   # where the time goes (benchmarks/gpu_profile.py): only when named in GPU_CHECK_STEPS, so that the default
   # steps fit one 10-minute call
@@ -151,9 +159,9 @@ else
 fi
 
 # one JSON: the machine, every step (rc, seconds, result lines) and every figures file the steps wrote
-"$REC" - "$OUT" "$STEPS" "$DEV" "$(( $(date +%s) - START ))" "$DRY" <<'EOF'
+"$REC" - "$OUT" "$STEPS" "$DEV" "$(( $(date +%s) - START ))" "$DRY" "$RUNS" <<'EOF'
 import json, pathlib, platform, subprocess, sys, datetime
-out, steps, device, total, dry = sys.argv[1:]
+out, steps, device, total, dry, runs = sys.argv[1:]
 records = [json.loads(l) for l in open(steps)]
 for r in records:
     path = r.get("figures_file")
@@ -172,7 +180,7 @@ try:
 except Exception:
     commit = None
 chain = {d.name: {f.stem: json.loads(f.read_text()).get("seconds") for f in sorted((d / "stages").glob("*.json"))}
-         for d in sorted(pathlib.Path("outputs").glob("gpu-check-*")) if (d / "stages").is_dir()}
+         for d in sorted(pathlib.Path(runs).glob("gpu-check-*")) if (d / "stages").is_dir()}
 summary = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "dry_run": dry == "1",
            "device": device, "gpu": gpu, "host": platform.node(), "python": platform.python_version(),
            "commit": commit, "total_seconds": int(total),

@@ -8,7 +8,7 @@
     abaw-kit export outputs/demo --out bundles/demo      # a finished run as a model bundle
     abaw-kit predict bundles/demo clips/ --out predictions/ [--overlay]   # per-frame labels of any video
 
-Each word runs its module (``python -m kitlib.run``, ``python -m kitlib.tools.export`` ... work the same). Outside a
+Each word runs its module (``COMMANDS``: ``python -m kitlib.run``, ``python -m kitlib.tools.export`` ... work the same). Outside a
 checkout the kit works in the folder that holds ``params/`` (``init`` makes one; or set ``KIT_ROOT``).
 """
 from __future__ import annotations

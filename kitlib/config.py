@@ -365,6 +365,17 @@ def without_location(values: dict[str, Any], sections: typing.Iterable[str] | No
     return out
 
 
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"fusion": {"epochs": 5}}`` -> ``{"fusion.epochs": 5}`` (lists and dicts below a leaf kept as text)."""
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    return out
+
+
 def repo_root() -> Path:
     """The checkout holding ``params/``: $KIT_ROOT, else the folder above ``kitlib/``, else cwd."""
     if os.environ.get("KIT_ROOT"):

@@ -4,7 +4,7 @@ A params value such as ``stage1.weights: timm/vit_large_patch14_dinov2.lvd142m``
 ``audio.encoder: facebook/wav2vec2-large-960h-lv60`` that is not a path in the repository resolves
 to ``<cache>/models--<org>--<name>/snapshots/<revision>/`` (the revision ``refs/main`` names, else the
 newest snapshot). The cache is ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
-``~/.cache/huggingface/hub``: the layout ``huggingface_hub`` writes, so ``python -m kitlib.weights
+``~/.cache/huggingface/hub``: the layout ``huggingface_hub`` writes, so ``python -m kitlib.tools.weights
 fetch`` (on a machine with internet) or ``huggingface-cli download`` fill it.
 """
 from __future__ import annotations

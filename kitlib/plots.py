@@ -31,6 +31,11 @@ def legend_outside(ax: plt.Axes, **kwargs) -> None:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), frameon=False, **kwargs)
 
 
+def rotate_x_labels(ax: plt.Axes, degrees: float = 30) -> None:
+    """Slant the x tick labels, anchored at their right end under their tick, so long names do not collide."""
+    plt.setp(ax.get_xticklabels(), rotation=degrees, ha="right", rotation_mode="anchor")
+
+
 def save(fig: plt.Figure, run_dir: Path, name: str) -> Path:
     """Save ``fig`` as ``<run_dir>/figures/<name>.png`` and return the path."""
     path = Path(run_dir) / "figures" / f"{name}.png"
@@ -42,10 +47,13 @@ def save(fig: plt.Figure, run_dir: Path, name: str) -> Path:
 def class_histogram(hist: pd.DataFrame) -> plt.Figure:
     """Valid frames per class and split (the class imbalance the folds must respect)."""
     cols = [f"class_{c}" for c in range(len(CLASSES))]
-    long = hist.groupby("split")[cols].sum().rename(columns=dict(zip(cols, CLASSES))).reset_index().melt(
+    per_split = hist.groupby("split")[cols].sum()
+    per_split = per_split[per_split.sum(axis=1) > 0]    # a split without labels (the test set) has no bars
+    long = per_split.rename(columns=dict(zip(cols, CLASSES))).reset_index().melt(
         id_vars="split", var_name="class", value_name="frames")
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = plt.subplots(figsize=(9, 3.4))
     sns.barplot(long, x="class", y="frames", hue="split", ax=ax)
+    rotate_x_labels(ax)
     ax.set_xlabel("expression class"), ax.set_ylabel("valid frames")
     legend_outside(ax)
     ax.set_title("Valid frames per class")
@@ -103,7 +111,7 @@ def bar_table(table: pd.DataFrame, *, x: str, y: str, hue: str | None = None, ti
     ax.set_xlabel(label(x)), ax.set_ylabel(label(y))
     legend_outside(ax)
     ax.set_title(title)
-    ax.tick_params(axis="x", rotation=30)
+    rotate_x_labels(ax)
     fig.tight_layout()
     return fig
 
@@ -128,10 +136,12 @@ def smoothing_sweep(sweep: pd.DataFrame, *, title: str = "") -> plt.Figure:
     for ax, (name, part, errorbar) in zip(axes[0], panels):
         lines = part[part["strategy"] != "none"]
         sns.lineplot(lines, x="window", y="f1", hue="strategy", errorbar=errorbar, ax=ax, legend=ax is axes[0][-1])
-        ax.axhline(part.loc[part["strategy"] == "none", "f1"].mean(), color="grey", ls="--", lw=1)
+        ax.axhline(part.loc[part["strategy"] == "none", "f1"].mean(), color="grey", ls="--", lw=1,
+                   label="single frame (no smoothing)")
         ax.set_xlabel(label("window")), ax.set_ylabel(label("f1")), ax.set_title(name)
-    if axes[0][-1].get_legend():
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1, 1))
+    last = axes[0][-1]
+    last.legend(*last.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(1, 1), title="strategy",
+                frameon=False)
     fig.suptitle(title or "Temporal smoothing: macro F1 by window size")
     fig.tight_layout()
     return fig
@@ -181,9 +191,15 @@ def _distribution_and_worst(share: pd.DataFrame, counts: pd.DataFrame, *, worst_
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.28 * min(len(share), WORST_SHOWN) + 2.6),
                                       gridspec_kw={"width_ratios": [1, 1.3]})
     long = share.reset_index(names="track").melt(id_vars="track", var_name="part", value_name="share")
-    sns.boxplot(long, x="share", y="part", hue="part", palette=colours, ax=left, fliersize=2, legend=False)
+    # Matplotlib's own box plot (seaborn 0.13's passes the ``vert`` Matplotlib 3.11 deprecates), first part on top
+    boxes = left.boxplot([share[part].to_numpy() for part in share.columns], positions=np.arange(share.shape[1]),
+                         orientation="horizontal", tick_labels=list(share.columns), patch_artist=True, widths=0.6,
+                         flierprops={"markersize": 2}, medianprops={"color": "black"})
+    for patch, part in zip(boxes["boxes"], share.columns):
+        patch.set_facecolor(colours[part])
     if len(share) <= 60:
         sns.stripplot(long, x="share", y="part", color="black", size=2.5, ax=left)
+    left.set_ylim(share.shape[1] - 0.5, -0.5)
     left.set_xlim(-0.02, 1.02), left.set_xlabel(share_label), left.set_ylabel("")
     left.set_title(f"all {len(share)} tracks")
     worst = share.sort_values(worst_by, ascending=False).head(WORST_SHOWN)
@@ -214,8 +230,9 @@ def fold_scores(table: pd.DataFrame) -> plt.Figure:
     sns.barplot(long, x="head", y="f1", errorbar="sd", color="lightsteelblue", ax=ax)
     sns.stripplot(long, x="head", y="f1", hue="fold", dodge=False, ax=ax)
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1))
-    ax.set_title("Table 3: video-level cross-validation (mean ± std, folds as points)")
-    ax.tick_params(axis="x", rotation=30)
+    ax.set_xlabel(label("head")), ax.set_ylabel(label("f1"))
+    ax.set_title("Fusion heads: video-level cross-validation (mean ± std, folds as points)")
+    rotate_x_labels(ax)
     fig.tight_layout()
     return fig
 
@@ -254,8 +271,8 @@ def xattn_grid(table: pd.DataFrame) -> plt.Figure:
         handles.append(Line2D([], [], marker="o", ls="", color="black", markersize=4, label="folds"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1, 1))
     ax.set_xlabel("modality dropout p, d_model d, self-attention layers l"), ax.set_ylabel("macro F1")
-    ax.set_title("Seed 004 Table 3: safe cross-attention transformer settings")
-    ax.tick_params(axis="x", rotation=30)
+    ax.set_title("Safe cross-attention transformer (Yu et al.): settings")
+    rotate_x_labels(ax)
     fig.tight_layout()
     return fig
 

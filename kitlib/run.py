@@ -27,16 +27,12 @@ run ``A``, reusing the stages that the new params leave current.
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 from kitlib import config, progress, runfolder, summary
@@ -44,8 +40,6 @@ from kitlib.store import DISK_FULL as DISK_FULL_CODES
 
 STAGES = ("01_padaug_preview", "02_stage1_train", "03_crop_extract", "04_audio_align",
           "05_fusion_ablation", "06_smoothing_sweep", "07_submission")
-TRACKED_PACKAGES = ("torch", "torchvision", "torchaudio", "transformers", "timm", "decord", "av", "opencv-python",
-                    "face-alignment", "numpy", "scipy", "pandas", "scikit-learn", "seaborn", "papermill", "safetensors")
 
 
 class StageFailed(RuntimeError):
@@ -91,46 +85,6 @@ def select_stages(spec: str | None) -> list[str]:
     return [s for s in STAGES if s in chosen]
 
 
-def provenance(cfg: config.Config, argv: list[str]) -> dict:
-    """Git commit, package versions, seed and command of a run."""
-    root = config.repo_root()
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    versions = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"git_commit": git("rev-parse", "--verify", "-q", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
-            "params_digest": cfg.digest(), "seed": cfg.run.seed, "python": sys.version.split()[0],
-            "platform": platform.platform(), "packages": versions, "command": argv, "gpu": _gpu_info(),
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "random_weights": cfg.random_weights()}
-
-
-def _gpu_info() -> dict:
-    from kitlib.tools.doctor import gpu_info
-
-    return gpu_info()
-
-
-def prepare_run_dir(cfg: config.Config, *, argv: list[str]) -> Path:
-    """Create the run folder (or reopen it with the same params) and record params + provenance (with history)."""
-    run_dir = cfg.run_dir
-    moved = runfolder.record_params(run_dir, cfg)
-    if moved:
-        print(moved, flush=True)
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    runfolder.record_provenance(run_dir, provenance(cfg, argv))
-    return run_dir
-
-
 def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "python3") -> float:
     """Execute one notebook with papermill; raise ``StageFailed`` naming the cell on error."""
     import papermill as pm
@@ -150,9 +104,7 @@ def run_stage(stage: str, cfg: config.Config, run_dir: Path, *, kernel: str = "p
         with log_path.open("a", encoding="utf-8") as f:
             f.write(str(failure) + "\n")
         raise failure from None
-    seconds = time.time() - start
-    runfolder.mark_finished(run_dir, stage, cfg, seconds=seconds)
-    return seconds
+    return runfolder.mark_finished(run_dir, stage, cfg, started=start)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -183,6 +135,17 @@ def plan_stages(selected: list[str], status: dict[str, runfolder.StageStatus], *
     return plan
 
 
+def total_line(run_dir: Path, ran: list[str]) -> str:
+    """The closing line's time: the stages this command ran, as their markers record them (the summary page
+    adds up the same markers, so both say the same), and the folder's total when earlier stages count too."""
+    seconds = runfolder.stage_seconds(run_dir)
+    here = sum(seconds.get(stage, 0.0) for stage in ran)
+    line = f"all selected stages finished in {progress.duration(here)}"
+    if set(seconds) - set(ran):
+        line += f" ({progress.duration(sum(seconds.values()))} for all {len(seconds)} stages of the run folder)"
+    return f"{line}; outputs in {run_dir}"
+
+
 def _stage_spec(stages: list[str]) -> str:
     """``--stages`` for these stages: ``03`` / ``03-07`` when consecutive, else ``03,05``."""
     first, last = STAGES.index(stages[0]), STAGES.index(stages[-1])
@@ -190,13 +153,13 @@ def _stage_spec(stages: list[str]) -> str:
         return stages[0][:2] + (f"-{stages[-1][:2]}" if len(stages) > 1 else "")
     return ",".join(s[:2] for s in stages)
 def preflight_passes(cfg: config.Config, items: list[str]) -> bool:
-    """The fast preflight (``kitlib.doctor --fast``): one line when it passes, the table when it does not."""
+    """The fast preflight (``kitlib.tools.doctor --fast``): one line when it passes, the table when it does not."""
     from kitlib.tools import doctor
 
     checks = doctor.preflight(cfg, fast=True)
     failed = [c for c in checks if c.status == doctor.FAIL]
     if failed:
-        print(f"{doctor.table(checks)}\nfull check: python -m kitlib.doctor {' '.join(items)}; "
+        print(f"{doctor.table(checks)}\nfull check: python -m kitlib.tools.doctor {' '.join(items)}; "
               f"run anyway: --no-preflight", file=sys.stderr)
         return False
     warned = [f"{c.area} {c.what}: {c.detail}" for c in checks if c.status == doctor.WARN]
@@ -211,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("items", nargs="*", help="params files (layered on params/base.yaml) and key=value overrides")
     parser.add_argument("--stages", help="subset: 03 | 03,05 | 03-05 | 05_fusion_ablation (default: all)")
     parser.add_argument("--rerun", action="store_true", help="run the selected stages even if finished")
-    parser.add_argument("--no-preflight", action="store_true", help="skip the fast preflight (kitlib.doctor --fast)")
+    parser.add_argument("--no-preflight", action="store_true", help="skip the fast preflight (kitlib.tools.doctor --fast)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel for the notebooks")
     parser.add_argument("--from", dest="from_run", metavar="RUN",
                         help="start this new run folder from the finished run RUN (a run.name beside it, or a "
@@ -234,14 +197,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.from_run:
                 print(runfolder.branch_run(runfolder.source_run_dir(args.from_run, cfg), cfg.run_dir, cfg, STAGES),
                       flush=True)
-            run_dir = prepare_run_dir(cfg, argv=command)
+            run_dir = runfolder.prepare_run_dir(cfg, argv=command)
             removed = runfolder.remove_partial_files(run_dir)
             if removed:
                 print(f"removed {len(removed)} unfinished file(s) left by a killed run (e.g. {removed[0]})", flush=True)
             print(f"run folder: {run_dir}\nstages: {', '.join(stages)}", flush=True)
             status = runfolder.stage_status(STAGES, cfg, run_dir, upgrade=True)
             plan = plan_stages(stages, status, rerun=args.rerun, resume=resume)
-            total = time.time()
             for stage, what, why in plan:
                 if what == "skip":
                     print(f"[{stage}] finished earlier, skipped (--rerun to run it again)", flush=True)
@@ -266,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 current = None
                 print(f"[{stage}] done in {progress.duration(seconds)} -> {run_dir / 'notebooks' / (stage + '.ipynb')}",
                       flush=True)
-            print(f"all selected stages finished in {progress.duration(time.time() - total)}; outputs in {run_dir}",
-                  flush=True)
+            print(total_line(run_dir, [stage for stage, what, _ in plan if what != "skip"]), flush=True)
             print(summary.terminal_lines(run_dir), flush=True)
             return 0
     except runfolder.RunFolderError as exc:

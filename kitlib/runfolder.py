@@ -6,7 +6,8 @@ that know their inputs, and the checks made before a stage writes.
   holder's lock is taken over (and said so) while a live one is refused with who holds it.
 - **Params** (``record_params``): the first run writes ``params.yaml`` by an exclusive link (never over
   another run's), every later one compares, so a folder never records one set of params for results of another.
-- **Provenance** (``record_provenance``): the newest run's facts, plus the history of every command run here.
+- **Provenance** (``prepare_run_dir``, ``record_provenance``): git commit, package versions, seed and GPU of the
+  newest run, plus the history of every command run here.
 - **Stage markers** (``mark_finished`` / ``stage_status``): ``<run>/stages/<stage>.json`` records fingerprints
   of what the stage's result depends on (``kitlib.fingerprints``: the params it reads, annotation files, name
   lists, template, videos, Stage-I and fusion outputs, feature manifests, by content and relative names). When
@@ -26,11 +27,16 @@ import fcntl
 import json
 import logging
 import os
+import platform
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +188,46 @@ def diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
     return out
 
 
+TRACKED_PACKAGES = ("torch", "torchvision", "torchaudio", "transformers", "timm", "decord", "av", "opencv-python",
+                    "face-alignment", "numpy", "scipy", "pandas", "scikit-learn", "seaborn", "papermill", "safetensors")
+
+
+def provenance(cfg: config.Config, argv: list[str]) -> dict:
+    """Git commit, package versions, seed, command and GPU of a run."""
+    from kitlib.runtime import gpu_info       # imports torch: only when a run folder is prepared
+
+    root = config.repo_root()
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"git_commit": git("rev-parse", "--verify", "-q", "HEAD") or None, "git_dirty": bool(git("status", "--porcelain")),
+            "params_digest": cfg.digest(), "seed": cfg.run.seed, "python": sys.version.split()[0],
+            "platform": platform.platform(), "packages": versions, "command": argv, "gpu": gpu_info(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "random_weights": cfg.random_weights()}
+
+
+def prepare_run_dir(cfg: config.Config, *, argv: list[str]) -> Path:
+    """Create the run folder (or reopen it with the same params) and record params + provenance (with history)."""
+    run_dir = cfg.run_dir
+    moved = record_params(run_dir, cfg)
+    if moved:
+        print(moved, flush=True)
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    record_provenance(run_dir, provenance(cfg, argv))
+    return run_dir
+
+
 HISTORY_KEYS = ("started", "command", "git_commit", "git_dirty", "host")
 
 
@@ -255,13 +301,28 @@ def mark_started(run_dir: Path, stage: str) -> None:
     marker_path(run_dir, stage).unlink(missing_ok=True)
 
 
-def mark_finished(run_dir: Path, stage: str, cfg: config.Config, *, seconds: float, finished: str | None = None
-                  ) -> None:
-    """Record that ``stage`` finished, with the digests of the inputs it read."""
+def mark_finished(run_dir: Path, stage: str, cfg: config.Config, *, seconds: float | None = None,
+                  started: float | None = None, finished: str | None = None) -> float:
+    """Record that ``stage`` finished, with the digests of the inputs it read; return its seconds: ``seconds``,
+    or the time since ``started`` (``time.time()``) with the digests included, as the terminal counts it."""
+    inputs = input_digests(stage, cfg, run_dir)
+    if seconds is None:
+        seconds = time.time() - started if started is not None else 0.0
     write_json_atomic(marker_path(run_dir, stage),
                       {"stage": stage, "seconds": round(seconds, 1), "params_digest": cfg.digest(),
-                       "finished": finished or _now(), "fingerprint": FINGERPRINT_VERSION,
-                       "inputs": input_digests(stage, cfg, run_dir)})
+                       "finished": finished or _now(), "fingerprint": FINGERPRINT_VERSION, "inputs": inputs})
+    return round(seconds, 1)
+
+
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds of every finished stage of a run folder, from its markers (what the summary page adds up)."""
+    out = {}
+    for marker in sorted((Path(run_dir) / "stages").glob("*.json")):
+        try:
+            out[marker.stem] = float(json.loads(marker.read_text()).get("seconds") or 0.0)
+        except (ValueError, OSError):
+            continue
+    return out
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Read from what the stages wrote (``reports/*.csv``, ``stages/*.json``, ``params.
 ``provenance.json``), so it works on any run folder, finished or not: the headline scores (the
 final head on the official validation split and over the folds, after smoothing, the test coverage
 of the submission), the stage times, the figures and links to the executed notebooks. The runner
-writes it at the end of every run; ``python -m kitlib.compare`` puts several side by side.
+writes it at the end of every run; ``python -m kitlib.tools.compare`` puts several side by side.
 """
 from __future__ import annotations
 
@@ -79,10 +79,23 @@ def build(run_dir: Path) -> dict[str, Any]:
                                                     "started", "gpu", "python")},
             "random_weights": prov.get("random_weights") or [],
             "figures": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "figures").glob("*.png")),
+            "wide_figures": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "figures").glob("*.png")
+                                   if _is_wide(p)),
+            "videos": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "figures").glob("*.mp4")),
             "notebooks": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "notebooks").glob("*.ipynb")),
             "logs": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "logs").glob("*.log")),
             "reports": sorted(str(p.relative_to(run_dir)) for p in (run_dir / "reports").glob("*.csv")),
             "submission": [str(p.relative_to(run_dir)) for p in submission]}
+
+
+WIDE_PX = 900   # a figure at least this wide (pixels) gets the page's whole width, so that its text stays readable
+
+
+def _is_wide(png: Path) -> bool:
+    """Whether a PNG is ``WIDE_PX`` or wider (its width, from the IHDR chunk: no image library needed)."""
+    with png.open("rb") as f:
+        head = f.read(24)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(head[16:20], "big") >= WIDE_PX
 
 
 def _score(value: float | None) -> str:
@@ -105,15 +118,24 @@ def render_html(summary: dict[str, Any]) -> str:
     stages = "".join(f"<tr><td>{esc(s['stage'])}</td><td>{_duration(s['seconds'])}</td><td>{esc(str(s['finished']))}</td></tr>"
                      for s in summary["stages"])
     links = lambda items: " · ".join(f'<a href="{esc(p)}">{esc(Path(p).name)}</a>' for p in items) or "—"  # noqa: E731
-    figures = "".join(f'<figure><a href="{esc(p)}"><img src="{esc(p)}" alt="{esc(Path(p).stem)}"></a>'
-                      f"<figcaption>{esc(Path(p).stem)}</figcaption></figure>" for p in summary["figures"])
+    wide = set(summary.get("wide_figures", ()))
+    figures = "".join(f'<figure{" class=wide" if p in wide else ""}><a href="{esc(p)}"><img src="{esc(p)}" '
+                      f'alt="{esc(Path(p).stem)}"></a><figcaption>{esc(Path(p).stem)}</figcaption></figure>'
+                      for p in summary["figures"])
+    posters = {str(Path(p).with_suffix("")) for p in summary["figures"]}     # overlay_<txtid>.png: its first frame
+    videos = "".join(f'<figure class=wide><video src="{esc(p)}" controls muted loop preload="metadata" width="640"'
+                     + (f' poster="{esc(str(Path(p).with_suffix(".png")))}"' if str(Path(p).with_suffix("")) in posters
+                        else "")
+                     + f'></video><figcaption><a href="{esc(p)}">{esc(Path(p).name)}</a></figcaption></figure>'
+                     for p in summary.get("videos", ()))
     prov = summary["provenance"]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>run {esc(summary['run'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:0.5em 0 1.5em}}td,th{{border-bottom:1px solid #ddd;padding:4px 12px;text-align:left}}
 td:nth-child(2){{font-variant-numeric:tabular-nums}}figure{{display:inline-block;margin:8px;vertical-align:top}}
-img{{max-width:520px;max-height:360px;border:1px solid #eee}}figcaption{{font-size:0.85em;color:#555}}</style></head>
+img{{max-width:520px;max-height:360px;border:1px solid #eee}}figcaption{{font-size:0.85em;color:#555}}
+figure.wide{{display:block}}figure.wide img{{max-width:100%;max-height:none}}video{{max-width:100%}}</style></head>
 <body><h1>Run <code>{esc(summary['run'])}</code></h1>
 <p>{esc(summary['run_dir'])} · commit <code>{esc(str(prov.get('git_commit')))}</code>{' (dirty tree)' if prov.get('git_dirty') else ''}
  · params digest <code>{esc(str(prov.get('params_digest')))}</code> · seed {esc(str(prov.get('seed')))}
@@ -123,6 +145,8 @@ img{{max-width:520px;max-height:360px;border:1px solid #eee}}figcaption{{font-si
 <tr><td><b>total</b></td><td><b>{_duration(summary['total_seconds'])}</b></td><td></td></tr></table>
 <p>Executed notebooks: {links(summary['notebooks'])}</p><p>Logs: {links(summary['logs'])}</p>
 <p>Submission: {links(summary['submission'])}</p><p>Reports: {links(summary['reports'])}</p>
+<p>Videos: {links(summary.get('videos', ()))}</p>
+{'<h2>Overlay video</h2>' + videos if videos else ''}
 <h2>Figures</h2>{figures or '<p>none yet</p>'}
 </body></html>
 """
@@ -151,6 +175,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
              f"| after smoothing, fold mean | {_score(h['smoothed_cv_mean_f1'])} |",
              f"| test frames (filled) | {h['test_frames']} ({h['test_frames_filled']}) |", ""]
     lines += [f"- {s['stage']}: {_duration(s['seconds'])}" for s in summary["stages"]]
+    lines += [""] + [f"- video: [{Path(p).name}]({p})" for p in summary.get("videos", ())]
     lines += [""] + [f"![{Path(p).stem}]({p})" for p in summary["figures"]]
     return "\n".join(lines) + "\n"
 
@@ -159,6 +184,34 @@ def _duration(seconds: float | None) -> str:
     from kitlib.progress import duration
 
     return "—" if seconds is None else duration(seconds)
+
+
+def page_links(page: Path) -> list[str]:
+    """Every ``href`` and ``src`` of an HTML page (the summary page's figures, video, notebooks, reports)."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend(value for name, value in attrs if name in ("href", "src") and value)
+
+    Links().feed(Path(page).read_text(encoding="utf-8"))
+    return found
+
+
+def broken_links(page: Path) -> list[str]:
+    """The page's relative links that name no file beside it (web addresses and anchors are not checked)."""
+    from urllib.parse import unquote, urlsplit
+
+    out = []
+    for link in page_links(page):
+        parts = urlsplit(link)
+        if parts.scheme or parts.netloc or not parts.path:
+            continue
+        if not (Path(page).parent / unquote(parts.path)).exists():
+            out.append(link)
+    return out
 
 
 def write(run_dir: Path) -> Path:

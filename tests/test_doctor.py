@@ -51,7 +51,7 @@ def test_broken_setup_names_every_problem_with_its_fix(tmp_path, capsys):
     items = items_for(tmp_path, "stage1.weights=facebook/dinov2-large", "run.name=broken")
     assert doctor.main(["params/abaw10.yaml", *items, "--fast"]) == 1
     out = capsys.readouterr().out
-    assert "✗ weights stage1.weights" in out and "kitlib.weights fetch" in out
+    assert "✗ weights stage1.weights" in out and "kitlib.tools.weights fetch" in out
     assert "✗ weights audio.encoder" in out
     assert "✗ data videos" in out and "b.txt" in out and "fix: add the missing videos" in out
     assert "✗ data template" in out and "['e']" in out
@@ -118,3 +118,10 @@ def test_abaw10_finds_the_organisers_files_by_their_own_names(tmp_path):
         path.unlink()
     (bad,) = [c for c in doctor._data(cfg) if c.what == "template"]
     assert bad.status == doctor.FAIL and "*ABAW_Expr_test_set_sample.txt: template file missing (data.test_template)" in bad.detail
+
+
+def test_disk_check_says_nothing_about_feature_size_without_data(tmp_path):
+    cfg = config.load("params/demo.yaml", overrides=[f"run.outputs_root={tmp_path / 'out'}",
+                                                      f"data.root={tmp_path / 'nothing-yet'}"])
+    (check,) = doctor._disk(cfg)
+    assert check.status == doctor.OK and "GiB free" in check.detail and "features need" not in check.detail

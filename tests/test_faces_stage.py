@@ -83,3 +83,13 @@ def test_face_identity_from_params_names_the_online_fallback(tmp_path):
         s03.face_identity(_cfg(tmp_path, f"faces.identity_weights={tmp_path / 'buffalo_l'}"))
     with pytest.raises(ValueError, match="valid"):
         s03.face_identity(_cfg(tmp_path, "faces.identity=facenet"))
+
+
+def test_missing_arcface_weights_are_said_once_for_all_extractions_of_the_stage(tmp_path, caplog):
+    import logging
+
+    s03._embedder.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="kitlib"):
+        for _ in range(3):          # Table 1's states and the official crops each ask for the embedder
+            assert s03.face_identity(_cfg(tmp_path))[0] is None
+    assert sum("arcface has no weights" in r.getMessage() for r in caplog.records) == 1

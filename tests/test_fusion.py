@@ -46,10 +46,29 @@ def test_gated_matches_eqs_9_to_12():
     z_a = lin(f_a, head.proj_a.weight, head.proj_a.bias)
     g = torch.sigmoid(lin(torch.cat([f_v, f_a], 1), head.gate.weight, head.gate.bias))
     h = g * z_v + (1 - g) * z_a
-    h = (h - h.mean(1, keepdim=True)) / torch.sqrt(h.var(1, unbiased=False, keepdim=True) + head.norm.eps)
-    h = h * head.norm.weight + head.norm.bias
-    expected = lin(h, head.out.weight, head.out.bias)
+    norm, out = head.classifier[0], head.classifier[2]                      # eq. 12: LN, dropout, W_o
+    h = (h - h.mean(1, keepdim=True)) / torch.sqrt(h.var(1, unbiased=False, keepdim=True) + norm.eps)
+    h = h * norm.weight + norm.bias
+    expected = lin(h, out.weight, out.bias)
     torch.testing.assert_close(head(f_v, f_a, torch.ones(3, dtype=torch.bool)), expected)
+
+
+@pytest.mark.parametrize("name,structure,old_names", [
+    ("gated", "kit", {"classifier.0.": "norm.", "classifier.2.": "out."}),
+    ("bilinear", "authors", {"classifier.": "post."})])
+def test_checkpoints_of_earlier_kits_still_load(name, structure, old_names):
+    """Heads built on one base renamed a few layers: a state dict saved under the old names loads the same."""
+    torch.manual_seed(0)
+    head = build_head(name, visual_dim=DV, audio_dim=DA, hidden=16, structure=structure).eval()
+    old = {}
+    for key, value in head.state_dict().items():
+        prefix = next((p for p in old_names if key.startswith(p)), None)
+        old[old_names[prefix] + key[len(prefix):] if prefix else key] = value
+    assert set(old) != set(head.state_dict())
+    fresh = build_head(name, visual_dim=DV, audio_dim=DA, hidden=16, structure=structure).eval()
+    fresh.load_state_dict(old)
+    f_v, f_a, mask = torch.randn(3, DV), torch.randn(3, DA), torch.ones(3, dtype=torch.bool)
+    torch.testing.assert_close(fresh(f_v, f_a, mask), head(f_v, f_a, mask))
 
 
 def test_count_parameters_and_unknown_head():

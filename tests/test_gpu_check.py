@@ -21,7 +21,8 @@ def test_the_script_parses_and_names_its_steps():
 
 
 def run_dry(tmp_path: Path, steps: str, python: str) -> dict:
-    env = {**os.environ, "GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_STEPS": steps, "PYTHON": python}
+    env = {**os.environ, "GPU_CHECK_DRY_RUN": "1", "GPU_CHECK_STEPS": steps, "PYTHON": python,
+           "GPU_CHECK_RUNS": str(tmp_path / "runs")}     # the tiny chain's run folders and data: not in the checkout
     subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], check=True, cwd=ROOT, env=env, timeout=900)
     return json.loads((tmp_path / "out" / "gpu_check.json").read_text())
 
@@ -52,3 +53,5 @@ def test_full_dry_run(tmp_path):
     assert visual["pipelined_over_serial"] > 0
     chain = next(s for s in summary["steps"] if s["step"] == "tiny_chain")["figures"]
     assert chain["status"] == "ok" and "01_padaug_preview" in chain["stage_seconds"]
+    assert (tmp_path / "runs" / "gpu-check-dry" / "stages").is_dir() and (tmp_path / "runs" / "data").is_dir()
+    assert "gpu-check-dry" in summary["tiny_chain_stage_seconds"]

@@ -89,7 +89,7 @@ def test_init_copies_the_kit_and_doctor_runs_there(tmp_path, monkeypatch, capsys
 
 
 def test_provenance_records_the_gpu(tmp_path):
-    from kitlib import run
+    from kitlib import runfolder
 
-    prov = run.provenance(config.load("params/demo.yaml"), ["x"])
+    prov = runfolder.provenance(config.load("params/demo.yaml"), ["x"])
     assert {"name", "driver", "cuda_build", "cudnn", "count"} <= set(prov["gpu"])

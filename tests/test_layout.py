@@ -11,7 +11,6 @@ from kitlib import config
 KITLIB = config.repo_root() / "kitlib"
 DOMAIN = ("data", "faces", "visual", "audio", "fusion", "smoothing", "inference")
 WIRING = ("stages", "tools")
-SHIMS = ("pipeline.py", "distributed.py")   # moved names kept for one release (README "Moved")
 
 
 def _module_name(path: Path) -> str:
@@ -30,7 +29,7 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-MODULES = {_module_name(p): p for p in KITLIB.rglob("*.py") if p.name not in SHIMS or p.parent != KITLIB}
+MODULES = {_module_name(p): p for p in KITLIB.rglob("*.py")}
 
 
 @pytest.mark.parametrize("package", DOMAIN)
@@ -78,17 +77,23 @@ def test_no_module_over_600_lines():
     assert not long, f"split these modules by concern: {long}"
 
 
-def test_moved_names_still_resolve_for_one_release():
-    import kitlib.pipeline as pipeline
-    from kitlib.stages import common, s05_fusion_ablation
-    from kitlib.tools import distributed
+def _importers(targets: tuple[str, ...], *, within: tuple[str, ...]) -> dict[str, list[str]]:
+    """Modules under the packages ``within`` that import one of the top-level modules ``targets``."""
+    out = {}
+    for name, path in MODULES.items():
+        if name.split(".")[1:2] and name.split(".")[1] in within:
+            hit = sorted(m for m in _imports(path) if m.split(".")[:2] in [["kitlib", t] for t in targets])
+            if hit:
+                out[name] = hit
+    return out
 
-    with pytest.warns(DeprecationWarning, match="kitlib.stages.common.frame_labels"):
-        assert pipeline.frame_labels is common.frame_labels
-    with pytest.warns(DeprecationWarning):
-        assert pipeline.fusion_ablation is s05_fusion_ablation.fusion_ablation
-    with pytest.raises(AttributeError, match="kitlib.stages"):
-        pipeline.no_such_function  # noqa: B018
-    import kitlib.distributed as old_distributed
 
-    assert old_distributed.shard_videos is distributed.shard_videos
+def test_the_runner_is_the_top_layer():
+    """README "Architecture": nothing imports the runner (``run``, ``cli``); domain packages and stages never
+    import the run folder or the summary page; tools may use those two, never the runner (no back arrow)."""
+    assert not _importers(("run", "cli"), within=(*DOMAIN, *WIRING, "runfolder", "summary", "progress", "hub",
+                                                    "overlay", "config", "store", "fingerprints", "runtime")), \
+        "the runner is the top layer: move what is shared down (e.g. into runfolder)"
+    assert not _importers(("runfolder", "summary"), within=(*DOMAIN, "stages"))
+    assert not _importers(("tools",), within=(*DOMAIN, "stages")), "tools build on the stages, not the reverse"
+

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitlib import config, data, run
+from browser import needs_chromium, screenshots
+from kitlib import config, data, run, summary
 from kitlib.stages import common
 from kitlib.data import submission
 from kitlib.store import FeatureStore
@@ -19,7 +20,8 @@ CORRUPT = "99-30-256x192"
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     items = ["params/demo.yaml", "params/tiny.yaml", f"run.outputs_root={root / 'outputs'}",
-             f"data.root={root / 'data'}", f"audio.encoder={root / 'models' / 'wav2vec2-tiny'}"]
+             f"data.root={root / 'data'}", f"audio.encoder={root / 'models' / 'wav2vec2-tiny'}",
+             f"fusion.text_encoder={root / 'models' / 'text-tiny'}"]          # made by 05: under tmp, not data/
     cfg = config.load(*items[:2], overrides=items[2:])
     # bad input beside the demo: a corrupt video with its annotation; the run must report it and go on
     common.ensure_demo(cfg)
@@ -131,6 +133,18 @@ def test_stage_logs_summary_page_overlay_and_clean_notebooks(tiny_run):
         streams = "".join("".join(o["text"]) for o in outputs if o["output_type"] == "stream")
         assert "IProgress" not in streams and "\r" not in streams, stage
         assert not [o for o in outputs if "PosixPath" in "".join(o.get("data", {}).get("text/plain", ""))], stage
+        assert " INFO " not in streams, f"{stage}: the kit's INFO lines belong in the stage log, not the notebook"
+        assert "val F1 nan" not in streams + (run_dir / "logs" / f"{stage}.log").read_text(), stage
+        note = "".join(nb["cells"][-1]["outputs"][0]["data"]["text/markdown"]) if stage != "01_padaug_preview" else ""
+        assert stage == "01_padaug_preview" or ("Data problems so far in this run: 2 (" in note
+                                                and "](../reports/data_problems.csv)" in note), (stage, note)
+    # each data problem is a warning once per run: in the first notebook that meets it, not again later
+    shown = [stage for stage in run.STAGES if "video decodes to" in "".join(
+        "".join(o.get("text", "")) for c in json.loads((run_dir / "notebooks" / f"{stage}.ipynb").read_text())["cells"]
+        for o in c.get("outputs", []))]
+    assert shown == ["01_padaug_preview"], shown
+    problems = pd.read_csv(run_dir / "reports" / "data_problems.csv")
+    assert sorted(problems["kind"]) == ["length", "video"], problems
     extraction_log = (run_dir / "logs" / "03_crop_extract.log").read_text()
     assert "kitlib.visual.extract INFO" in extraction_log and "videos: 100%" in extraction_log
     page = json.loads((run_dir / "summary.json").read_text())
@@ -138,3 +152,15 @@ def test_stage_logs_summary_page_overlay_and_clean_notebooks(tiny_run):
     assert len(page["stages"]) == len(run.STAGES) and (run_dir / "summary.html").is_file()
     overlays = list((run_dir / "figures").glob("overlay_*.mp4"))
     assert len(overlays) == 1 and overlays[0].stat().st_size > 10_000 and overlays[0].with_suffix(".png").is_file()
+
+
+@needs_chromium
+def test_summary_page_of_the_tiny_run_in_headless_chromium(tiny_run, tmp_path):
+    _, run_dir, _ = tiny_run
+    page = run_dir / "summary.html"
+    assert summary.broken_links(page) == []
+    report = screenshots.check_page(page)
+    assert len(report["images"]) >= 9 and all(i["ok"] for i in report["images"]), report["images"]
+    assert all(link["ok"] for link in report["links"]), [link for link in report["links"] if not link["ok"]]
+    assert any(link["url"].endswith(".mp4") for link in report["links"])
+    assert screenshots.screenshot(page, tmp_path / "summary.png").stat().st_size > 50_000

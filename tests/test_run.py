@@ -1,6 +1,6 @@
 import pytest
 
-from kitlib import config, run
+from kitlib import config, run, runfolder
 
 
 def test_select_stages():
@@ -22,14 +22,14 @@ def test_resume_stage_spec():
 def test_run_folder_records_and_refuses_other_params(tmp_path):
     overrides = [f"run.outputs_root={tmp_path}"]
     cfg = config.load("params/demo.yaml", overrides=overrides)
-    run_dir = run.prepare_run_dir(cfg, argv=["x"])
+    run_dir = runfolder.prepare_run_dir(cfg, argv=["x"])
     assert (run_dir / "params.yaml").is_file()
     prov = (run_dir / "provenance.json").read_text()
     assert '"torch"' in prov and '"seed": 0' in prov and "git_commit" in prov
-    run.prepare_run_dir(cfg, argv=["x"])                     # same params: fine
+    runfolder.prepare_run_dir(cfg, argv=["x"])                     # same params: fine
     other = config.load("params/demo.yaml", overrides=overrides + ["fusion.epochs=1"])
     with pytest.raises(SystemExit, match="fusion.epochs"):
-        run.prepare_run_dir(other, argv=["x"])
+        runfolder.prepare_run_dir(other, argv=["x"])
 
 
 def test_misspelt_param_exits_with_message(tmp_path, capsys):

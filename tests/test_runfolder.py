@@ -64,7 +64,7 @@ def _start_together(args):
     barrier.wait()
     try:
         with runfolder.acquire_lock(cfg.run_dir, command=[str(value)]):
-            run.prepare_run_dir(cfg, argv=[str(value)])
+            runfolder.prepare_run_dir(cfg, argv=[str(value)])
         return "accepted"
     except SystemExit as exc:
         return str(exc)
@@ -84,8 +84,8 @@ def test_two_runs_with_other_params_started_together_never_both_accepted(tmp_pat
 
 def test_provenance_keeps_the_history_of_commands(tmp_path):
     cfg = config.load("params/demo.yaml", overrides=[f"run.outputs_root={tmp_path}"])
-    run.prepare_run_dir(cfg, argv=["first", "command"])
-    run.prepare_run_dir(cfg, argv=["second", "command"])
+    runfolder.prepare_run_dir(cfg, argv=["first", "command"])
+    runfolder.prepare_run_dir(cfg, argv=["second", "command"])
     prov = json.loads((cfg.run_dir / "provenance.json").read_text())
     assert prov["command"] == ["second", "command"]
     assert [h["command"] for h in prov["history"]] == [["first", "command"], ["second", "command"]]

@@ -141,3 +141,29 @@ def test_training_curves_without_training():
 
     fig = plots.training_curves(pd.DataFrame([]), title="Stage I")
     assert len(fig.axes) == 1 and "nothing trained" in fig.axes[0].texts[0].get_text()
+
+
+def test_a_data_problem_is_a_warning_once_per_run(tmp_path, caplog):
+    """reports/data_problems.csv keeps each kind's problems; a problem the run met before is logged at INFO
+    (the stage log), not warned again, and every notebook shows one line counting them."""
+    import logging
+
+    from kitlib import config
+    from kitlib.stages import common
+
+    cfg = config.load("params/demo.yaml", overrides=[f"run.outputs_root={tmp_path}"])
+    mismatch = [("a.txt", "annotation has 608 lines, video decodes to 607 frames: dropped the last 1 line(s)")]
+    with caplog.at_level(logging.INFO, logger="kitlib"):
+        common.record_data_problems(cfg, "length", mismatch)
+        common.record_data_problems(cfg, "video", [("v.mp4", "cannot be decoded: moov atom not found")])
+        common.record_data_problems(cfg, "index", [])
+        common.record_data_problems(cfg, "length", mismatch)        # a later stage meets it again
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["a.txt: " + mismatch[0][1], "v.mp4: cannot be decoded: moov atom not found"]
+    assert sum("608 lines" in r.getMessage() for r in caplog.records if r.levelno == logging.INFO) == 1
+    table = common.read_report(cfg, "data_problems")
+    assert sorted(table["kind"]) == ["length", "video"] and len(table) == 2
+    note = common.data_problems_note(cfg)
+    text = getattr(note, "data", note)
+    assert text.startswith("Data problems so far in this run: 2 (") and "1 length mismatch" in text
+    assert "1 undecodable video" in text and "reports/data_problems.csv" in text

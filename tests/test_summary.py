@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from browser import needs_chromium, screenshots
 from kitlib import config, summary
 from kitlib.tools import compare
 
@@ -71,3 +72,62 @@ def test_compare_shows_the_params_that_differ_and_the_scores(tmp_path, capsys):
 
 def test_flatten_keeps_lists_as_leaves():
     assert compare.flatten(yaml.safe_load("a: {b: 1, c: [1, 2]}\nd: x")) == {"a.b": 1, "a.c": "[1, 2]", "d": "x"}
+
+
+def test_summary_page_links_resolve_plays_the_overlay_and_widens_wide_figures(tmp_path):
+    import matplotlib.pyplot as plt
+
+    run_dir = fake_run(tmp_path, "demo")
+    for name, size in (("face_coverage", (12, 3)), ("confusion_final", (5, 4))):
+        fig = plt.figure(figsize=size)
+        fig.savefig(run_dir / "figures" / f"{name}.png", dpi=100)
+        plt.close(fig)
+    (run_dir / "figures" / "overlay_t1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    for name in ("params.yaml", "logs/05_fusion_ablation.log"):
+        (run_dir / name).parent.mkdir(exist_ok=True)
+        (run_dir / name).touch()
+    page = summary.write(run_dir)
+    text = page.read_text()
+    assert summary.broken_links(page) == []
+    assert '<video src="figures/overlay_t1.mp4" controls' in text and 'href="figures/overlay_t1.mp4"' in text
+    assert '<figure class=wide><a href="figures/face_coverage.png">' in text
+    assert '<figure><a href="figures/confusion_final.png">' in text
+    assert "[overlay_t1.mp4](figures/overlay_t1.mp4)" in (run_dir / "summary.md").read_text()
+    (run_dir / "figures" / "face_coverage.png").unlink()
+    assert summary.broken_links(page) == ["figures/face_coverage.png", "figures/face_coverage.png"]
+
+
+def test_the_terminal_total_is_the_page_total(tmp_path):
+    from kitlib import run
+
+    run_dir = fake_run(tmp_path, "demo")
+    (run_dir / "stages" / "06_smoothing_sweep.json").write_text(json.dumps({"stage": "06_smoothing_sweep", "seconds": 30.4}))
+    page = json.loads((summary.write(run_dir).with_suffix(".json")).read_text())
+    assert page["total_seconds"] == 115.2
+    assert run.total_line(run_dir, ["05_fusion_ablation", "06_smoothing_sweep"]).startswith(
+        "all selected stages finished in 1 min 55 s;")
+    assert "(1 min 55 s for all 2 stages of the run folder)" in run.total_line(run_dir, ["06_smoothing_sweep"])
+
+
+@needs_chromium
+def test_summary_page_in_headless_chromium(tmp_path):
+    """The page as a browser shows it: every image decodes, every link and the video name a readable file."""
+    import matplotlib.pyplot as plt
+
+    run_dir = fake_run(tmp_path, "demo")
+    fig = plt.figure(figsize=(12, 3))
+    fig.savefig(run_dir / "figures" / "table3_val.png", dpi=100)     # a real PNG over the stand-in bytes
+    plt.close(fig)
+    (run_dir / "figures" / "overlay_t1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    page = summary.write(run_dir)
+    report = screenshots.check_page(page)
+    assert {i["src"] for i in report["images"]} == {"figures/table3_val.png"}
+    assert all(i["ok"] for i in report["images"]) and all(link["ok"] for link in report["links"]), report
+    assert {"notebooks/05_fusion_ablation.ipynb", "figures/overlay_t1.mp4"} <= {link["url"] for link in report["links"]}
+    shot = screenshots.screenshot(page, tmp_path / "summary.png", height=900)
+    assert shot.stat().st_size > 10_000
+    (run_dir / "notebooks" / "05_fusion_ablation.ipynb").unlink()         # the browser sees a broken link too
+    (run_dir / "figures" / "table3_val.png").write_bytes(b"not a png")
+    report = screenshots.check_page(page)
+    assert not report["images"][0]["ok"]
+    assert [link["url"] for link in report["links"] if not link["ok"]] == ["notebooks/05_fusion_ablation.ipynb"]

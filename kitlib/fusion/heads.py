@@ -75,6 +75,14 @@ class FusionHead(nn.Module):
     ``fuse`` gives the logits."""
 
     input_dropout: tuple[float, float] = (0.0, 0.0)
+    # state-dict prefixes a head had in earlier kits -> their names now (checkpoints of older runs still load)
+    renamed: Mapping[str, str] = {}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old, new in self.renamed.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def configure_inputs(self, *, input_norm: str = "none", input_dropout: tuple[float, float] = (0.0, 0.0),
                          visual_dim: int, audio_dim: int) -> FusionHead:
@@ -119,6 +127,31 @@ class SingleModalityHead(FusionHead):
         return self.classifier(self.proj(visual if self.modality == "visual" else audio))
 
 
+class ProjectedHead(FusionHead):
+    """The base of the heads (of both structures) that project each modality to ``hidden`` (``proj_v``,
+    ``proj_a``: eq. 9's P_v, P_a; followed by ``activation`` when given), mix the two projections
+    (``combine``) and classify the mix (``classifier``: LN-Drop-Linear, eq. 12)."""
+
+    def __init__(self, *, visual_dim: int, audio_dim: int, hidden: int, dropout: float, num_classes: int,
+                 activation: Callable[[], nn.Module] | None = None, classifier: nn.Module | None = None):
+        super().__init__()
+        self.proj_v = _projection(visual_dim, hidden, activation)
+        self.proj_a = _projection(audio_dim, hidden, activation)
+        self.classifier = classifier if classifier is not None else _classifier(hidden, dropout, num_classes)
+
+    def fuse(self, visual, audio):
+        return self.classifier(self.combine(visual, audio, self.proj_v(visual), self.proj_a(audio)))
+
+    def combine(self, visual: torch.Tensor, audio: torch.Tensor, z_v: torch.Tensor,
+                z_a: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The (B, hidden) mix of the projections ``z_v``, ``z_a`` (the raw ``visual``, ``audio`` at hand)."""
+        raise NotImplementedError
+
+
+def _projection(dim: int, hidden: int, activation: Callable[[], nn.Module] | None) -> nn.Module:
+    return nn.Linear(dim, hidden) if activation is None else nn.Sequential(nn.Linear(dim, hidden), activation())
+
+
 class ConcatLinearHead(FusionHead):
     def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
         super().__init__()
@@ -129,57 +162,56 @@ class ConcatLinearHead(FusionHead):
 
 
 class ConcatMLPHead(FusionHead):
-    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
+    """``W2 Drop(act(W1 [f_v; f_a]))``: GELU in the kit's structure, ReLU in the authors'."""
+
+    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes,
+                 activation: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(visual_dim + audio_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+        self.mlp = nn.Sequential(nn.Linear(visual_dim + audio_dim, hidden), activation(), nn.Dropout(dropout),
                                  nn.Linear(hidden, num_classes))
 
     def fuse(self, visual, audio):
         return self.mlp(torch.cat([visual, audio], dim=-1))
 
 
-class BilinearHead(FusionHead):
+class BilinearHead(ProjectedHead):
+    """Low-rank bilinear pooling: ``tanh(P_v f_v) * tanh(P_a f_a)``."""
+
+    def combine(self, visual, audio, z_v, z_a):
+        return torch.tanh(z_v) * torch.tanh(z_a)
+
+
+class DynamicWeightingHead(ProjectedHead):
+    """``w_v z_v + w_a z_a`` with per-frame weights ``softmax(W_w [z_v; z_a])``, ``z = GELU(P f)``."""
+
     def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
-        super().__init__()
-        self.proj_v = nn.Linear(visual_dim, hidden)
-        self.proj_a = nn.Linear(audio_dim, hidden)
-        self.classifier = _classifier(hidden, dropout, num_classes)
-
-    def fuse(self, visual, audio):
-        return self.classifier(torch.tanh(self.proj_v(visual)) * torch.tanh(self.proj_a(audio)))
-
-
-class DynamicWeightingHead(FusionHead):
-    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
-        super().__init__()
-        self.proj_v = nn.Sequential(nn.Linear(visual_dim, hidden), nn.GELU())
-        self.proj_a = nn.Sequential(nn.Linear(audio_dim, hidden), nn.GELU())
+        super().__init__(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
+                         num_classes=num_classes, activation=nn.GELU)
         self.weigher = nn.Linear(2 * hidden, 2)
-        self.classifier = _classifier(hidden, dropout, num_classes)
 
-    def fuse(self, visual, audio):
-        z_v, z_a = self.proj_v(visual), self.proj_a(audio)
+    def combine(self, visual, audio, z_v, z_a):
         w = torch.softmax(self.weigher(torch.cat([z_v, z_a], dim=-1)), dim=-1)
-        return self.classifier(w[:, :1] * z_v + w[:, 1:] * z_a)
+        return w[:, :1] * z_v + w[:, 1:] * z_a
 
 
-class GatedFusionHead(FusionHead):
-    """Gated audio-visual fusion, exactly eqs. 9-12."""
+class GatedFusionHead(ProjectedHead):
+    """Gated audio-visual fusion, exactly eqs. 9-12: the gate ``G`` is one linear layer on the raw features
+    (the authors' code uses a two-layer one: ``kitlib.fusion.reference_heads``)."""
+
+    renamed = {"norm.": "classifier.0.", "out.": "classifier.2."}    # the kit's names before ProjectedHead
 
     def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
-        super().__init__()
-        self.proj_v = nn.Linear(visual_dim, hidden)              # P_v, eq. 9
-        self.proj_a = nn.Linear(audio_dim, hidden)               # P_a, eq. 9
-        self.gate = nn.Linear(visual_dim + audio_dim, hidden)    # G, eq. 10
-        self.norm = nn.LayerNorm(hidden)                         # eq. 12
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, num_classes)                # W_o, b_o
+        super().__init__(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
+                         num_classes=num_classes)
+        self.gate = self.gate_network(visual_dim + audio_dim, hidden, dropout)   # G, eq. 10
 
-    def fuse(self, visual, audio):
-        z_v, z_a = self.proj_v(visual), self.proj_a(audio)
-        g = torch.sigmoid(self.gate(torch.cat([visual, audio], dim=-1)))
-        h = g * z_v + (1.0 - g) * z_a                            # eq. 11
-        return self.out(self.dropout(self.norm(h)))
+    @staticmethod
+    def gate_network(in_dim: int, hidden: int, dropout: float) -> nn.Module:
+        return nn.Linear(in_dim, hidden)
+
+    def combine(self, visual, audio, z_v, z_a):
+        g = torch.sigmoid(self.gate(torch.cat([visual, audio], dim=-1)))     # eq. 10
+        return g * z_v + (1.0 - g) * z_a                                      # eq. 11
 
 
 class CrossAttentionHead(FusionHead):

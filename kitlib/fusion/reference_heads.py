@@ -17,7 +17,9 @@ selected with ``fusion.head_structure: authors`` (``kitlib.fusion.heads.build_he
   with output projection, residual + LN, a GELU FFN (H -> 2H -> H) with residual + LN; a gate MLP
   fuses the two, then LN-Linear-GELU-Drop and LN-Drop-Linear.
 
-The single-modality rows (``a_only``, ``v_only``) are the kit's in both structures.
+The single-modality rows (``a_only``, ``v_only``) are the kit's in both structures. The heads build on the
+kit's: ``ProjectedHead`` (P_v, P_a, a mix, a classifier), ``GatedFusionHead`` (only the gate differs) and
+``ConcatMLPHead`` (ReLU instead of GELU).
 """
 from __future__ import annotations
 
@@ -26,59 +28,50 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from kitlib.fusion.heads import STRUCTURE_HEADS, FusionHead, _classifier
+from kitlib.fusion.heads import (STRUCTURE_HEADS, ConcatMLPHead, FusionHead, GatedFusionHead, ProjectedHead,
+                                 _classifier)
 
 
-class ReferenceConcatMLPHead(FusionHead):
+def _reference_concat_mlp(**kwargs) -> FusionHead:
+    return ConcatMLPHead(activation=nn.ReLU, **kwargs)
+
+
+class ReferenceBilinearHead(ProjectedHead):
+    """The plain product ``(P_v f_v) * (P_a f_a)``, then LN-ReLU-Drop-Linear(H, H)-ReLU-Drop-Linear."""
+
+    renamed = {"post.": "classifier."}
+
     def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(visual_dim + audio_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, num_classes))
+        super().__init__(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
+                         num_classes=num_classes,
+                         classifier=nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(dropout),
+                                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                                  nn.Linear(hidden, num_classes)))
 
-    def fuse(self, visual, audio):
-        return self.mlp(torch.cat([visual, audio], dim=-1))
+    def combine(self, visual, audio, z_v, z_a):
+        return z_v * z_a
 
 
-class ReferenceBilinearHead(FusionHead):
+class ReferenceDynamicWeightingHead(ProjectedHead):
+    """The modality weights from an MLP on the RAW features."""
+
     def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
-        super().__init__()
-        self.proj_v = nn.Linear(visual_dim, hidden)
-        self.proj_a = nn.Linear(audio_dim, hidden)
-        self.post = nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden),
-                                  nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
-
-    def fuse(self, visual, audio):
-        return self.post(self.proj_v(visual) * self.proj_a(audio))
-
-
-class ReferenceDynamicWeightingHead(FusionHead):
-    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
-        super().__init__()
-        self.proj_v = nn.Linear(visual_dim, hidden)
-        self.proj_a = nn.Linear(audio_dim, hidden)
+        super().__init__(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
+                         num_classes=num_classes)
         self.weigher = nn.Sequential(nn.Linear(visual_dim + audio_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
                                      nn.Linear(hidden, 2))
-        self.classifier = _classifier(hidden, dropout, num_classes)
 
-    def fuse(self, visual, audio):
+    def combine(self, visual, audio, z_v, z_a):
         w = torch.softmax(self.weigher(torch.cat([visual, audio], dim=-1)), dim=-1)
-        return self.classifier(w[:, :1] * self.proj_v(visual) + w[:, 1:] * self.proj_a(audio))
+        return w[:, :1] * z_v + w[:, 1:] * z_a
 
 
-class ReferenceGatedFusionHead(FusionHead):
+class ReferenceGatedFusionHead(GatedFusionHead):
     """Eqs. 9-12 with a two-layer gate network ``G`` (the authors' code; Table 3's 2.37M parameters)."""
 
-    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
-        super().__init__()
-        self.proj_v = nn.Linear(visual_dim, hidden)              # P_v, eq. 9
-        self.proj_a = nn.Linear(audio_dim, hidden)               # P_a, eq. 9
-        self.gate = nn.Sequential(nn.Linear(visual_dim + audio_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                  nn.Linear(hidden, hidden))     # G, eq. 10 (sigmoid in fuse)
-        self.classifier = _classifier(hidden, dropout, num_classes)   # eq. 12
-
-    def fuse(self, visual, audio):
-        g = torch.sigmoid(self.gate(torch.cat([visual, audio], dim=-1)))
-        return self.classifier(g * self.proj_v(visual) + (1.0 - g) * self.proj_a(audio))   # eq. 11
+    @staticmethod
+    def gate_network(in_dim: int, hidden: int, dropout: float) -> nn.Module:
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
 
 
 class _VectorCrossBlock(nn.Module):
@@ -128,7 +121,7 @@ class ReferenceCrossAttentionHead(FusionHead):
 # heads whose structure differs under ``structure="authors"``; every other name keeps the kit's
 REFERENCE_HEADS: dict[str, Callable[..., FusionHead]] = STRUCTURE_HEADS["authors"]
 REFERENCE_HEADS.update({
-    "concat_mlp": ReferenceConcatMLPHead,
+    "concat_mlp": _reference_concat_mlp,
     "bilinear": ReferenceBilinearHead,
     "dynamic_weighting": ReferenceDynamicWeightingHead,
     "gated": ReferenceGatedFusionHead,

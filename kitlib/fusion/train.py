@@ -398,7 +398,10 @@ def train_head(head_name: str, train: FrameTable, val: FrameTable | None, *, hid
     else:
         best_epoch, best_f1 = len(history), float("nan")
     module.eval()
-    log.info("train %s done: %d epochs, best epoch %d, val F1 %.4f", head_name, len(history), best_epoch, best_f1)
+    if val is None:     # nothing measured here (a CV fold: the caller scores the held-out fold)
+        log.info("train %s done: %d epochs (no validation split: the last epoch is kept)", head_name, len(history))
+    else:
+        log.info("train %s done: %d epochs, best epoch %d, val F1 %.4f", head_name, len(history), best_epoch, best_f1)
     config = dict(head=head_name, hidden=hidden, dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr,
                   weight_decay=weight_decay, patience=patience, seed=seed, class_weights=class_weights,
                   effective_beta=effective_beta, loss=loss, focal_gamma=focal_gamma, options=dict(options or {}),

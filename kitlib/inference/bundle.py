@@ -104,7 +104,7 @@ class Bundle:
         if snapshot is None:
             raise BundleError(f"{self.root}: the audio encoder {enc.get('hub_id')} is not in the local Hugging Face "
                               f"cache ({hub.cache_dir()}): on a machine with internet run "
-                              f"huggingface-cli download {enc.get('hub_id')} (or python -m kitlib.weights fetch), "
+                              f"huggingface-cli download {enc.get('hub_id')} (or python -m kitlib.tools.weights fetch), "
                               f"or export the bundle again with --include-base")
         check_files(snapshot, enc["files"], what=f"audio encoder {enc['hub_id']}")
         return snapshot

@@ -7,6 +7,7 @@ typed arguments.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,11 @@ def check_run_params(cfg: Config) -> None:
     so params that differ from its ``params.yaml`` are refused (they would overwrite its reports)."""
     import yaml
 
-    from kitlib.tools.compare import flatten
-
     recorded = cfg.run_dir / "params.yaml"
     if not recorded.is_file():
         return
-    old = flatten(config.without_location(yaml.safe_load(recorded.read_text()) or {}))
-    new = flatten(cfg.results_dict())            # a renamed, moved or copied run folder keeps its params
+    old = config.flatten(config.without_location(yaml.safe_load(recorded.read_text()) or {}))
+    new = config.flatten(cfg.results_dict())            # a renamed, moved or copied run folder keeps its params
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if changed:
         raise config.ConfigError(f"{cfg.run_dir} was made with other params (changed: {', '.join(changed[:8])}); "
@@ -86,11 +85,55 @@ def read_report(cfg: Config, name: str) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False) if path.is_file() else pd.DataFrame()
 
 
+DATA_PROBLEM_COLUMNS = ("kind", "file", "reason")
+DATA_PROBLEM_KINDS = {"index": "file not used", "video": "undecodable video", "length": "length mismatch"}
+
+
+def record_data_problems(cfg: Config, kind: str, problems: list[tuple[str, str]]) -> pd.DataFrame:
+    """Put the ``(file, reason)`` problems of one ``kind`` (``DATA_PROBLEM_KINDS``) in ``reports/data_problems.csv``,
+    replacing that kind's earlier rows. A problem is a warning the first time the run folder meets it; the
+    stages that meet it again log it to their stage log only, so a notebook does not repeat it."""
+    old = read_report(cfg, "data_problems")
+    if not set(DATA_PROBLEM_COLUMNS) <= set(old.columns):      # none yet (or a report of an older kit)
+        old = pd.DataFrame(columns=DATA_PROBLEM_COLUMNS)
+    known = set(zip(old["file"], old["reason"]))
+    for file, reason in problems:
+        (log.info if (file, reason) in known else log.warning)("%s: %s", file, reason)
+    kept = old[old["kind"] != kind]
+    rows = pd.DataFrame([(kind, file, reason) for file, reason in problems], columns=DATA_PROBLEM_COLUMNS)
+    table = pd.concat([kept, rows], ignore_index=True) if len(kept) and len(rows) else rows if len(rows) else kept
+    report(cfg, "data_problems", table)
+    return table
+
+
+def data_problems_note(cfg: Config):
+    """One line for a notebook: how many data problems this run met so far, by kind, with a link to
+    ``reports/data_problems.csv`` (relative to the executed notebook under the runner)."""
+    from kitlib.progress import stage_log_path
+
+    table = read_report(cfg, "data_problems")
+    n = len(table) if "kind" in table.columns else 0
+    if not n:
+        text = "Data problems: none so far in this run."
+    else:
+        path = cfg.run_dir / "reports" / "data_problems.csv"
+        link = ("../reports/data_problems.csv" if stage_log_path() is not None    # <run>/notebooks/NN.ipynb
+                else os.path.relpath(path, Path.cwd()))
+        kinds = ", ".join(f"{count} {DATA_PROBLEM_KINDS.get(kind, kind)}" for kind, count in
+                          table["kind"].value_counts().items())
+        text = f"Data problems so far in this run: {n} ({kinds}), listed in [reports/data_problems.csv]({link})."
+    try:
+        from IPython.display import Markdown
+    except ImportError:     # plain Python: the text itself
+        return text
+    return Markdown(text)
+
+
 def data_index(cfg: Config) -> data.DataIndex:
     """All tracks of the release; files that could not be used go to ``reports/data_problems.csv``."""
     index = data.discover(cfg.path(cfg.data.root), videos_dir=cfg.data.videos_dir,
                           annotations_dir=cfg.data.annotations_dir, test_names=cfg.test_names_path())
-    report(cfg, "data_problems", pd.DataFrame(index.problems, columns=["file", "reason"]))
+    record_data_problems(cfg, "index", list(index.problems))
     return index
 
 
@@ -120,16 +163,15 @@ def video_table(cfg: Config, index: data.DataIndex) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     report(cfg, "videos", table)
     bad = table[table["error"] != ""]
-    if len(bad):
-        log.warning("%d of %d videos cannot be decoded (reports/videos.csv): %s", len(bad), len(table),
-                    "; ".join(f"{v}: {e}" for v, e in zip(bad["video"], bad["error"])))
+    record_data_problems(cfg, "video", [(v, f"cannot be decoded: {e}") for v, e in zip(bad["video"], bad["error"])])
     return table
 
 
 def frame_labels(cfg: Config, index: data.DataIndex) -> dict[str, np.ndarray]:
     """Labels of every annotated track, fitted to its video's decoded frame count (``data.length_policy``).
 
-    Each length mismatch is logged and listed in ``reports/length_mismatches.csv``.
+    Each length mismatch is listed in ``reports/length_mismatches.csv`` and ``reports/data_problems.csv``
+    (a warning the first time the run meets it).
     """
     n_frames = video_table(cfg, index).set_index("videoid")["n_frames"].to_dict()
     labels, notes = {}, []
@@ -141,10 +183,12 @@ def frame_labels(cfg: Config, index: data.DataIndex) -> dict[str, np.ndarray]:
                                           name=str(t.labels_path))
         labels[t.txtid] = aligned
         if note:
-            log.warning(note)
             notes.append({"txtid": t.txtid, "annotation_lines": len(raw),
                           "decoded_frames": int(n_frames[t.videoid]), "action": note.split(": ")[-1]})
     report(cfg, "length_mismatches", pd.DataFrame(notes, columns=["txtid", "annotation_lines", "decoded_frames", "action"]))
+    paths = {t.txtid: str(t.labels_path) for t in index.tracks}
+    record_data_problems(cfg, "length", [(paths[n["txtid"]], f"annotation has {n['annotation_lines']} lines, video "
+                                          f"decodes to {n['decoded_frames']} frames: {n['action']}") for n in notes])
     return labels
 
 

@@ -11,13 +11,13 @@ import torch
 
 from kitlib import data
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import (data_index, folds, frame_labels, padaug, read_report, report, stage1_items, start,
+from kitlib.stages.common import (data_problems_note, data_index, folds, frame_labels, padaug, read_report, report, stage1_items, start,
                                   video_table)
 
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
-__all__ = ['notebook_config', 'start', 'data_index', 'read_report', 'frame_labels', 'track_table',
+__all__ = ['notebook_config', 'start', 'data_index', 'data_problems_note', 'read_report', 'frame_labels', 'track_table',
            'fold_table', 'preview_images', 'padaug_grid']
 
 

@@ -12,12 +12,12 @@ import torch
 
 from kitlib import config
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import amp_dtype, data_index, device, padaug, report, stage1_items, start
+from kitlib.stages.common import data_problems_note, amp_dtype, data_index, device, padaug, report, stage1_items, start
 
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
-__all__ = ['notebook_config', 'start', 'data_index', 'stage1_items', 'backbone_path', 'pretrained_backbone',
+__all__ = ['notebook_config', 'start', 'data_index', 'data_problems_note', 'stage1_items', 'backbone_path', 'pretrained_backbone',
            'train_stage1', 'adapted_backbone', 'image_set_table', 'run_stage1', 'history_table',
            'backbone_record', 'main_state', 'state_label', 'table1_states', 'state_path',
            'train_table1_states', 'chain_configs', 'chain_path', 'run_stage1_chain']

@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from kitlib import data
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import (amp_dtype, data_index, device, extraction_report, feature_store, frame_labels,
+from kitlib.stages.common import (data_problems_note, amp_dtype, data_index, device, extraction_report, feature_store, frame_labels,
                                   probe_table, read_report, report, start, video_table)
 from kitlib.stages.s02_stage1_train import (adapted_backbone, main_state, pretrained_backbone, state_label, state_path,
                                             table1_states)
@@ -20,7 +21,7 @@ from kitlib.store import FeatureStore
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
-__all__ = ['notebook_config', 'start', 'data_index', 'frame_labels', 'read_report', 'follow_settings',
+__all__ = ['notebook_config', 'start', 'data_index', 'data_problems_note', 'frame_labels', 'read_report', 'follow_settings',
            'face_detector', 'face_selection', 'face_identity',
            'extract_visual', 'export_boxes', 'state_store', 'official_crop_store', 'crop_scale_probe',
            'OFFICIAL_CROP']
@@ -71,12 +72,21 @@ def face_identity(cfg: Config, dev: torch.device | None = None):
     """``faces.identity`` as (embedder or None, the name the report gives to what decided): ArcFace from
     ``faces.identity_weights`` (null: None, the online rule, "online (no arcface weights)"), the
     ``colour-texture`` fallback, or ``online``. Missing weights fail here, before any video is decoded."""
-    from kitlib.faces.identity import build_embedder, identity_method
+    from kitlib.faces.identity import identity_method
 
     f = cfg.faces
     weights = cfg.path(f.identity_weights) if f.identity_weights else None
-    embedder = build_embedder(f.identity, weights=weights, device=dev or device(cfg))
+    embedder = _embedder(f.identity, weights, str(dev or device(cfg)))
     return embedder, identity_method(embedder, f.identity)
+
+
+@functools.cache
+def _embedder(name: str, weights: Path | None, dev: str):
+    """One embedder per process for every extraction of the stage (Table 1's states, the official crops):
+    the weights load once, and "arcface has no weights" is said once."""
+    from kitlib.faces.identity import build_embedder
+
+    return build_embedder(name, weights=weights, device=dev)
 
 
 def _face_args(cfg: Config) -> dict:

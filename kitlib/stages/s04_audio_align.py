@@ -11,14 +11,14 @@ import torch
 
 from kitlib import data
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import (amp_dtype, data_index, device, extraction_report, feature_store, frame_labels,
+from kitlib.stages.common import (data_problems_note, amp_dtype, data_index, device, extraction_report, feature_store, frame_labels,
                                   probe_table, read_report, report, start)
 
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
-__all__ = ['notebook_config', 'start', 'data_index', 'frame_labels', 'read_report', 'audio_encoder_path',
-           'audio_encoder', 'extract_audio', 'alignment_probe']
+__all__ = ['notebook_config', 'start', 'data_index', 'data_problems_note', 'frame_labels', 'read_report',
+           'audio_encoder_path', 'audio_encoder', 'extract_audio', 'alignment_probe']
 
 
 def audio_encoder_path(cfg: Config) -> Path:

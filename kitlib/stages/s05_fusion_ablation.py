@@ -12,13 +12,13 @@ import torch
 
 from kitlib import config, data
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import (amp_dtype, data_index, device, feature_store, folds, frame_labels, frame_table,
+from kitlib.stages.common import (data_problems_note, amp_dtype, data_index, device, feature_store, folds, frame_labels, frame_table,
                                   load_logits, probe_table, read_report, report, save_logits, start, with_features)
 
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
-__all__ = ['notebook_config', 'start', 'data_index', 'frame_labels', 'folds', 'read_report', 'train_kwargs',
+__all__ = ['notebook_config', 'start', 'data_index', 'data_problems_note', 'frame_labels', 'folds', 'read_report', 'train_kwargs',
            'text_encoder_path', 'label_prompts', 'head_kwargs', 'check_head_names', 'fusion_tables',
            'fusion_ablation', 'xattn_grid', 'final_head_report', 'lambda_fusion', 'backbone_comparison']
 

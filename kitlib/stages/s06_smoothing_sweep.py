@@ -9,13 +9,13 @@ import pandas as pd
 
 from kitlib import config, data
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import (data_index, feature_store, folds, frame_labels, load_logits, read_report, report,
+from kitlib.stages.common import (data_problems_note, data_index, feature_store, folds, frame_labels, load_logits, read_report, report,
                                   start)
 
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
-__all__ = ['notebook_config', 'start', 'data_index', 'read_report', 'smoothing_sweep', 'smoothing_table',
+__all__ = ['notebook_config', 'start', 'data_index', 'data_problems_note', 'read_report', 'smoothing_sweep', 'smoothing_table',
            'smoothing_example', 'overlay_video']
 
 

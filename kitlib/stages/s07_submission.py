@@ -11,14 +11,14 @@ import torch
 
 from kitlib import CLASSES, data
 from kitlib.config import Config, notebook_config
-from kitlib.stages.common import (data_index, device, folds, frame_labels, frame_table, read_report, report, start,
+from kitlib.stages.common import (data_problems_note, data_index, device, folds, frame_labels, frame_table, read_report, report, start,
                                   with_features)
 from kitlib.stages.s05_fusion_ablation import evaluation_table, head_kwargs, train_kwargs
 
 log = logging.getLogger(__name__)
 
 # what the notebook calls: the shared first steps, then this stage's own functions
-__all__ = ['notebook_config', 'start', 'data_index', 'read_report', 'predict_test_logits', 'make_submission',
+__all__ = ['notebook_config', 'start', 'data_index', 'data_problems_note', 'read_report', 'predict_test_logits', 'make_submission',
            'score_demo_test']
 
 

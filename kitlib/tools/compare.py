@@ -1,34 +1,23 @@
 """Runs side by side: the params that differ between them and their headline scores, as one table and one plot.
 
-    python -m kitlib.compare outputs/*                  # table on the terminal, compare.csv + compare.png in outputs/
-    python -m kitlib.compare outputs/demo outputs/demo-e5 --out /tmp/cmp
+    python -m kitlib.tools.compare outputs/*                  # table on the terminal, compare.csv + compare.png in outputs/
+    python -m kitlib.tools.compare outputs/demo outputs/demo-e5 --out /tmp/cmp
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import yaml
 
 from kitlib import summary
+from kitlib.config import flatten
 
 SCORES = {"official_val_f1": "official val F1", "cv_mean_f1": "5-fold mean F1",
           "smoothed_official_val_f1": "smoothed official val F1", "smoothed_cv_mean_f1": "smoothed 5-fold mean F1"}
 IGNORED = ("run.name",)       # differs by construction
-
-
-def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"fusion": {"epochs": 5}}`` -> ``{"fusion.epochs": 5}`` (lists and dicts below a leaf kept as text)."""
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
-            out |= flatten(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
-    return out
 
 
 def compare(run_dirs: list[Path]) -> pd.DataFrame:
@@ -68,7 +57,7 @@ def plot(table: pd.DataFrame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kitlib.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kitlib.tools.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (outputs/<run.name>)")
     parser.add_argument("--out", type=Path, help="where compare.csv and compare.png go (default: the runs' parent)")
     args = parser.parse_args(argv)

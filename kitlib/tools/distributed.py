@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from kitlib import config, data, runtime
+from kitlib import config, data, runfolder, runtime
 from kitlib.stages import common
 from kitlib.stages.s02_stage1_train import run_stage1
 from kitlib.stages.s03_crop_extract import extract_visual
@@ -186,9 +186,7 @@ def merge_rank_outputs(cfg: Config, kind: str, *, world_size: int) -> pd.DataFra
 # ---------------------------------------------------------------------------- commands
 def _prepare_run(cfg: Config, argv: list[str], kinds: Sequence[str]) -> None:
     """Rank 0 before the others start: params, demo data, video probe, encoder, stale partial files."""
-    from kitlib.run import prepare_run_dir
-
-    prepare_run_dir(cfg, argv=argv)
+    runfolder.prepare_run_dir(cfg, argv=argv)
     common.start(cfg)
     index = common.data_index(cfg)
     common.video_table(cfg, index)
@@ -239,9 +237,7 @@ def stage1(cfg: Config, *, info: RankInfo, argv: list[str]) -> dict:
     dev = rank_device(cfg.run.device, info)
     init_group(info, backend="nccl" if dev.type == "cuda" else "gloo")
     if info.is_main:
-        from kitlib.run import prepare_run_dir
-
-        prepare_run_dir(cfg, argv=argv)
+        runfolder.prepare_run_dir(cfg, argv=argv)
         common.start(cfg)
     barrier()
     rank_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, device=str(dev)))

@@ -1,6 +1,6 @@
 """Preflight: will this run get through, before it spends hours on Stage I and extraction?
 
-    python -m kitlib.doctor params/abaw10.yaml params/local.yaml      # the full check, as a table
+    python -m kitlib.tools.doctor params/abaw10.yaml params/local.yaml      # the full check, as a table
     abaw-kit doctor params/abaw10.yaml params/local.yaml
 
 Checks the GPU (name, driver, bf16 where an ``amp: bf16`` asks for it), every weights path or hub id
@@ -17,7 +17,6 @@ import argparse
 import json
 import re
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from kitlib import config, hub
 from kitlib.config import RANDOM_WEIGHTS, Config, ConfigError
+from kitlib.runtime import gpu_driver
 
 OK, WARN, FAIL = "✓", "!", "✗"
 
@@ -82,27 +82,6 @@ def _device(cfg: Config) -> list[Check]:
     return out
 
 
-def gpu_info() -> dict:
-    """GPU name and count, NVIDIA driver, the CUDA and cuDNN torch runs with (provenance of a run)."""
-    import torch
-
-    info = {"cuda_build": torch.version.cuda, "count": 0, "name": None, "driver": None, "cudnn": None}
-    if torch.cuda.is_available():
-        info.update(count=torch.cuda.device_count(), name=torch.cuda.get_device_name(0), driver=gpu_driver(),
-                    cudnn=torch.backends.cudnn.version())
-    return info
-
-
-def gpu_driver() -> str | None:
-    """The NVIDIA driver version (nvidia-smi), or None."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-
-
 def _resolve(cfg: Config, value: str, key: str) -> tuple[Path | None, Check | None]:
     """The local path of a params weights value, or the failed check saying how to get it."""
     path = cfg.path(value)
@@ -111,7 +90,7 @@ def _resolve(cfg: Config, value: str, key: str) -> tuple[Path | None, Check | No
     if hub.is_hub_id(value):
         return None, Check("weights", key, FAIL, f"{value}: no such path ({path}), nor a hub id in the local "
                            f"cache ({hub.cache_dir()})",
-                           "on a machine with internet: python -m kitlib.weights fetch <params...> "
+                           "on a machine with internet: python -m kitlib.tools.weights fetch <params...> "
                            "(or set HF_HUB_CACHE to the cache that holds it)")
     return None, Check("weights", key, FAIL, f"{path} does not exist",
                        f"put the weights there, or set {key} to a hub id and fetch it (README: real weights)")
@@ -241,9 +220,12 @@ def _disk(cfg: Config) -> list[Check]:
     existing = next(p for p in (target, *target.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     need = estimate_feature_bytes(cfg) * (1 + len(cfg.stage1.table1_states))
+    if need == 0:      # no annotation files or template yet (the demo before it is generated): nothing to size
+        return [Check("disk", "free space", OK, f"{free / 2**30:.1f} GiB free at {existing}")]
     ok = free > 1.2 * need
+    size = f"{need / 2**30:.1f} GiB" if need >= 2**30 / 10 else f"{need / 2**20:.1f} MiB"
     return [Check("disk", "free space", OK if ok else FAIL, f"{free / 2**30:.1f} GiB free at {existing}; features need "
-                  f"about {need / 2**30:.1f} GiB", "" if ok else "free space there, or set run.outputs_root to a bigger disk")]
+                  f"about {size}", "" if ok else "free space there, or set run.outputs_root to a bigger disk")]
 
 
 def requirement_pins(root: Path | None = None) -> dict[str, str]:
@@ -308,7 +290,7 @@ def table(checks: list[Check]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kitlib.doctor", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kitlib.tools.doctor", description=__doc__.split("\n\n")[0])
     parser.add_argument("items", nargs="*", help="params files (layered on params/base.yaml) and key=value overrides")
     parser.add_argument("--fast", action="store_true", help="skip the package scan and the checkpoint headers")
     args = parser.parse_args(argv)

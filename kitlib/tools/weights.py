@@ -1,9 +1,9 @@
 """The models a profile needs, by Hugging Face id: list them, and fetch them on a machine with internet.
 
-    python -m kitlib.weights list                                       # every model the kit knows, cached or not
-    python -m kitlib.weights fetch params/abaw10.yaml                   # download what this profile needs,
+    python -m kitlib.tools.weights list                                       # every model the kit knows, cached or not
+    python -m kitlib.tools.weights fetch params/abaw10.yaml                   # download what this profile needs,
                                                                         # then write params/local.yaml
-    python -m kitlib.weights fetch params/abaw10.yaml params/recipe_004_safe_xattn.yaml --dry-run
+    python -m kitlib.tools.weights fetch params/abaw10.yaml params/recipe_004_safe_xattn.yaml --dry-run
 
 ``fetch`` is the only place the kit downloads anything, and only when asked: it uses
 ``huggingface_hub.snapshot_download`` into the usual Hugging Face cache (or ``--cache-dir``) and
@@ -95,7 +95,7 @@ def write_local(paths: dict[str, str], local: Path) -> Path:
         section, key = dotted.split(".", 1)
         values.setdefault(section, {})[key] = value
     local.parent.mkdir(parents=True, exist_ok=True)
-    local.write_text("# written by `python -m kitlib.weights fetch`; machine-specific, not in git\n"
+    local.write_text("# written by `python -m kitlib.tools.weights fetch`; machine-specific, not in git\n"
                      + yaml.safe_dump(values, sort_keys=False))
     return local
 
@@ -109,7 +109,7 @@ def list_models() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kitlib.weights", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kitlib.tools.weights", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every model the kit knows: id, params key, size, licence, whether it is cached")
     get = sub.add_parser("fetch", help="download what a profile needs and write params/local.yaml")
