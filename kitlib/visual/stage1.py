@@ -457,9 +457,11 @@ def train_stage1(*, backbone: nn.Module, train_items: list[Item], val_items: lis
             if grad_clip is not None:
                 scaler.unscale_(optimizer)   # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scale = scaler.get_scale() if scaler.is_enabled() else None   # fp16 only: one host read per step
             scaler.step(optimizer)           # skipped (and the scale lowered) when an fp16 gradient overflowed
             scaler.update()
-            if lr_schedule == "step_cosine":
+            stepped = scale is None or scaler.get_scale() >= scale
+            if lr_schedule == "step_cosine" and stepped:   # the schedule follows the steps actually taken
                 scheduler.step()
             loss_sum += loss.detach() * len(images)
             n_seen += len(images)
