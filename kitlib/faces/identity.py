@@ -38,6 +38,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from kitlib.faces.detectors import as_detections, boxes_of, landmarks_of
+from kitlib.faces.detectors.onnx_models import load_onnx
 from kitlib.faces.selection import preference
 from kitlib.faces.tracking import box_iou
 
@@ -180,7 +181,6 @@ class ArcFaceEmbedder:
     def __init__(self, *, weights: Path | str, device: torch.device | str = "cpu", runtime: str = "auto",
                  batch_size: int = 32):
         import onnx
-        import onnxruntime
 
         path = Path(weights)
         if path.is_dir():
@@ -201,25 +201,13 @@ class ArcFaceEmbedder:
         self.mean, self.std = (0.0, 1.0) if "Sub" in first_ops and "Mul" in first_ops else (127.5, 127.5)
         shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
         self.size = shape[2] if len(shape) == 4 and shape[2] > 0 else ARCFACE_SIZE
-        ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-        if runtime == "auto":
-            runtime = "torch" if self.device.type == "cuda" and not ort_cuda else "onnxruntime"
-        self.runtime = runtime
-        if runtime == "torch":
-            from onnx2torch import convert
-
-            self._net = convert(model).to(self.device).eval()
-            self.provider = f"torch:{self.device}"
+        self.runtime, net, self.provider = load_onnx(model, device=self.device, runtime=runtime)
+        if self.runtime == "torch":
+            self._net = net
         else:
-            providers = ["CPUExecutionProvider"]
-            if self.device.type == "cuda" and ort_cuda:
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
-            options = onnxruntime.SessionOptions()
-            options.log_severity_level = 3
-            self._session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=providers)
-            self._input = self._session.get_inputs()[0].name
-            self._batched = not isinstance(self._session.get_inputs()[0].shape[0], int)
-            self.provider = self._session.get_providers()[0]
+            self._session = net
+            self._input = net.get_inputs()[0].name
+            self._batched = not isinstance(net.get_inputs()[0].shape[0], int)
 
     def _forward(self, blob: np.ndarray) -> np.ndarray:
         if self.runtime == "torch":

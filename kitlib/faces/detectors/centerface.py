@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from kitlib.faces.detectors import _check_frames, _no_faces, register_detector
+from kitlib.faces.detectors.onnx_models import load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ class CenterFaceDetector:
     def __init__(self, *, weights: Path | str | None = None, device: torch.device | str = "cpu",
                  threshold: float = 0.5, nms_iou: float = 0.3, max_side: int | None = 640, box_scale: float = 1.0,
                  runtime: str = "auto"):
-        import onnxruntime
 
         self.weights_path = Path(weights) if weights is not None else centerface_weights()
         if not self.weights_path.is_file():
@@ -80,28 +80,15 @@ class CenterFaceDetector:
             raise ValueError(f"centerface runtime must be auto, onnxruntime or torch, got {runtime!r}")
         self.threshold, self.nms_iou, self.max_side, self.box_scale = threshold, nms_iou, max_side, box_scale
         self.device = torch.device(device)
-        ort_cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-        if runtime == "auto":
-            runtime = "torch" if self.device.type == "cuda" and not ort_cuda else "onnxruntime"
-        self.runtime = runtime
         try:
-            graph = _dynamic_model(self.weights_path)
-            if runtime == "torch":
-                import onnx
-                from onnx2torch import convert
-
-                self._net = convert(onnx.load_from_string(graph)).to(self.device).eval()
-                self.provider = f"torch:{self.device}"
+            self.runtime, net, self.provider = load_onnx(_dynamic_model(self.weights_path), device=self.device,
+                                                         runtime=runtime)
+            if self.runtime == "torch":
+                self._net = net
             else:
-                providers = ["CPUExecutionProvider"]
-                if self.device.type == "cuda" and ort_cuda:
-                    providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
-                options = onnxruntime.SessionOptions()
-                options.log_severity_level = 3  # the file lists its initialisers as inputs: harmless warnings
-                self._session = onnxruntime.InferenceSession(graph, options, providers=providers)
-                self._input = self._session.get_inputs()[0].name
-                self._outputs = [o.name for o in self._session.get_outputs()]
-                self.provider = self._session.get_providers()[0]
+                self._session = net
+                self._input = net.get_inputs()[0].name
+                self._outputs = [o.name for o in net.get_outputs()]
         except ImportError:
             raise
         except Exception as exc:
