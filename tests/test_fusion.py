@@ -197,3 +197,24 @@ def test_train_head_cuda(tables):
     train, val, _ = tables
     trained = train_head("cross_attention", train, val, hidden=16, epochs=2, batch_size=64, device="cuda")
     assert next(trained.module.parameters()).device.type == "cuda"
+
+
+@pytest.mark.parametrize("structure", ["kit", "authors"])
+def test_gated_head_draws_its_initial_weights_in_the_order_of_earlier_kits(structure):
+    """A seed gives the same gated head as before the heads shared a base: P_v, P_a, the gate, then W_o
+    (a change of order changes every demo score)."""
+    from torch import nn
+
+    from kitlib.fusion.heads import build_head
+
+    torch.manual_seed(0)
+    head = build_head("gated", visual_dim=6, audio_dim=5, hidden=4, dropout=0.1, num_classes=8, structure=structure)
+    torch.manual_seed(0)
+    proj_v, proj_a = nn.Linear(6, 4), nn.Linear(5, 4)
+    gate = nn.Linear(11, 4) if structure == "kit" else nn.Sequential(nn.Linear(11, 4), nn.ReLU(), nn.Linear(4, 4))
+    out = nn.Linear(4, 8)
+    expected = [proj_v.weight, proj_a.weight, *(m.weight for m in gate.modules() if isinstance(m, nn.Linear)), out.weight]
+    got = [head.proj_v.weight, head.proj_a.weight,
+           *(m.weight for m in head.gate.modules() if isinstance(m, nn.Linear)), head.classifier[-1].weight]
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)

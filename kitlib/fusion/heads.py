@@ -133,11 +133,18 @@ class ProjectedHead(FusionHead):
     (``combine``) and classify the mix (``classifier``: LN-Drop-Linear, eq. 12)."""
 
     def __init__(self, *, visual_dim: int, audio_dim: int, hidden: int, dropout: float, num_classes: int,
-                 activation: Callable[[], nn.Module] | None = None, classifier: nn.Module | None = None):
+                 activation: Callable[[], nn.Module] | None = None,
+                 classifier: Callable[[], nn.Module] | None = None):
         super().__init__()
+        # made in this order (projections, the mix's own layers, the classifier): the order the heads drew
+        # their random initial weights in before this base, so a seed gives the same head as before
         self.proj_v = _projection(visual_dim, hidden, activation)
         self.proj_a = _projection(audio_dim, hidden, activation)
-        self.classifier = classifier if classifier is not None else _classifier(hidden, dropout, num_classes)
+        self.mix_layers(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout)
+        self.classifier = classifier() if classifier is not None else _classifier(hidden, dropout, num_classes)
+
+    def mix_layers(self, *, visual_dim: int, audio_dim: int, hidden: int, dropout: float) -> None:
+        """The layers ``combine`` uses besides the projections (a gate, a weigher); none by default."""
 
     def fuse(self, visual, audio):
         return self.classifier(self.combine(visual, audio, self.proj_v(visual), self.proj_a(audio)))
@@ -187,6 +194,8 @@ class DynamicWeightingHead(ProjectedHead):
     def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
         super().__init__(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
                          num_classes=num_classes, activation=nn.GELU)
+
+    def mix_layers(self, *, visual_dim, audio_dim, hidden, dropout):
         self.weigher = nn.Linear(2 * hidden, 2)
 
     def combine(self, visual, audio, z_v, z_a):
@@ -200,9 +209,7 @@ class GatedFusionHead(ProjectedHead):
 
     renamed = {"norm.": "classifier.0.", "out.": "classifier.2."}    # the kit's names before ProjectedHead
 
-    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
-        super().__init__(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
-                         num_classes=num_classes)
+    def mix_layers(self, *, visual_dim, audio_dim, hidden, dropout):
         self.gate = self.gate_network(visual_dim + audio_dim, hidden, dropout)   # G, eq. 10
 
     @staticmethod

@@ -44,9 +44,9 @@ class ReferenceBilinearHead(ProjectedHead):
     def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
         super().__init__(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
                          num_classes=num_classes,
-                         classifier=nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(dropout),
-                                                  nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                                  nn.Linear(hidden, num_classes)))
+                         classifier=lambda: nn.Sequential(nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(dropout),
+                                                          nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                                          nn.Linear(hidden, num_classes)))
 
     def combine(self, visual, audio, z_v, z_a):
         return z_v * z_a
@@ -55,9 +55,7 @@ class ReferenceBilinearHead(ProjectedHead):
 class ReferenceDynamicWeightingHead(ProjectedHead):
     """The modality weights from an MLP on the RAW features."""
 
-    def __init__(self, *, visual_dim, audio_dim, hidden, dropout, num_classes):
-        super().__init__(visual_dim=visual_dim, audio_dim=audio_dim, hidden=hidden, dropout=dropout,
-                         num_classes=num_classes)
+    def mix_layers(self, *, visual_dim, audio_dim, hidden, dropout):
         self.weigher = nn.Sequential(nn.Linear(visual_dim + audio_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
                                      nn.Linear(hidden, 2))
 
