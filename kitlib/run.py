@@ -27,6 +27,8 @@ run ``A``, reusing the stages that the new params leave current.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
 import shlex
 import signal
@@ -245,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         if main_thread:  # a second Ctrl-C while this line is written is ignored (restored below)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         name = "SIGTERM" if isinstance(exc, Interrupted) else "Ctrl-C"
+        # the stopped notebook's kernel-client tasks are dropped mid-flight; when Ctrl-C also killed the kernel
+        # first, asyncio would print their DeadKernelError as "Task exception was never retrieved" at exit
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         print(_stop_line(name, current, stages, resume, cfg.run_dir, rerun=args.rerun), file=sys.stderr, flush=True)
         return 130 if name == "Ctrl-C" else 143
     finally:
@@ -268,6 +273,10 @@ def exit_quietly(code: int) -> None:
     kernel's process group too) must not turn exit 130 into death by SIGINT during shutdown."""
     if code in (130, 143):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # the stop line was the last word: the interrupted kernel client's shutdown noise (a dead kernel's
+        # tasks collected at exit) goes nowhere
+        sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     sys.exit(code)
 
 
